@@ -1,0 +1,94 @@
+"""Per-task, per-layer similarity of B and E to each control C_t, and the controls' scores.
+
+Stage: analysis (reads activation files from the store; writes results/). Loads no model.
+
+Rows of the three models are matched by example id, never by position; an example whose
+state is non-finite in any of them at any layer is dropped from all of them and counted.
+A layer whose representation does not vary across examples (layer 0 at a shared answer cue)
+has no defined CKA: its row carries `value = NaN` and the reason in `undefined_reason`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mossa.similarity import layerwise_linear_cka
+from mossa.store import Activations, StudyDir, atomic_path
+
+COMPARED = ("base", "experimental")
+SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "n_examples", "n_dropped",
+                      "undefined_reason"]
+
+
+def align(runs: dict[str, Activations]) -> tuple[list[str], dict[str, np.ndarray], int]:
+    """Rows shared by every run, in the first run's order, with non-finite rows dropped jointly.
+
+    Returns the kept ids, each run's acts restricted to them ([layers+1, n_kept, d]) and the
+    number of shared ids that were dropped for non-finite values.
+    """
+    first = next(iter(runs.values()))
+    shared = set(first.ids)
+    for run in runs.values():
+        shared &= set(run.ids)
+    ids = [i for i in first.ids if i in shared]
+    picked = {}
+    for name, run in runs.items():
+        pos = {ex_id: k for k, ex_id in enumerate(run.ids)}
+        picked[name] = run.acts[:, [pos[i] for i in ids]]
+    finite = np.ones(len(ids), dtype=bool)
+    for acts in picked.values():
+        finite &= np.isfinite(acts).all(axis=(0, 2))
+    kept = [i for i, ok in zip(ids, finite) if ok]
+    return kept, {name: acts[:, finite] for name, acts in picked.items()}, int((~finite).sum())
+
+
+def task_similarity(task: str, cluster: str, runs: dict[str, Activations]) -> list[dict]:
+    """Linear CKA of base and experimental vs control, per layer, for one task."""
+    ids, acts, n_dropped = align(runs)
+    rows = []
+    for model in COMPARED:
+        for layer, res in enumerate(layerwise_linear_cka(acts[model], acts["control"])):
+            rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
+                         "measure": "linear_cka", "value": res.value, "n_examples": res.n_examples,
+                         "n_dropped": n_dropped, "undefined_reason": res.reason or ""})
+    return rows
+
+
+def mean_loss(run: Activations) -> float:
+    """Mean negative log-likelihood per target token over a task's test prompts."""
+    return float(run.target_nll.sum() / max(int(run.target_tokens.sum()), 1))
+
+
+def write_table(df: pd.DataFrame, path_stem) -> None:
+    """Write a table as parquet and csv, each atomically."""
+    with atomic_path(path_stem.with_suffix(".parquet")) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(path_stem.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def analyze(study: StudyDir, tasks: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Compute and write `results/similarity.*` and `results/controls.csv`.
+
+    Parameters
+    ----------
+    study : StudyDir
+    tasks : dict
+        Task name -> cluster, in study order.
+    """
+    sim_rows, control_rows = [], []
+    for task, cluster in tasks.items():
+        runs = {m: study.read_activations(m, task) for m in ("control", *COMPARED)}
+        sim_rows += task_similarity(task, cluster, runs)
+        control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
+                             "control": mean_loss(runs["control"]),
+                             "experimental": mean_loss(runs["experimental"]), "cluster": cluster,
+                             "n_examples": len(runs["control"].ids)})
+    sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
+    controls = pd.DataFrame(control_rows)
+    controls["control_better"] = controls["control"] < controls["base"]
+    write_table(sim, study.path("results", "similarity"))
+    with atomic_path(study.path("results", "controls.csv")) as tmp:
+        controls.to_csv(tmp, index=False)
+    return sim, controls

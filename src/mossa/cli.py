@@ -1,0 +1,149 @@
+"""The `mossa` command line: parse flags, call the Python API, print. Nothing else lives here.
+
+Examples::
+
+    mossa run --preset demo --tasks-dir ../shared/data/flan-mini
+    mossa run --model smollm2-135m-instruct --tasks sst2,rte,e2e_nlg --out runs/smol
+    mossa tasks list --tasks-dir ../shared/data/flan-mini
+    mossa models list
+
+A user error (bad flag value, unknown task or model, malformed task file) prints one line on
+stderr and exits with code 2; MOSSA_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mossa.errors import MossaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Where in an LLM's layers does multi-task learning happen? (Zhao et al. 2024, rebuilt)")
+tasks_app = typer.Typer(no_args_is_help=True, help="Inspect the task registry.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(models_app, name="models")
+out = Console()
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise MossaError("--tasks: give a comma-separated list of task names, e.g. --tasks sst2,rte")
+    return items
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with study settings."),
+    model: Optional[str] = typer.Option(None, help="Base model: registered name, local HF dir, .gguf or hub id."),
+    tasks_dir: Optional[Path] = typer.Option(None, help="Folder of <task>.jsonl files (default: $MOSSA_TASKS_DIR "
+                                             "or ../shared/data/flan-mini)."),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated task names (default: the preset's)."),
+    preset: Optional[str] = typer.Option(None, help="quick | demo | paper."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<timestamp>)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling, initialisation and data order."),
+    n_test: Optional[int] = typer.Option(None, help="Test prompts per task."),
+    n_train: Optional[int] = typer.Option(None, help="Training examples per task."),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
+) -> None:
+    """Run the whole study: train E and the controls, extract, compare, plot."""
+    from mossa.config import resolve_config
+    from mossa.progress import Reporter
+    from mossa.study import run_study
+
+    cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
+                          "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
+                          "device": device, "last_layer": last_layer}, config_file=config)
+    result = run_study(cfg, reporter=Reporter())
+    _summary(result)
+
+
+def _summary(result) -> None:
+    sim = result.similarity
+    sim = sim[sim["measure"] == "linear_cka"]
+    layers = sorted(sim["layer"].unique())
+    shown = sorted({layers[round(i * (len(layers) - 1) / 5)] for i in range(6)})
+    table = Table(title="median linear CKA with the controls C_t, over tasks")
+    table.add_column("model")
+    for layer in shown:
+        table.add_column(f"layer {layer}", justify="right")
+    for model, label in (("base", "B (base)"), ("experimental", "E (multi-task)")):
+        row = []
+        for layer in shown:
+            v = sim[(sim["model"] == model) & (sim["layer"] == layer)]["value"].dropna()
+            row.append(f"{v.median():.3f}" if len(v) else "undefined")
+        table.add_row(label, *row)
+    out.print(table)
+    c = result.controls
+    out.print(f"controls beating B on their own test loss: {int(c['control_better'].sum())}/{len(c)}")
+    out.print(f"study folder: {result.root}  (results/, figures/cka_by_layer.png, study.json)")
+
+
+@tasks_app.command("list")
+def tasks_list(tasks_dir: Optional[Path] = typer.Option(None, help="Folder of <task>.jsonl files.")) -> None:
+    """List the tasks of a folder with cluster, split sizes and template."""
+    from mossa.tasks import load_tasks
+
+    if tasks_dir is None and os.environ.get("MOSSA_TASKS_DIR"):
+        tasks_dir = Path(os.environ["MOSSA_TASKS_DIR"])
+    table = Table()
+    for col in ("task", "cluster", "train", "test", "options", "template"):
+        table.add_column(col)
+    for t in load_tasks(tasks_dir):
+        table.add_row(t.name, t.cluster, str(len(t.split("train"))), str(len(t.split("test"))),
+                      "yes" if t.has_options else "no", t.template.origin.rsplit("/", 1)[-1])
+    out.print(table)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the registered (embedded, offline) models and whether their package is installed."""
+    import importlib.util
+
+    from mossa.models import registered_models
+
+    table = Table()
+    for col in ("model", "description", "kind", "package", "installed"):
+        table.add_column(col)
+    for m in registered_models().values():
+        installed = importlib.util.find_spec(m.package.replace("-", "_")) is not None
+        table.add_row(m.name, m.description, "instruct" if m.is_instruct else "base", m.package,
+                      "yes" if installed else "no")
+    out.print(table)
+    out.print("Also accepted: a local Hugging Face model folder, a .gguf file, or a hub id (org/name, online).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors with exit code 2 for anything the user can fix."""
+    err = Console(stderr=True)
+    try:
+        app(args=argv, standalone_mode=False)
+    except MossaError as exc:
+        if os.environ.get("MOSSA_DEBUG"):
+            raise
+        err.print(f"mossa: error: {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Abort:
+        err.print("mossa: aborted")
+        return 130
+    except click.exceptions.ClickException as exc:
+        err.print(f"mossa: error: {exc.format_message()}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The study's settings: one validated object, filled by presets, a YAML file and CLI flags.
+
+Stage: configuration (reads nothing but the user's flags and config file). Every other stage
+receives a `StudyConfig`; `study.json` stores its resolved form so a study can be rerun.
+
+Presets are named override sets (nanoGPT style): `quick` (smoke-sized), `demo` (CPU-sized,
+one real task per Flan cluster) and `paper` (the paper's hyperparameters, for GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mossa.errors import MossaError
+
+PresetName = Literal["quick", "demo", "paper"]
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapter shape (the paper: rank 8, alpha 16, dropout 0 on q_proj and v_proj)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, gt=0, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    targets: list[str] = Field(["q_proj", "v_proj"], min_length=1, description="Module names to adapt.")
+
+
+class TrainSettings(BaseModel):
+    """Optimisation of one LoRA unit (a control C_t or the experimental model E)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training set.")
+    max_steps: int | None = Field(None, gt=0, description="Cap on optimiser steps (overrides epochs when smaller).")
+    batch_size: int = Field(4, gt=0, description="Examples per forward pass.")
+    grad_accum: int = Field(4, gt=0, description="Forward passes per optimiser step.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+
+
+class StudyConfig(BaseModel):
+    """Everything a study depends on. Field descriptions double as CLI/YAML help."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: PresetName = Field("demo", description="Named defaults the other fields override.")
+    model: str = Field("gemma-3-270m", description="Base model B: a registered name, a local HF dir or a hub id.")
+    tasks_dir: Path | None = Field(None, description="Folder of <task>.jsonl files (flan-mini format).")
+    tasks: list[str] | None = Field(None, description="Task names to study; None = the preset's choice.")
+    out: Path | None = Field(None, description="Study dir; default runs/<timestamp>.")
+    seed: int = Field(0, ge=0, description="Seed for sampling, LoRA init and data order.")
+    n_train: int = Field(500, gt=0, description="Training examples per task (control and mixture), sampled.")
+    n_test: int = Field(96, gt=0, description="Test prompts per task, sampled.")
+    cluster_cap: int = Field(50_000, gt=0, description="Max training examples per cluster in E's mixture.")
+    max_prompt_tokens: int = Field(128, ge=16, description="Prompts longer than this are shortened in their long input field.")
+    max_target_tokens: int = Field(32, gt=0, description="Targets are cut to this many tokens (training and test loss).")
+    cue: str = Field("Answer:", min_length=1, description="Answer cue appended to plain-text prompts.")
+    use_chat_template: bool = Field(True, description="Wrap prompts in the model's chat template when it has one.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype; auto = bf16 on GPU, the faster of fp32/bf16 (measured) on CPU."
+    )
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:1, ...")
+    last_layer: Literal["post_norm", "pre_norm"] = Field(
+        "post_norm", description="Last layer's state after the final norm (HF convention) or before it."
+    )
+    extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    control: TrainSettings = Field(default_factory=TrainSettings)
+    experimental: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must name at least one task")
+            dupes = sorted({t for t in v if v.count(t) > 1})
+            if dupes:
+                raise ValueError(f"names a task twice: {', '.join(dupes)}")
+        return v
+
+
+# One task per Flan 2021 cluster, picked among flan-mini's tasks for short inputs (CPU budget)
+# and at least 96 test examples.
+DEMO_TASKS = [
+    "snli", "openbookqa", "arc_easy", "piqa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
+    "tatoeba_translate_deen", "ag_news_subset", "cosmos_qa", "trec",
+]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "tasks": ["sst2", "e2e_nlg"],
+        "n_train": 16, "n_test": 16, "max_prompt_tokens": 64, "max_target_tokens": 8,
+        "control": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
+        "experimental": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
+    },
+    "demo": {
+        "tasks": DEMO_TASKS,
+        "n_train": 256, "n_test": 96, "max_prompt_tokens": 96, "max_target_tokens": 16,
+        "control": {"lr": 2e-3, "max_steps": 10, "batch_size": 8, "grad_accum": 1, "schedule": "cosine",
+                    "warmup_ratio": 0.1},
+        "experimental": {"lr": 2e-3, "max_steps": 40, "batch_size": 8, "grad_accum": 1, "schedule": "cosine",
+                         "warmup_ratio": 0.05},
+    },
+    "paper": {
+        "n_train": 1_000_000, "n_test": 10_000, "max_prompt_tokens": 1024, "max_target_tokens": 256,
+        "cluster_cap": 50_000,
+        "control": {"lr": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "schedule": "cosine"},
+        "experimental": {"lr": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "schedule": "cosine"},
+    },
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    got = first.get("input")
+    got_txt = f" (got {got!r})" if not isinstance(got, dict) else ""
+    more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
+    return f"{source}: field '{field}': {first['msg']}{got_txt}{more}"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML study config into a plain dict, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MossaError(f"{path}: config file not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else str(path)
+        raise MossaError(f"{where}: not valid YAML ({type(exc).__name__}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MossaError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None) -> StudyConfig:
+    """Build the study config: preset defaults < config file < explicit overrides (flags).
+
+    Raises
+    ------
+    MossaError
+        When a value is invalid; the message names the field (and the file).
+    """
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset = overrides.get("preset", file_values.get("preset", "demo"))
+    if preset not in PRESETS:
+        raise MossaError(f"field 'preset': unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    merged = _merge(_merge(PRESETS[preset], file_values), overrides)
+    merged["preset"] = preset
+    if merged.get("tasks_dir") is None and os.environ.get("MOSSA_TASKS_DIR"):
+        merged["tasks_dir"] = os.environ["MOSSA_TASKS_DIR"]
+    try:
+        return StudyConfig.model_validate(merged)
+    except ValidationError as err:
+        source = str(config_file) if config_file is not None else "config"
+        raise MossaError(_format_validation_error(err, source)) from None
+
+
+__all__ = ["DEMO_TASKS", "PRESETS", "LoraSettings", "StudyConfig", "TrainSettings", "read_config_file",
+           "resolve_config"]

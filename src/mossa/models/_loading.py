@@ -1,0 +1,213 @@
+"""Loading a base model: GGUF -> safetensors conversion cache, HF dirs, hub ids; dtype choice.
+
+Embedded GGUF models are dequantized once (tens of seconds) into `<cache>/models/<name>-<hash>`
+and reloaded from safetensors afterwards (under a second). The conversion is written to a
+temporary folder and renamed into place, so a killed conversion never leaves a usable-looking
+half entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mossa.errors import MossaError
+from mossa.models._registry import ModelSource, cache_root
+
+_MARKER = "mossa-converted.json"
+_NORM_NAMES = ("norm", "final_norm", "ln_f", "final_layer_norm", "norm_f")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A base model ready for training and extraction.
+
+    `body` is the decoder stack without the LM head; `final_norm` the module applied after
+    the last block (for the pre-norm option). `dtype` is the compute dtype (autocast when it
+    differs from the fp32 weights).
+    """
+
+    name: str
+    source: ModelSource
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+    dtype_reason: str
+
+    @property
+    def body(self) -> torch.nn.Module:
+        return self.model.base_model
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def final_norm(self) -> torch.nn.Module | None:
+        for name in _NORM_NAMES:
+            module = getattr(self.body, name, None)
+            if isinstance(module, torch.nn.Module):
+                return module
+        return None
+
+    def autocast(self):
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+
+def _convert_gguf(gguf: Path, dest: Path, fingerprint: str) -> None:
+    """Dequantize a GGUF file into a safetensors HF folder at `dest` (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = quant.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(quant.state_dict(), strict=True)
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "fingerprint": fingerprint}))
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(source: ModelSource, *, progress=print) -> tuple[str, str]:
+    """Return (loadable path or hub id, fingerprint) for a model source, converting if needed."""
+    if source.kind in ("embedded", "gguf"):
+        root = cache_root()
+        if source.kind == "embedded":
+            gguf = source.embedded.locate(root)
+            fingerprint = source.embedded.sha256 or sha256_file(gguf)
+        else:
+            gguf = Path(source.location)
+            fingerprint = sha256_file(gguf)
+        dest = root / "models" / f"{source.name}-{fingerprint[:12]}"
+        if not (dest / _MARKER).is_file():
+            from filelock import FileLock
+
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(dest) + ".lock"):
+                if not (dest / _MARKER).is_file():
+                    t0 = time.perf_counter()
+                    progress(f"converting {source.name} from GGUF once (cached in {dest})")
+                    _convert_gguf(gguf, dest, fingerprint)
+                    progress(f"converted in {time.perf_counter() - t0:.0f} s")
+        return str(dest), fingerprint
+    if source.kind == "hf_dir":
+        path = Path(source.location)
+        digest = hashlib.sha256()
+        for f in sorted(path.glob("*")):
+            if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+                digest.update(f.name.encode())
+                digest.update(sha256_file(f).encode())
+        return str(path), digest.hexdigest()
+    return source.location, f"hub:{source.location}"
+
+
+def pick_dtype(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The compute dtype and why it was chosen.
+
+    On CUDA, auto is bf16 (fp16 where bf16 is unsupported). On a CPU, bf16 is only faster
+    where the hardware has fast bf16 kernels, so auto times one GEMM in each dtype and takes
+    bf16 only when it is at least 1.2x faster.
+    """
+    named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if requested != "auto":
+        return named[requested], "requested"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: bf16 on CUDA"
+        return torch.float16, "auto: fp16 on CUDA without bf16"
+    rates = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(512, 1024, dtype=dt)
+        b = torch.randn(1024, 1024, dtype=dt)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        rates[dt] = 4 * 2 * 512 * 1024 * 1024 / (time.perf_counter() - t0) / 1e9
+    ratio = rates[torch.bfloat16] / rates[torch.float32]
+    choice = torch.bfloat16 if ratio >= 1.2 else torch.float32
+    return choice, f"auto: CPU GEMM bf16/fp32 speed ratio {ratio:.2f}"
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise MossaError(f"field 'device': {requested!r} is not a torch device (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MossaError("field 'device': cuda was requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> MossaError:
+    return MossaError(f"model {source.location!r}: cannot load it from the hub or the local HF cache "
+                      f"({type(exc).__name__}); download it while online or pass a local model folder")
+
+
+def load_model(source: ModelSource, *, dtype: str = "auto", device: str = "auto", progress=print) -> LoadedModel:
+    """Load a base model (fp32 master weights) and its tokenizer, padded on the left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    location, fingerprint = materialize(source, progress=progress)
+    dev = pick_device(device)
+    compute, reason = pick_dtype(dtype, dev)
+    try:
+        tok = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    except OSError as exc:
+        if source.kind == "hub":
+            raise _hub_error(source, exc) from None
+        raise MossaError(f"{location}: cannot load model ({exc})") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(dev).eval()
+    return LoadedModel(name=source.name, source=source, model=model, tokenizer=tok, fingerprint=fingerprint,
+                       device=dev, dtype=compute, dtype_reason=reason)
+
+
+def check_model_available(source: ModelSource) -> None:
+    """Fail early (before any work) when a hub model cannot be reached."""
+    if source.kind != "hub":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source.location)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(source, exc) from None

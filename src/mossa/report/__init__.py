@@ -1,0 +1,8 @@
+"""Report: figures (and later the HTML report) from the result tables.
+
+Stage: report (reads results/ tables; writes figures/). Loads no model and no activations.
+"""
+
+from mossa.report.figures import plot_cka_by_layer
+
+__all__ = ["plot_cka_by_layer"]

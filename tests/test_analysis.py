@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+
+from mossa.analysis import align, analyze, task_similarity
+from mossa.similarity import linear_cka
+from mossa.store import Activations, StudyDir
+
+
+def _acts(ids, acts):
+    n = len(ids)
+    return Activations(ids=list(ids), acts=acts, target_nll=np.ones(n), target_tokens=np.ones(n, dtype=np.int64),
+                       meta={})
+
+
+def _three(rng, n=40, layers=3, d=8):
+    ids = [f"t:test:{i}" for i in range(n)]
+    ctl = rng.normal(size=(layers, n, d)).astype(np.float32)
+    base = (ctl + rng.normal(scale=0.5, size=ctl.shape)).astype(np.float32)
+    exp = (ctl + rng.normal(scale=0.2, size=ctl.shape)).astype(np.float32)
+    return ids, ctl, base, exp
+
+
+def test_rows_shuffled_in_one_model_are_aligned_by_id():
+    rng = np.random.default_rng(0)
+    ids, ctl, base, exp = _three(rng)
+    runs = {"control": _acts(ids, ctl), "base": _acts(ids, base), "experimental": _acts(ids, exp)}
+    ref = task_similarity("t", "C", runs)
+    perm = rng.permutation(len(ids))
+    runs["base"] = _acts([ids[i] for i in perm], base[:, perm])
+    shuffled = task_similarity("t", "C", runs)
+    assert [r["value"] for r in shuffled] == [r["value"] for r in ref]
+    assert abs(ref[1]["value"] - linear_cka(base[1], ctl[1])) < 1e-12
+    # positional pairing of the shuffled rows would give a different (wrong) value
+    assert abs(linear_cka(base[1][perm], ctl[1]) - ref[1]["value"]) > 1e-3
+
+
+def test_non_finite_rows_are_dropped_jointly_and_counted():
+    rng = np.random.default_rng(1)
+    ids, ctl, base, exp = _three(rng)
+    base[2, 5, 0] = np.nan
+    exp[0, 9, 3] = np.inf
+    runs = {"control": _acts(ids, ctl), "base": _acts(ids, base), "experimental": _acts(ids, exp)}
+    kept, acts, dropped = align(runs)
+    assert dropped == 2 and len(kept) == 38 and "t:test:5" not in kept and "t:test:9" not in kept
+    rows = task_similarity("t", "C", runs)
+    assert all(r["n_examples"] == 38 and r["n_dropped"] == 2 for r in rows)
+    keep = [i for i in range(40) if i not in (5, 9)]
+    assert abs(rows[0]["value"] - linear_cka(base[0][keep], ctl[0][keep])) < 1e-12
+
+
+def test_missing_ids_use_the_intersection():
+    rng = np.random.default_rng(2)
+    ids, ctl, base, exp = _three(rng)
+    runs = {"control": _acts(ids, ctl), "base": _acts(ids[:30], base[:, :30]), "experimental": _acts(ids, exp)}
+    kept, _, _ = align(runs)
+    assert kept == ids[:30]
+
+
+def test_constant_layer_is_undefined_with_reason(tmp_path):
+    rng = np.random.default_rng(3)
+    ids, ctl, base, exp = _three(rng)
+    for a in (ctl, base, exp):
+        a[0] = 1.0
+    study = StudyDir(tmp_path)
+    for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
+        study.write_activations(name, "t", _acts(ids, a), inputs="x")
+    sim, controls = analyze(study, {"t": "C"})
+    layer0 = sim[sim["layer"] == 0]
+    assert layer0["value"].isna().all() and (layer0["undefined_reason"] != "").all()
+    assert sim[sim["layer"] > 0]["value"].notna().all()
+    assert pd.read_parquet(tmp_path / "results/similarity.parquet").shape == sim.shape
+    assert {"task", "metric", "base", "control"} <= set(controls.columns)

@@ -1,0 +1,107 @@
+"""The whole `mossa run` pipeline on a tiny model and two tiny tasks, and its user errors."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from mossa.cli import main
+
+OUTPUTS = ["results/similarity.parquet", "results/similarity.csv", "results/controls.csv",
+           "figures/cka_by_layer.png", "study.json"]
+
+
+def _run(tiny_model, tiny_tasks, out, *extra):
+    return main(["run", "--model", str(tiny_model), "--tasks-dir", str(tiny_tasks), "--preset", "quick",
+                 "--tasks", "tiny_sentiment,tiny_struct", "--out", str(out), *extra])
+
+
+def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out) == 0
+    for rel in OUTPUTS:
+        assert (out / rel).is_file(), rel
+    sim = pd.read_parquet(out / "results/similarity.parquet")
+    assert {"task", "cluster", "model", "layer", "measure", "value", "n_examples"} <= set(sim.columns)
+    assert set(sim["model"]) == {"base", "experimental"}
+    assert set(sim["task"]) == {"tiny_sentiment", "tiny_struct"}
+    assert sorted(sim["layer"].unique()) == [0, 1, 2]
+    layer0 = sim[sim["layer"] == 0]
+    assert layer0["value"].isna().all() and layer0["undefined_reason"].str.contains("does not vary").all()
+    upper = sim[sim["layer"] > 0]
+    assert upper["value"].between(0, 1).all() and (upper["undefined_reason"].fillna("") == "").all()
+    assert (sim["n_examples"] == 12).all()
+    controls = pd.read_csv(out / "results/controls.csv")
+    assert list(controls.columns[:4]) == ["task", "metric", "base", "control"]
+    study = json.loads((out / "study.json").read_text())
+    assert study["status"] == "complete" and study["model"]["n_layers"] == 2
+    assert set(study["seconds"]) >= {"load_model", "train", "extract", "analyze", "total"}
+    assert "median linear CKA" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results/similarity.csv"),
+                                  sim.assign(undefined_reason=sim["undefined_reason"].replace("", float("nan"))),
+                                  check_dtype=False)
+
+
+def test_rerun_reuses_units_and_gives_the_same_table(tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out) == 0
+    first = pd.read_parquet(out / "results/similarity.parquet")
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")}
+    assert _run(tiny_model, tiny_tasks, out) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")} == stamps
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results/similarity.parquet"), first)
+    assert _run(tiny_model, tiny_tasks, out, "--seed", "3") == 0  # new inputs: recomputed
+    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")} != stamps
+
+
+def _bad_jsonl(tiny_tasks):
+    path = tiny_tasks / "tiny_struct.jsonl"
+    path.write_text(path.read_text() + '{"input": {"meaning_representation": "x"}, "target": \n')
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_dir", r"nonexistent: task folder not found"),
+    ("bad_line", r"tiny_struct\.jsonl:\d+: not valid JSON"),
+    ("unknown_task", r"unknown task 'nope'"),
+    ("unknown_model", r"unknown model 'no-such-model'"),
+    ("bad_value", r"field 'n_test'"),
+])
+def test_user_errors_exit_2_with_one_line_and_leave_nothing(case, message, tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "study"
+    args = ["run", "--model", str(tiny_model), "--tasks-dir", str(tiny_tasks), "--preset", "quick",
+            "--tasks", "tiny_sentiment,tiny_struct", "--out", str(out)]
+    if case == "no_dir":
+        args[4] = "/nonexistent"
+    elif case == "bad_line":
+        _bad_jsonl(tiny_tasks)
+    elif case == "unknown_task":
+        args[8] = "tiny_sentiment,nope"
+    elif case == "unknown_model":
+        args[2] = "no-such-model"
+    elif case == "bad_value":
+        args += ["--n-test", "0"]
+    proc = subprocess.run([sys.executable, "-m", "mossa.cli", *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "400"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mossa: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_lists(tiny_tasks, capsys):
+    assert main(["tasks", "list", "--tasks-dir", str(tiny_tasks)]) == 0
+    assert "tiny_sentiment" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    assert "gemma-3-270m" in capsys.readouterr().out
+
+
+def test_click_usage_error_is_one_line(capsys):
+    assert main(["run", "--seed", "abc"]) == 2
+    assert "mossa: error:" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from mossa.config import LoraSettings
+from mossa.extraction import extract
+from mossa.models import load_model, resolve_model
+from mossa.models._adapters import AdapterHost
+from mossa.tasks import PromptBuilder, load_tasks
+
+
+@pytest.fixture()
+def setup(tiny_model, tiny_tasks):
+    loaded = load_model(resolve_model(str(tiny_model)), dtype="float32", device="cpu")
+    task = load_tasks(tiny_tasks, ["tiny_sentiment"])[0]
+    prompts = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=64,
+                            max_target_tokens=8).build_all(task, task.split("test"))
+    return AdapterHost(loaded), prompts
+
+
+def test_shapes_ids_and_constant_cue_layer(setup):
+    host, prompts = setup
+    acts = extract(host, None, prompts, token_budget=64)
+    n_layers = host.loaded.n_layers
+    assert acts.acts.shape == (n_layers + 1, len(prompts), host.loaded.hidden_size)
+    assert acts.ids == [p.id for p in prompts]
+    # layer 0 at the last prompt token is the embedding of the shared cue token
+    assert np.allclose(acts.acts[0], acts.acts[0][0])
+    assert not np.allclose(acts.acts[1], acts.acts[1][0])
+    assert (acts.target_tokens == [len(p.target_ids) for p in prompts]).all()
+    assert np.isfinite(acts.target_nll).all() and (acts.target_nll > 0).all()
+
+
+def test_batching_does_not_change_results(setup):
+    host, prompts = setup
+    a = extract(host, None, prompts, token_budget=16)
+    b = extract(host, None, prompts, token_budget=4096)
+    np.testing.assert_allclose(a.acts, b.acts, atol=1e-5)
+    np.testing.assert_allclose(a.target_nll, b.target_nll, atol=1e-5)
+
+
+def test_fresh_adapter_equals_base_and_swapping_restores_base(setup):
+    host, prompts = setup
+    base = extract(host, None, prompts, token_budget=256)
+    host.add("c", LoraSettings(), seed=0)  # LoRA B starts at zero: same function as the base
+    np.testing.assert_allclose(extract(host, "c", prompts, token_budget=256).acts, base.acts, atol=1e-6)
+    for p in host.peft.parameters():
+        if p.requires_grad:
+            p.data.add_(0.5)
+    moved = extract(host, "c", prompts, token_budget=256)
+    assert not np.allclose(moved.acts[-1], base.acts[-1], atol=1e-3)
+    np.testing.assert_allclose(extract(host, None, prompts, token_budget=256).acts, base.acts, atol=1e-6)
+
+
+def test_pre_norm_last_layer_differs_only_at_the_top(setup):
+    host, prompts = setup
+    post = extract(host, None, prompts, token_budget=256, last_layer="post_norm")
+    pre = extract(host, None, prompts, token_budget=256, last_layer="pre_norm")
+    np.testing.assert_allclose(pre.acts[:-1], post.acts[:-1], atol=1e-6)
+    assert not np.allclose(pre.acts[-1], post.acts[-1])

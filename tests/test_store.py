@@ -1,0 +1,50 @@
+import stat
+
+import numpy as np
+import pytest
+
+from mossa.errors import MossaError
+from mossa.store import Activations, StudyDir, atomic_path, write_json
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    write_json(tmp_path / "s.json", {"a": 1})
+    mode = stat.S_IMODE((tmp_path / "s.json").stat().st_mode)
+    assert mode & stat.S_IRGRP
+
+
+def test_activation_roundtrip_and_fingerprint(tmp_path):
+    study = StudyDir(tmp_path)
+    acts = Activations(ids=["t:1", "t:2"], acts=np.arange(12, dtype=np.float32).reshape(2, 2, 3),
+                       target_nll=np.array([1.0, 2.0]), target_tokens=np.array([1, 2]), meta={"last_layer": "x"})
+    study.write_activations("base", "t", acts, inputs="fp1")
+    assert study.activations_done("base", "t", "fp1") and not study.activations_done("base", "t", "fp2")
+    back = study.read_activations("base", "t")
+    assert back.ids == acts.ids and np.array_equal(back.acts, acts.acts) and back.meta == {"last_layer": "x"}
+
+
+def test_corrupt_activation_file_is_not_done(tmp_path):
+    study = StudyDir(tmp_path)
+    path = study.activation_path("base", "t")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage")
+    assert not study.activations_done("base", "t", "fp")
+    with pytest.raises(MossaError, match="unreadable activation file"):
+        study.read_activations("base", "t")
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(MossaError, match="not a folder"):
+        StudyDir(f).create()
