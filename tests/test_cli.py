@@ -29,7 +29,7 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert set(sim["task"]) == {"tiny_sentiment", "tiny_struct"}
     assert sorted(sim["layer"].unique()) == [0, 1, 2]
     layer0 = sim[sim["layer"] == 0]
-    assert layer0["value"].isna().all() and layer0["undefined_reason"].str.contains("does not vary").all()
+    assert layer0["value"].isna().all() and layer0["undefined_reason"].str.contains("not vary across examples").all()
     upper = sim[sim["layer"] > 0]
     assert upper["value"].between(0, 1).all() and (upper["undefined_reason"].fillna("") == "").all()
     assert (sim["n_examples"] == 12).all()

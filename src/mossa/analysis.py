@@ -48,7 +48,7 @@ def task_similarity(task: str, cluster: str, runs: dict[str, Activations]) -> li
     ids, acts, n_dropped = align(runs)
     rows = []
     for model in COMPARED:
-        for layer, res in enumerate(layerwise_linear_cka(acts[model], acts["control"])):
+        for layer, res in enumerate(layerwise_linear_cka(acts[model], acts["control"], names=(model, "control"))):
             rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
                          "measure": "linear_cka", "value": res.value, "n_examples": res.n_examples,
                          "n_dropped": n_dropped, "undefined_reason": res.reason or ""})

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import importlib.util
+
 import click
 import typer
 from rich.console import Console
@@ -32,6 +34,13 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry.
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(models_app, name="models")
 out = Console()
+
+# typer >= 0.25 raises the exceptions of its vendored click copy; catch both.
+_CLICK_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException,)
+if importlib.util.find_spec("typer._click") is not None:
+    from typer._click import exceptions as _typer_click
+
+    _CLICK_ERRORS += (_typer_click.ClickException,)
 
 
 def _split_list(value: Optional[str]) -> Optional[list[str]]:
@@ -80,7 +89,7 @@ def _summary(result) -> None:
     table.add_column("model")
     for layer in shown:
         table.add_column(f"layer {layer}", justify="right")
-    for model, label in (("base", "B (base)"), ("experimental", "E (multi-task)")):
+    for model, label in (("base", "B vs C_t"), ("experimental", "E vs C_t")):
         row = []
         for layer in shown:
             v = sim[(sim["model"] == model) & (sim["layer"] == layer)]["value"].dropna()
@@ -111,8 +120,6 @@ def tasks_list(tasks_dir: Optional[Path] = typer.Option(None, help="Folder of <t
 @models_app.command("list")
 def models_list() -> None:
     """List the registered (embedded, offline) models and whether their package is installed."""
-    import importlib.util
-
     from mossa.models import registered_models
 
     table = Table()
@@ -136,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"mossa: error: {exc}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err.print("mossa: aborted")
         return 130
-    except click.exceptions.ClickException as exc:
+    except _CLICK_ERRORS as exc:
         err.print(f"mossa: error: {exc.format_message()}", highlight=False, soft_wrap=True)
         return exc.exit_code
     return 0

@@ -44,7 +44,8 @@ def test_chat_template_is_used_when_present(tiny_model, sentiment):
     b = PromptBuilder(tok, cue="IGNORED", max_prompt_tokens=200, max_target_tokens=8)
     p = b.build(sentiment, sentiment.split("test")[0])
     assert b.mode == "chat_template"
-    assert tok.decode(p.prompt_ids).endswith("Answer:")
+    assert tok.decode(p.prompt_ids).replace(" ", "").endswith("</s>Answer:")
+    assert p.prompt_ids[0] == tok.bos_token_id and p.prompt_ids[1] != tok.bos_token_id  # no double BOS
     off = PromptBuilder(tok, cue="Answer:", max_prompt_tokens=200, max_target_tokens=8, use_chat_template=False)
     assert off.mode == "plain"
 

@@ -387,13 +387,15 @@ def linear_cka(X: Any, Y: Any, *, debiased: bool = False) -> float:
     return result.value
 
 
-def layerwise_linear_cka(A: Any, B: Any, *, debiased: bool = False) -> list[SimilarityResult]:
+def layerwise_linear_cka(
+    A: Any, B: Any, *, debiased: bool = False, names: tuple[str, str] = ("A", "B")
+) -> list[SimilarityResult]:
     """Linear CKA between two stacks of layer representations, one result per layer.
 
     Layer ``i`` of ``A`` is compared with layer ``i`` of ``B``, giving the value
     ``linear_cka_result(A[i], B[i], debiased=debiased)`` would, but layers are batched so
     that the per-layer products share one vectorised computation (in float64). Undefined
-    layers hold NaN and a reason naming ``A`` or ``B``; nothing is warned.
+    layers hold NaN and a reason naming ``A`` or ``B`` (or ``names``); nothing is warned.
 
     Parameters
     ----------
@@ -403,6 +405,9 @@ def layerwise_linear_cka(A: Any, B: Any, *, debiased: bool = False) -> list[Simi
         Hidden states of the second model for the same examples in the same order.
     debiased : bool, default=False
         Use the unbiased HSIC estimator of Song et al. (2012) instead of the biased one.
+    names : tuple of str, default=("A", "B")
+        What to call the two sides in error messages and undefined-value reasons (for
+        example the model names).
 
     Returns
     -------
@@ -427,6 +432,6 @@ def layerwise_linear_cka(A: Any, B: Any, *, debiased: bool = False) -> list[Simi
     .. [2] L. Song, A. Smola, A. Gretton, J. Bedo and K. Borgwardt, "Feature Selection via
        Dependence Maximization", JMLR 13, 2012.
     """
-    Av, Bv = check_paired_representations(A, B, stacked=True, names=("A", "B"))
+    Av, Bv = check_paired_representations(A, B, stacked=True, names=names)
     _check_debiased_n(Av.shape[1], debiased)
-    return _cka_stack(Av, Bv, debiased=debiased, names=("A", "B"))
+    return _cka_stack(Av, Bv, debiased=debiased, names=names)
