@@ -87,8 +87,7 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None) -> StudyRes
     tasks, source = validate(cfg)
     root = cfg.out or default_out()
     cfg = cfg.model_copy(update={"out": root})
-    clusters = {t.name: t.cluster for t in tasks}
-    rep.log(f"study {root}: {len(tasks)} tasks in {len(set(clusters.values()))} clusters, model {cfg.model}")
+    rep.log(f"study {root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, model {cfg.model}")
 
     t0 = time.perf_counter()
     loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
@@ -98,7 +97,7 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None) -> StudyRes
     created = not root.exists()
     study.create()
     try:
-        return _run(cfg, study, tasks, source, loaded, clusters, rep, timings, t_start)
+        return _run(cfg, study, tasks, source, loaded, rep, timings, t_start)
     except MossaError:
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -115,106 +114,131 @@ def check_lora_targets(model, targets: list[str]) -> None:
                          f"modules are {', '.join(linear)}")
 
 
-def _run(cfg, study, tasks, source, loaded, clusters, rep, timings, t_start) -> StudyResult:
-    root = study.root
+class _Study:
+    """A study in progress: the loaded base with its adapters, the prompts, the study dir.
+
+    Every unit checks its input fingerprint against what the study dir holds and is skipped
+    when its output is already there.
+    """
+
+    def __init__(self, cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], loaded, rep: Reporter):
+        self.cfg, self.study, self.tasks, self.loaded, self.rep = cfg, study, tasks, loaded, rep
+        self.host = AdapterHost(loaded)
+        self.clusters = {t.name: t.cluster for t in tasks}
+        self.builder = PromptBuilder(loaded.tokenizer, cue=cfg.cue, max_prompt_tokens=cfg.max_prompt_tokens,
+                                     max_target_tokens=cfg.max_target_tokens, use_chat_template=cfg.use_chat_template)
+        self.train = {t.name: self.builder.build_all(t, sample_split(t, "train", cfg.n_train, cfg.seed)) for t in tasks}
+        self.test = {t.name: self.builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in tasks}
+        self.task_fp = {t.name: t.fingerprint for t in tasks}
+        prompts = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, self.builder.mode, cfg.seed,
+                        cfg.n_train, cfg.n_test)
+        self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, prompts)
+        self.train_logs: dict[str, dict] = {}
+        self.seconds = {"train": 0.0, "extract": 0.0}
+
+    def provenance(self, source) -> dict:
+        loaded, cfg = self.loaded, self.cfg
+        return {
+            "config": json.loads(cfg.model_dump_json()), "versions": _versions(),
+            "model": {"name": loaded.name, "kind": source.kind, "location": source.location,
+                      "fingerprint": loaded.fingerprint, "n_layers": loaded.n_layers,
+                      "hidden_size": loaded.hidden_size, "dtype": str(loaded.dtype),
+                      "dtype_reason": loaded.dtype_reason, "device": str(loaded.device),
+                      "prompt_mode": self.builder.mode},
+            "tasks": {t.name: {"cluster": t.cluster, "fingerprint": t.fingerprint, "path": str(t.path),
+                               "template": t.template.origin, "n_train": len(self.train[t.name]),
+                               "n_test": len(self.test[t.name]),
+                               "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in self.test[t.name])}
+                      for t in self.tasks},
+            "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
+        }
+
+    def _adapter(self, unit: str, prompts, settings, inputs: str) -> None:
+        """Train adapter `unit` (or load it when a finished one with the same inputs exists)."""
+        t0 = time.perf_counter()
+        done = self.study.unit_done(unit, inputs)
+        if done is not None:
+            self.rep.log(f"{unit}: adapter found, not retrained")
+            self.host.load(unit, self.study.adapter_dir(unit))
+            self.train_logs[unit] = done["log"]
+            return
+        with self.rep.bar(f"train {unit}", total=n_steps(len(prompts), settings)) as advance:
+            log = train_adapter(self.host, unit, prompts, settings=settings, lora=self.cfg.lora, seed=self.cfg.seed,
+                                on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
+        with self.study.adapter_writer(unit) as tmp:
+            self.host.save(unit, tmp)
+            write_json(tmp / "done.json", {"inputs": inputs, "log": log})
+        self.train_logs[unit] = log
+        self.seconds["train"] += time.perf_counter() - t0
+        self.rep.log(f"{unit}: {log['steps']} steps, loss {log['train_loss'][0]:.3f} -> "
+                     f"{log['train_loss'][-1]:.3f}, {log['tokens_per_second']:.0f} tokens/s")
+
+    def _extract(self, label: str, adapter: str | None, task: str, inputs: str) -> None:
+        if self.study.activations_done(label, task, inputs):
+            return
+        t0 = time.perf_counter()
+        acts = extract(self.host, adapter, self.test[task], token_budget=self.cfg.extract_token_budget,
+                       last_layer=self.cfg.last_layer)
+        self.study.write_activations(label, task, acts, inputs)
+        self.seconds["extract"] += time.perf_counter() - t0
+
+    def control(self, task: str) -> None:
+        """C_t: LoRA on task t alone, then its states on t's test prompts; the adapter is then dropped."""
+        unit = f"control-{task}"
+        inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.model_dump(), self.cfg.control.model_dump(),
+                       "control")
+        acts_key = _hash(inputs, "acts")
+        done = self.study.unit_done(unit, inputs)
+        if done is not None and self.study.activations_done("control", task, acts_key):
+            self.train_logs[unit] = done["log"]
+            return
+        self._adapter(unit, self.train[task], self.cfg.control, inputs)
+        self._extract("control", unit, task, acts_key)
+        self.host.remove(unit)
+
+    def experimental(self) -> None:
+        """E: LoRA on the capped mixture of all tasks, then its states on every task."""
+        inputs = _hash(self.base_key, self.task_fp, self.cfg.lora.model_dump(), self.cfg.experimental.model_dump(),
+                       self.cfg.cluster_cap, "experimental")
+        keys = {t: _hash(inputs, "acts", fp) for t, fp in self.task_fp.items()}
+        done = self.study.unit_done(EXPERIMENTAL, inputs)
+        if done is not None and all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
+            self.train_logs[EXPERIMENTAL] = done["log"]
+            return
+        mix = mixture(self.train, self.clusters, cap=self.cfg.cluster_cap, seed=self.cfg.seed)
+        self.rep.log(f"experimental mixture: {len(mix)} examples from {len(self.tasks)} tasks")
+        self._adapter(EXPERIMENTAL, mix, self.cfg.experimental, inputs)
+        self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
+        self.host.remove(EXPERIMENTAL)
+
+    def base(self) -> None:
+        """B: the plain base model's states on every task."""
+        self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp) for t, fp in self.task_fp.items()})
+
+    def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str]) -> None:
+        with self.rep.bar(f"extract {label}", total=sum(len(p) for p in self.test.values())) as advance:
+            for task, key in keys.items():
+                self._extract(label, adapter, task, key)
+                advance(len(self.test[task]), info=task)
+
+
+def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loaded, rep: Reporter,
+         timings: dict[str, float], t_start: float) -> StudyResult:
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
-    builder = PromptBuilder(loaded.tokenizer, cue=cfg.cue, max_prompt_tokens=cfg.max_prompt_tokens,
-                            max_target_tokens=cfg.max_target_tokens, use_chat_template=cfg.use_chat_template)
     t0 = time.perf_counter()
-    train = {t.name: builder.build_all(t, sample_split(t, "train", cfg.n_train, cfg.seed)) for t in tasks}
-    test = {t.name: builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in tasks}
+    run = _Study(cfg, study, tasks, loaded, rep)
     timings["prompts"] = time.perf_counter() - t0
-    prompt_key = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, builder.mode, cfg.seed,
-                       cfg.n_train, cfg.n_test)
-    base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, prompt_key)
-    task_fp = {t.name: t.fingerprint for t in tasks}
-    provenance = {
-        "config": json.loads(cfg.model_dump_json()), "versions": _versions(),
-        "model": {"name": loaded.name, "kind": source.kind, "location": source.location,
-                  "fingerprint": loaded.fingerprint, "n_layers": loaded.n_layers,
-                  "hidden_size": loaded.hidden_size, "dtype": str(loaded.dtype),
-                  "dtype_reason": loaded.dtype_reason, "device": str(loaded.device),
-                  "prompt_mode": builder.mode},
-        "tasks": {t.name: {"cluster": t.cluster, "fingerprint": t.fingerprint, "path": str(t.path),
-                           "template": t.template.origin, "n_train": len(train[t.name]),
-                           "n_test": len(test[t.name]),
-                           "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in test[t.name])}
-                  for t in tasks},
-        "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
-    }
+    provenance = run.provenance(source)
     write_json(study.path("study.json"), {**provenance, "status": "running"})
-
-    host = AdapterHost(loaded)
-    train_logs: dict[str, dict] = {}
-
-    def run_unit(unit: str, prompts, settings, inputs: str) -> None:
-        done = study.unit_done(unit, inputs)
-        if done is not None:
-            train_logs[unit] = done["log"]
-            rep.log(f"{unit}: adapter found, not retrained")
-            host.load(unit, study.adapter_dir(unit))
-            return
-        with rep.bar(f"train {unit}", total=n_steps(len(prompts), settings)) as advance:
-            log = train_adapter(host, unit, prompts, settings=settings, lora=cfg.lora, seed=cfg.seed,
-                                on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
-        with study.adapter_writer(unit) as tmp:
-            host.save(unit, tmp)
-            write_json(tmp / "done.json", {"inputs": inputs, "log": log})
-        train_logs[unit] = log
-        rep.log(f"{unit}: {log['steps']} steps, loss {log['train_loss'][0]:.3f} -> {log['train_loss'][-1]:.3f}, "
-                f"{log['tokens_per_second']:.0f} tokens/s")
-
-    def run_extract(model_label: str, adapter: str | None, task: str, inputs: str) -> bool:
-        if study.activations_done(model_label, task, inputs):
-            return False
-        acts = extract(host, adapter, test[task], token_budget=cfg.extract_token_budget,
-                       last_layer=cfg.last_layer)
-        study.write_activations(model_label, task, acts, inputs)
-        return True
-
-    t_train = t_extract = 0.0
     for task in tasks:
-        unit = f"control-{task.name}"
-        inputs = _hash(base_key, task_fp[task.name], cfg.lora.model_dump(), cfg.control.model_dump(), "control")
-        act_key = _hash(inputs, "acts")
-        if study.activations_done("control", task.name, act_key) and study.unit_done(unit, inputs):
-            train_logs[unit] = study.unit_done(unit, inputs)["log"]
-            continue
-        t0 = time.perf_counter()
-        run_unit(unit, train[task.name], cfg.control, inputs)
-        t_train += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run_extract("control", unit, task.name, act_key)
-        host.remove(unit)
-        t_extract += time.perf_counter() - t0
-
-    mix = mixture(train, clusters, cap=cfg.cluster_cap, seed=cfg.seed)
-    e_inputs = _hash(base_key, task_fp, cfg.lora.model_dump(), cfg.experimental.model_dump(), cfg.cluster_cap,
-                     "experimental")
-    e_key = _hash(e_inputs, "acts")
-    need_e = [t.name for t in tasks if not study.activations_done(EXPERIMENTAL, t.name, _hash(e_key, task_fp[t.name]))]
-    if need_e or study.unit_done(EXPERIMENTAL, e_inputs) is None:
-        t0 = time.perf_counter()
-        rep.log(f"experimental mixture: {len(mix)} examples from {len(tasks)} tasks")
-        run_unit(EXPERIMENTAL, mix, cfg.experimental, e_inputs)
-        t_train += time.perf_counter() - t0
-    else:
-        train_logs[EXPERIMENTAL] = study.unit_done(EXPERIMENTAL, e_inputs)["log"]
+        run.control(task.name)
+    run.experimental()
+    run.base()
+    timings.update(run.seconds)
 
     t0 = time.perf_counter()
-    total = sum(len(test[t.name]) for t in tasks)
-    for label, adapter in ((EXPERIMENTAL, EXPERIMENTAL), ("base", None)):
-        key = e_key if label == EXPERIMENTAL else _hash(base_key, "base-acts")
-        with rep.bar(f"extract {label}", total=total) as advance:
-            for task in tasks:
-                run_extract(label, adapter, task.name, _hash(key, task_fp[task.name]))
-                advance(len(test[task.name]), info=task.name)
-    t_extract += time.perf_counter() - t0
-    timings["train"], timings["extract"] = t_train, t_extract
-
-    t0 = time.perf_counter()
-    sim, controls = analyze(study, clusters)
+    sim, controls = analyze(study, run.clusters)
     timings["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     plot_cka_by_layer(sim, study.path("figures", "cka_by_layer.png"), title=loaded.name)
@@ -222,8 +246,8 @@ def _run(cfg, study, tasks, source, loaded, clusters, rep, timings, t_start) -> 
     timings["total"] = time.perf_counter() - t_start
     write_json(study.path("study.json"), {
         **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
-        "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": train_logs})
-    return StudyResult(root=root, similarity=sim, controls=controls, timings=timings)
+        "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": run.train_logs})
+    return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)
 
 
 __all__ = ["StudyResult", "run_study", "validate"]

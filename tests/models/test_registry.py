@@ -27,3 +27,18 @@ def test_hub_id_offline_fails_with_a_clear_message():
     assert source.kind == "hub"
     with pytest.raises(MossaError, match="cannot load it from the hub or the local HF cache"):
         check_model_available(source)
+
+
+def test_cpu_dtype_choice_is_measured_once_and_kept(monkeypatch, tmp_path):
+    import torch
+
+    from mossa.models import _loading
+
+    monkeypatch.setenv("MOSSA_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(_loading, "_measure_bf16_speedup", lambda: calls.append(1) or 0.5)
+    first = _loading.pick_dtype("auto", torch.device("cpu"))
+    monkeypatch.setattr(_loading, "_measure_bf16_speedup", lambda: calls.append(1) or 3.0)
+    assert _loading.pick_dtype("auto", torch.device("cpu")) == first
+    assert first[0] == torch.float32 and len(calls) == 1
+    assert _loading.pick_dtype("bfloat16", torch.device("cpu"))[0] == torch.bfloat16

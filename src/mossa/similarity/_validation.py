@@ -8,14 +8,26 @@ in its first lines, and every message says what was expected, what arrived, and 
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from mossa.errors import MossaError
 
-__all__ = ["check_paired_representations"]
+if TYPE_CHECKING:  # _cka imports this module, so it is imported lazily below
+    from mossa.similarity._cka import SimilarityResult
+
+__all__ = [
+    "CentredPair",
+    "centre_and_check_variation",
+    "check_paired_representations",
+    "check_scalar",
+    "value_or_warn",
+]
 
 # dtype kinds NumPy may hand us that carry real numbers: float, signed and unsigned int.
 _REAL_KINDS = frozenset("fiu")
@@ -168,3 +180,103 @@ def check_paired_representations(
                 f"pipeline does; the measure never drops rows silently."
             )
     return X, Y
+
+
+def check_scalar(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    fix: str,
+) -> float | int:
+    """Check one numeric parameter of a measure and return it as a Python ``float`` (or ``int``).
+
+    ``bool`` is refused even though it is an ``int``. Bounds are inclusive unless
+    ``low_open=True``; non-finite floats are refused. The message names the parameter, the
+    allowed values, what arrived, and ``fix``.
+    """
+    kind = "an integer" if integer else "a real number"
+    allowed = kind
+    if low is not None or high is not None:
+        left = "(" if low_open else "["
+        allowed += (
+            f" in {left}{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}]"
+        )
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
+        value, bool
+    )
+    if ok_type:
+        number = int(value) if integer else float(value)
+        ok = math.isfinite(number)
+        if ok and low is not None:
+            ok = number > low if low_open else number >= low
+        if ok and high is not None:
+            ok = number <= high
+        if ok:
+            return number
+    raise MossaError(f"{name}: expected {allowed}, got {value!r}. Fix: {fix}.")
+
+
+class CentredPair(NamedTuple):
+    """Two column-centred representations and whether each varies across examples.
+
+    ``X`` and ``Y`` are each scaled by a power of two (exact, see ``_cka._scale_pow2``) and
+    then centred, so they may only feed quantities invariant to isotropic scaling. ``reason`` is
+    None when both vary, else the reason linear CKA gives for the same inputs.
+    """
+
+    X: np.ndarray
+    Y: np.ndarray
+    varies_x: bool
+    varies_y: bool
+    reason: str | None
+
+
+def centre_and_check_variation(
+    X: np.ndarray, Y: np.ndarray, *, names: tuple[str, str] = ("X", "Y")
+) -> CentredPair:
+    """Centre two validated float64 matrices and apply linear CKA's "does not vary" rule.
+
+    Every measure uses the same threshold as :func:`mossa.similarity.linear_cka` (centred
+    Frobenius norm at most ``_cka._CONSTANT_RTOL`` of the uncentred one), so all measures
+    agree on which representations count as constant.
+
+    Parameters
+    ----------
+    X : numpy.ndarray of float64, shape (n_examples, d1)
+    Y : numpy.ndarray of float64, shape (n_examples, d2)
+        Outputs of :func:`check_paired_representations`.
+    names : tuple of (str, str), default=("X", "Y")
+        How the two sides are called in the reason.
+    """
+    # _cka imports this module at its top, so its helpers are imported here, not there.
+    from mossa.similarity._cka import _CONSTANT_RTOL, _center, _constant_reason, _scale_pow2
+
+    Xs = _scale_pow2(X[None])  # [1, n, d1]
+    Ys = _scale_pow2(Y[None])  # [1, n, d2]
+    Xc = _center(Xs)[0]  # [n, d1]
+    Yc = _center(Ys)[0]  # [n, d2]
+    const_x = bool(np.sum(Xc * Xc) <= _CONSTANT_RTOL**2 * np.sum(Xs * Xs))
+    const_y = bool(np.sum(Yc * Yc) <= _CONSTANT_RTOL**2 * np.sum(Ys * Ys))
+    return CentredPair(Xc, Yc, not const_x, not const_y, _constant_reason(const_x, const_y, names))
+
+
+def value_or_warn(result: SimilarityResult, measure: str) -> float:
+    """Return ``result.value``, warning :class:`UndefinedSimilarityWarning` when it is NaN.
+
+    For the float-returning twin of each ``*_result`` measure function; the warning points at
+    the caller of that function (``stacklevel=3``).
+    """
+    if result.reason is not None:
+        from mossa.similarity._cka import UndefinedSimilarityWarning
+
+        warnings.warn(
+            f"{measure} is undefined, returning NaN: {result.reason}",
+            UndefinedSimilarityWarning,
+            stacklevel=3,
+        )
+    return result.value
