@@ -2,10 +2,12 @@
 
 The ``similarity`` stage: it reads per-layer hidden-state matrices (rows = examples) of two
 models and returns how similar they are, layer by layer. Each measure family lives in a
-private module (``_cka.py``, ...) and is re-exported here; shared input checks live in
-``_validation.py``.
+private module (``_cka.py``, ``_kernel.py``, ``_cca.py``, ``_procrustes.py``, ``_knn.py``) and
+is re-exported here; shared input checks live in ``_validation.py``. Every measure registers
+itself by name in the measure registry (``_registry.py``) when its module is imported.
 """
 
+from mossa.similarity._cca import pwcca, pwcca_result, svcca, svcca_result
 from mossa.similarity._cka import (
     SimilarityResult,
     UndefinedSimilarityWarning,
@@ -13,11 +15,34 @@ from mossa.similarity._cka import (
     linear_cka,
     linear_cka_result,
 )
+from mossa.similarity._kernel import rbf_cka, rbf_cka_result
+from mossa.similarity._knn import mutual_knn, mutual_knn_result
+from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
+from mossa.similarity._registry import (
+    Measure,
+    available_measures,
+    get_measure,
+    register_measure,
+)
 
 __all__ = [
+    "Measure",
     "SimilarityResult",
     "UndefinedSimilarityWarning",
+    "available_measures",
+    "get_measure",
     "layerwise_linear_cka",
     "linear_cka",
     "linear_cka_result",
+    "mutual_knn",
+    "mutual_knn_result",
+    "procrustes_distance",
+    "procrustes_distance_result",
+    "pwcca",
+    "pwcca_result",
+    "rbf_cka",
+    "rbf_cka_result",
+    "register_measure",
+    "svcca",
+    "svcca_result",
 ]

@@ -435,3 +435,28 @@ def layerwise_linear_cka(
     Av, Bv = check_paired_representations(A, B, stacked=True, names=names)
     _check_debiased_n(Av.shape[1], debiased)
     return _cka_stack(Av, Bv, debiased=debiased, names=names)
+
+
+# --- measure registry entries. The import sits with them; _registry imports nothing from
+# this module at run time, so there is no import cycle. ---
+from mossa.similarity._registry import register_measure  # noqa: E402
+
+register_measure(
+    "linear_cka",
+    symmetric=True,
+    value_range=(0.0, 1.0),
+    higher_is_similar=True,
+    description="linear CKA, biased HSIC (Kornblith et al. 2019)",
+)(linear_cka_result)
+
+
+@register_measure(
+    "debiased_cka",
+    symmetric=True,
+    value_range=(-1.0, 1.0),
+    higher_is_similar=True,
+    description="linear CKA, unbiased HSIC (Song et al. 2012); may be negative",
+)
+def _debiased_cka_result(X: Any, Y: Any) -> SimilarityResult:
+    """``linear_cka_result(X, Y, debiased=True)``, as the registry's ``debiased_cka``."""
+    return linear_cka_result(X, Y, debiased=True)

@@ -202,10 +202,8 @@ def check_scalar(
     allowed = kind
     if low is not None or high is not None:
         left = "(" if low_open else "["
-        allowed += (
-            f" in {left}{low if low is not None else '-inf'}, "
-            f"{high if high is not None else 'inf'}]"
-        )
+        right = f"{high}]" if high is not None else "inf)"
+        allowed += f" in {left}{low if low is not None else '-inf'}, {right}"
     ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(
         value, bool
     )
