@@ -21,5 +21,5 @@ def test_every_subpackage_and_stage_module_has_tests():
     for entry in SRC.iterdir():
         if entry.is_dir() and (entry / "__init__.py").exists():
             assert list((TESTS / entry.name).glob("test_*.py")), f"no tests/{entry.name}/test_*.py"
-    for stage in ("config", "store", "training", "extraction", "analysis", "cli"):
+    for stage in ("config", "store", "training", "extraction", "cli"):
         assert (TESTS / f"test_{stage}.py").exists(), stage
