@@ -28,8 +28,13 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert set(sim["model"]) == {"base", "experimental"}
     assert set(sim["task"]) == {"tiny_sentiment", "tiny_struct"}
     assert sorted(sim["layer"].unique()) == [0, 1, 2]
+    from mossa.analysis import DEFAULT_MEASURES
+
+    assert set(sim["measure"]) == set(DEFAULT_MEASURES)
     layer0 = sim[sim["layer"] == 0]
-    assert layer0["value"].isna().all() and layer0["undefined_reason"].str.contains("not vary across examples").all()
+    assert layer0["value"].isna().all() and (layer0["undefined_reason"] != "").all()
+    sim = sim[sim["measure"] == "linear_cka"]
+    assert sim[sim["layer"] == 0]["undefined_reason"].str.contains("not vary across examples").all()
     upper = sim[sim["layer"] > 0]
     assert upper["value"].between(0, 1).all() and (upper["undefined_reason"].fillna("") == "").all()
     assert (sim["n_examples"] == 12).all()
@@ -39,9 +44,37 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert study["status"] == "complete" and study["model"]["n_layers"] == 2
     assert set(study["seconds"]) >= {"load_model", "train", "extract", "analyze", "total"}
     assert "median linear CKA" in capsys.readouterr().out
+    full = pd.read_parquet(out / "results/similarity.parquet")
     pd.testing.assert_frame_equal(pd.read_csv(out / "results/similarity.csv"),
-                                  sim.assign(undefined_reason=sim["undefined_reason"].replace("", float("nan"))),
+                                  full.assign(undefined_reason=full["undefined_reason"].replace("", float("nan"))),
                                   check_dtype=False)
+
+
+def test_analyze_rewrites_tables_and_figures_without_a_model(tiny_model, tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
+    before = pd.read_parquet(out / "results/similarity.parquet")
+    for rel in ("results", "figures"):
+        for f in (out / rel).iterdir():
+            f.unlink()
+
+    assert main(["analyze", str(out), "--measures", "linear_cka,procrustes_distance"]) == 0
+    after = pd.read_parquet(out / "results/similarity.parquet")
+    pd.testing.assert_frame_equal(after[after["measure"] == "linear_cka"].reset_index(drop=True), before)
+    assert set(after["measure"]) == {"linear_cka", "procrustes_distance"}
+    for fig in ("cka_by_layer.png", "cka_by_cluster.png", "layer_by_layer_cka.png"):
+        assert (out / "figures" / fig).stat().st_size > 10_000
+    cross = pd.read_csv(out / "results/layer_by_layer_cka.csv")
+    assert set(cross["model"]) == {"base", "experimental"} and cross["control_layer"].max() == 2
+
+
+def test_analyze_errors(tmp_path, tiny_model, tiny_tasks, capsys):
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "study.json: not found" in capsys.readouterr().err
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
+    assert main(["analyze", str(out), "--measures", "cka_lin"]) == 2
+    assert "unknown measure 'cka_lin'" in capsys.readouterr().err
 
 
 def test_rerun_reuses_units_and_gives_the_same_table(tiny_model, tiny_tasks, tmp_path):
@@ -68,6 +101,7 @@ def _bad_jsonl(tiny_tasks):
     ("unknown_task", r"unknown task 'nope'"),
     ("unknown_model", r"unknown model 'no-such-model'"),
     ("bad_value", r"field 'n_test'"),
+    ("unknown_measure", r"unknown measure 'svcaa'.*did you mean svcca"),
 ])
 def test_user_errors_exit_2_with_one_line_and_leave_nothing(case, message, tiny_model, tiny_tasks, tmp_path):
     out = tmp_path / "study"
@@ -83,6 +117,8 @@ def test_user_errors_exit_2_with_one_line_and_leave_nothing(case, message, tiny_
         args[2] = "no-such-model"
     elif case == "bad_value":
         args += ["--n-test", "0"]
+    elif case == "unknown_measure":
+        args += ["--measures", "linear_cka,svcaa"]
     proc = subprocess.run([sys.executable, "-m", "mossa.cli", *args], capture_output=True, text=True,
                           env={**__import__("os").environ, "COLUMNS": "400"})
     assert proc.returncode == 2, proc.stderr

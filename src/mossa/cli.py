@@ -43,12 +43,12 @@ if importlib.util.find_spec("typer._click") is not None:
     _CLICK_ERRORS += (_typer_click.ClickException,)
 
 
-def _split_list(value: Optional[str]) -> Optional[list[str]]:
+def _split_list(value: Optional[str], flag: str = "--tasks") -> Optional[list[str]]:
     if value is None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        raise MossaError("--tasks: give a comma-separated list of task names, e.g. --tasks sst2,rte")
+        raise MossaError(f"{flag}: give a comma-separated list of names, e.g. {flag} a,b")
     return items
 
 
@@ -67,6 +67,7 @@ def run(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
+    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: all)."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -75,9 +76,24 @@ def run(
 
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
-                          "device": device, "last_layer": last_layer}, config_file=config)
+                          "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures")},
+                         config_file=config)
     result = run_study(cfg, reporter=Reporter())
     _summary(result)
+
+
+@app.command()
+def analyze(
+    study_dir: Path = typer.Argument(..., help="A study folder written by `mossa run`."),
+    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: all)."),
+) -> None:
+    """Recompute every table and figure of a study from its stored activations (loads no model)."""
+    from mossa.analysis import DEFAULT_MEASURES
+    from mossa.progress import Reporter
+    from mossa.study import analyze_study
+
+    chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
+    _summary(analyze_study(study_dir, measures=chosen, reporter=Reporter()))
 
 
 def _summary(result) -> None:
@@ -98,7 +114,7 @@ def _summary(result) -> None:
     out.print(table)
     c = result.controls
     out.print(f"controls beating B on their own test loss: {int(c['control_better'].sum())}/{len(c)}")
-    out.print(f"study folder: {result.root}  (results/, figures/cka_by_layer.png, study.json)")
+    out.print(f"study folder: {result.root}  (results/, figures/, study.json)")
 
 
 @tasks_app.command("list")

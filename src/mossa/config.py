@@ -72,6 +72,8 @@ class StudyConfig(BaseModel):
     last_layer: Literal["post_norm", "pre_norm"] = Field(
         "post_norm", description="Last layer's state after the final norm (HF convention) or before it."
     )
+    measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
+                                       "mossa.analysis.DEFAULT_MEASURES.")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     control: TrainSettings = Field(default_factory=TrainSettings)

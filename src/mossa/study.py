@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from mossa.analysis import analyze
+from mossa.analysis import DEFAULT_MEASURES, analyze, check_measures
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
 from mossa.extraction import extract
 from mossa.models import check_model_available, load_model, resolve_model
 from mossa.models._adapters import AdapterHost
 from mossa.progress import Reporter
-from mossa.report import plot_cka_by_layer
-from mossa.store import StudyDir, write_json
+from mossa.report import plot_cka_by_cluster, plot_cka_by_layer, plot_layer_by_layer
+from mossa.store import StudyDir, read_json, write_json
 from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, sample_split
 from mossa.training import mixture, n_steps, train_adapter
 
@@ -66,6 +66,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     MossaError
         For invalid tasks, models or settings, before anything is written.
     """
+    check_measures(tuple(cfg.measures or DEFAULT_MEASURES))
     tasks = load_tasks(cfg.tasks_dir, cfg.tasks)
     for task in tasks:
         sample_split(task, "train", 1, cfg.seed)
@@ -237,17 +238,53 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     run.base()
     timings.update(run.seconds)
 
-    t0 = time.perf_counter()
-    sim, controls = analyze(study, run.clusters)
-    timings["analyze"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    plot_cka_by_layer(sim, study.path("figures", "cka_by_layer.png"), title=loaded.name)
-    timings["figures"] = time.perf_counter() - t0
+    analysis = analyze_study(study.root, measures=tuple(cfg.measures or DEFAULT_MEASURES),
+                             provenance=provenance, reporter=rep)
+    timings.update({k: v for k, v in analysis.timings.items()})
     timings["total"] = time.perf_counter() - t_start
     write_json(study.path("study.json"), {
         **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
         "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": run.train_logs})
+    return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
+                       timings=timings)
+
+
+def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, provenance: dict | None = None,
+                  reporter: Reporter | None = None) -> StudyResult:
+    """Recompute every table and figure of a study from its stored activations (no model).
+
+    Raises
+    ------
+    MossaError
+        When the folder is not a study, an activation file is missing, or a measure is unknown.
+    """
+    rep = reporter or Reporter()
+    measures = check_measures(measures)
+    study = StudyDir(Path(root))
+    if provenance is None:
+        path = study.path("study.json")
+        if not path.is_file():
+            raise MossaError(f"{path}: not found; STUDY_DIR must be a folder written by `mossa run`")
+        provenance = read_json(path)
+        if provenance.get("status") != "complete":
+            raise MossaError(f"{path}: the study is not complete (status {provenance.get('status')!r}); rerun "
+                             f"`mossa run` with the same --out first")
+    try:
+        clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
+        title = provenance["model"]["name"]
+    except (KeyError, TypeError, AttributeError):
+        raise MossaError(f"{study.path('study.json')}: missing 'tasks' or 'model'; not a mossa study file") from None
+    timings = {}
+    t0 = time.perf_counter()
+    sim, controls, cross = analyze(study, clusters, measures=measures)
+    timings["analyze"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plot_cka_by_layer(sim, study.path("figures", "cka_by_layer.png"), title=title)
+    plot_cka_by_cluster(sim, study.path("figures", "cka_by_cluster.png"), title=title)
+    plot_layer_by_layer(cross, study.path("figures", "layer_by_layer_cka.png"), title=title)
+    timings["figures"] = time.perf_counter() - t0
+    rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)
 
 
-__all__ = ["StudyResult", "run_study", "validate"]
+__all__ = ["StudyResult", "analyze_study", "run_study", "validate"]

@@ -3,6 +3,17 @@
 Stage: analysis (reads activation files from the store; writes results/).
 """
 
-from mossa.analysis._similarity import COMPARED, SIMILARITY_COLUMNS, align, analyze, mean_loss, task_similarity
+from mossa.analysis._similarity import (
+    COMPARED,
+    DEFAULT_MEASURES,
+    SIMILARITY_COLUMNS,
+    align,
+    analyze,
+    check_measures,
+    mean_loss,
+    task_cross_layer,
+    task_similarity,
+)
 
-__all__ = ["COMPARED", "SIMILARITY_COLUMNS", "align", "analyze", "mean_loss", "task_similarity"]
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "SIMILARITY_COLUMNS", "align", "analyze", "check_measures",
+           "mean_loss", "task_cross_layer", "task_similarity"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mossa.similarity import layerwise_linear_cka
+from mossa.errors import MossaError
+from mossa.similarity import cross_layer_linear_cka, get_measure, layerwise_linear_cka
 from mossa.store import Activations, StudyDir, atomic_path
 
 COMPARED = ("base", "experimental")
@@ -43,15 +44,53 @@ def align(runs: dict[str, Activations]) -> tuple[list[str], dict[str, np.ndarray
     return kept, {name: acts[:, finite] for name, acts in picked.items()}, int((~finite).sum())
 
 
-def task_similarity(task: str, cluster: str, runs: dict[str, Activations]) -> list[dict]:
-    """Linear CKA of base and experimental vs control, per layer, for one task."""
+DEFAULT_MEASURES = ("linear_cka", "debiased_cka", "rbf_cka", "svcca", "pwcca", "procrustes_distance", "mutual_knn")
+_LAYERWISE = {"linear_cka": False, "debiased_cka": True}  # measures with a batched layer path
+
+
+def _layer_values(measure: str, A: np.ndarray, B: np.ndarray, names: tuple[str, str]) -> list[tuple[float, str]]:
+    """(value, reason) per layer for one measure; an estimator that cannot run on these data
+    (too few examples for the kept dimensions, say) gives NaN with the error as the reason."""
+    if measure in _LAYERWISE:
+        try:
+            return [(r.value, r.reason or "") for r in
+                    layerwise_linear_cka(A, B, debiased=_LAYERWISE[measure], names=names)]
+        except MossaError as exc:
+            return [(float("nan"), str(exc))] * len(A)
+    func = get_measure(measure)
+    out = []
+    for a, b in zip(A, B):
+        try:
+            res = func(a, b)
+            out.append((res.value, res.reason or ""))
+        except MossaError as exc:
+            out.append((float("nan"), str(exc)))
+    return out
+
+
+def task_similarity(task: str, cluster: str, runs: dict[str, Activations],
+                    measures: tuple[str, ...] = DEFAULT_MEASURES) -> list[dict]:
+    """Every measure of base and experimental vs control, per layer, for one task."""
     ids, acts, n_dropped = align(runs)
     rows = []
+    for measure in measures:
+        for model in COMPARED:
+            values = _layer_values(measure, acts[model], acts["control"], (model, "control"))
+            for layer, (value, reason) in enumerate(values):
+                rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
+                             "measure": measure, "value": value, "n_examples": len(ids),
+                             "n_dropped": n_dropped, "undefined_reason": reason})
+    return rows
+
+
+def task_cross_layer(task: str, runs: dict[str, Activations]) -> list[dict]:
+    """Linear CKA of every layer of B and E with every layer of C_t, for one task (long rows)."""
+    _, acts, _ = align(runs)
+    rows = []
     for model in COMPARED:
-        for layer, res in enumerate(layerwise_linear_cka(acts[model], acts["control"], names=(model, "control"))):
-            rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
-                         "measure": "linear_cka", "value": res.value, "n_examples": res.n_examples,
-                         "n_dropped": n_dropped, "undefined_reason": res.reason or ""})
+        matrix = cross_layer_linear_cka(acts[model], acts["control"])  # [layers, layers]
+        for i, j in np.ndindex(matrix.shape):
+            rows.append({"task": task, "model": model, "layer": i, "control_layer": j, "value": matrix[i, j]})
     return rows
 
 
@@ -68,19 +107,35 @@ def write_table(df: pd.DataFrame, path_stem) -> None:
         df.to_csv(tmp, index=False)
 
 
-def analyze(study: StudyDir, tasks: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Compute and write `results/similarity.*` and `results/controls.csv`.
+def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate measure names against the registry (before any work starts)."""
+    for name in measures:
+        get_measure(name)
+    return tuple(measures)
+
+
+def analyze(study: StudyDir, tasks: dict[str, str], *,
+            measures: tuple[str, ...] = DEFAULT_MEASURES) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
     Parameters
     ----------
     study : StudyDir
     tasks : dict
         Task name -> cluster, in study order.
+    measures : tuple of str
+        Registered measure names (see `mossa.similarity.available_measures`).
+
+    Returns
+    -------
+    similarity, controls, cross_layer : pandas.DataFrame
     """
-    sim_rows, control_rows = [], []
+    measures = check_measures(measures)
+    sim_rows, control_rows, cross_rows = [], [], []
     for task, cluster in tasks.items():
         runs = {m: study.read_activations(m, task) for m in ("control", *COMPARED)}
-        sim_rows += task_similarity(task, cluster, runs)
+        sim_rows += task_similarity(task, cluster, runs, measures)
+        cross_rows += task_cross_layer(task, runs)
         control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                              "control": mean_loss(runs["control"]),
                              "experimental": mean_loss(runs["experimental"]), "cluster": cluster,
@@ -88,7 +143,14 @@ def analyze(study: StudyDir, tasks: dict[str, str]) -> tuple[pd.DataFrame, pd.Da
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
     controls = pd.DataFrame(control_rows)
     controls["control_better"] = controls["control"] < controls["base"]
+    cross = pd.DataFrame(cross_rows)
     write_table(sim, study.path("results", "similarity"))
     with atomic_path(study.path("results", "controls.csv")) as tmp:
         controls.to_csv(tmp, index=False)
-    return sim, controls
+    with atomic_path(study.path("results", "layer_by_layer_cka.csv")) as tmp:
+        cross.to_csv(tmp, index=False)
+    return sim, controls, cross
+
+
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "SIMILARITY_COLUMNS", "align", "analyze",
+           "check_measures", "mean_loss", "task_cross_layer", "task_similarity"]

@@ -11,6 +11,7 @@ from mossa.similarity._cca import pwcca, pwcca_result, svcca, svcca_result
 from mossa.similarity._cka import (
     SimilarityResult,
     UndefinedSimilarityWarning,
+    cross_layer_linear_cka,
     layerwise_linear_cka,
     linear_cka,
     linear_cka_result,
@@ -30,6 +31,7 @@ __all__ = [
     "SimilarityResult",
     "UndefinedSimilarityWarning",
     "available_measures",
+    "cross_layer_linear_cka",
     "get_measure",
     "layerwise_linear_cka",
     "linear_cka",

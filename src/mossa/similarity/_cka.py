@@ -460,3 +460,48 @@ register_measure(
 def _debiased_cka_result(X: Any, Y: Any) -> SimilarityResult:
     """``linear_cka_result(X, Y, debiased=True)``, as the registry's ``debiased_cka``."""
     return linear_cka_result(X, Y, debiased=True)
+
+
+def cross_layer_linear_cka(A: Any, B: Any) -> np.ndarray:
+    """Biased linear CKA between every layer of ``A`` and every layer of ``B``.
+
+    Entry ``[i, j]`` equals ``linear_cka(A[i], B[j])``; all pairs come from one set of
+    centred Gram matrices (n x n per layer, float64), so the whole matrix costs about as much
+    as one product of two ``[layers, n*n]`` matrices.
+
+    Parameters
+    ----------
+    A : numpy.ndarray or torch.Tensor of shape (layers_a, n_examples, d1)
+    B : numpy.ndarray or torch.Tensor of shape (layers_b, n_examples, d2)
+        The same examples in the same row order; the layer counts may differ.
+
+    Returns
+    -------
+    numpy.ndarray of shape (layers_a, layers_b)
+        NaN where either layer does not vary across examples (CKA is 0/0 there); such layers
+        are the ones for which :func:`linear_cka_result` gives a reason.
+
+    Raises
+    ------
+    MossaError
+        If the inputs fail validation (see :func:`layerwise_linear_cka`).
+    """
+    Av = check_paired_representations(A, A, stacked=True, names=("A", "A"))[0]
+    Bv = check_paired_representations(B, B, stacked=True, names=("B", "B"))[0]
+    if Av.shape[1] != Bv.shape[1]:
+        raise MossaError(f"A and B must hold the same examples: got {Av.shape[1]} and {Bv.shape[1]} rows; "
+                         "align the rows by example id first")
+
+    def unit_grams(stack: np.ndarray) -> np.ndarray:
+        scaled = _scale_pow2(stack)
+        centred = _center(scaled)
+        grams = np.einsum("lid,ljd->lij", centred, centred).reshape(len(stack), -1)  # [layers, n*n]
+        norms = np.linalg.norm(grams, axis=1)
+        constant = np.einsum("lij,lij->l", centred, centred) <= (_CONSTANT_RTOL**2) * np.einsum(
+            "lij,lij->l", scaled, scaled)
+        out = np.full_like(grams, np.nan)
+        ok = ~constant & (norms > 0)
+        out[ok] = grams[ok] / norms[ok, None]
+        return out
+
+    return unit_grams(Av) @ unit_grams(Bv).T
