@@ -141,3 +141,25 @@ def test_lists(tiny_tasks, capsys):
 def test_click_usage_error_is_one_line(capsys):
     assert main(["run", "--seed", "abc"]) == 2
     assert "mossa: error:" in capsys.readouterr().err
+
+
+def test_heldout_experiment(tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--measures", "linear_cka") == 0
+    sim = pd.read_parquet(out / "results/similarity.parquet")
+    held = sim[sim["model"] == "heldout"]
+    assert set(held["task"]) == {"tiny_struct"} and len(held) == 3
+    assert (out / "figures/heldout_cka_by_layer.png").is_file()
+    study = json.loads((out / "study.json").read_text())
+    assert study["heldout_tasks"] == ["tiny_struct"]
+    assert study["training"]["heldout"]["n_examples"] == study["tasks"]["tiny_sentiment"]["n_train"]
+    controls = pd.read_csv(out / "results/controls.csv")
+    assert controls.set_index("task")["heldout"].notna().to_dict() == {"tiny_sentiment": False, "tiny_struct": True}
+
+
+def test_holdout_errors(tiny_model, tiny_tasks, tmp_path, capsys):
+    assert _run(tiny_model, tiny_tasks, tmp_path / "a", "--holdout", "tiny_sentiment,tiny_struct") == 2
+    assert "holds out every task" in capsys.readouterr().err
+    assert _run(tiny_model, tiny_tasks, tmp_path / "b", "--holdout", "sst2") == 2
+    assert "field 'holdout': sst2 not among" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

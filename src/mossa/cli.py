@@ -68,6 +68,7 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: all)."),
+    holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -76,7 +77,8 @@ def run(
 
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
-                          "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures")},
+                          "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures"),
+                          "holdout": _split_list(holdout, "--holdout")},
                          config_file=config)
     result = run_study(cfg, reporter=Reporter())
     _summary(result)

@@ -72,12 +72,22 @@ class StudyConfig(BaseModel):
     last_layer: Literal["post_norm", "pre_norm"] = Field(
         "post_norm", description="Last layer's state after the final norm (HF convention) or before it."
     )
+    holdout: list[str] | Literal["auto", "none"] = Field(
+        "auto", description="Tasks held out of a second experimental model E' (Fig 7): names, 'auto' (one "
+                            "seeded task from each of up to 7 clusters) or 'none'.")
     measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
                                        "mossa.analysis.DEFAULT_MEASURES.")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     control: TrainSettings = Field(default_factory=TrainSettings)
     experimental: TrainSettings = Field(default_factory=TrainSettings)
+
+    @field_validator("holdout", mode="before")
+    @classmethod
+    def _holdout_words(cls, v):
+        if isinstance(v, list) and len(v) == 1 and v[0] in ("auto", "none"):
+            return v[0]
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -100,7 +110,7 @@ DEMO_TASKS = [
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "tasks": ["sst2", "e2e_nlg"],
+        "tasks": ["sst2", "e2e_nlg"], "holdout": "none",
         "n_train": 16, "n_test": 16, "max_prompt_tokens": 64, "max_target_tokens": 8,
         "control": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
         "experimental": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},

@@ -18,9 +18,10 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from mossa.analysis import DEFAULT_MEASURES, analyze, check_measures
+from mossa.analysis import DEFAULT_MEASURES, HELDOUT, analyze, check_measures
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
 from mossa.extraction import extract
@@ -58,6 +59,33 @@ def _versions() -> dict[str, str]:
     return out
 
 
+MAX_HELDOUT_CLUSTERS = 7  # as in the paper's unseen-task experiment
+
+
+def resolve_holdout(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
+    """The tasks held out of E': named ones, none, or one seeded task from each of up to 7 clusters
+    (never all tasks, so E' always has something to learn from)."""
+    names = [t.name for t in tasks]
+    if cfg.holdout == "none":
+        return ()
+    if cfg.holdout == "auto":
+        rng = np.random.default_rng(cfg.seed)
+        clusters = sorted({t.cluster for t in tasks})
+        k = min(MAX_HELDOUT_CLUSTERS, len(clusters), len(tasks) - 1)
+        picked = sorted(rng.choice(len(clusters), size=k, replace=False)) if k > 0 else []
+        chosen = []
+        for c in picked:
+            members = [t.name for t in tasks if t.cluster == clusters[c]]
+            chosen.append(members[int(rng.integers(len(members)))])
+        return tuple(n for n in names if n in chosen)
+    unknown = [h for h in cfg.holdout if h not in names]
+    if unknown:
+        raise MossaError(f"field 'holdout': {', '.join(unknown)} not among the study's tasks ({', '.join(names)})")
+    if len(set(cfg.holdout)) >= len(names):
+        raise MossaError("field 'holdout': holds out every task, leaving E' nothing to train on; keep at least one")
+    return tuple(n for n in names if n in cfg.holdout)
+
+
 def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     """Everything checkable without loading a model: tasks, splits, model name, hub reach.
 
@@ -71,6 +99,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     for task in tasks:
         sample_split(task, "train", 1, cfg.seed)
         sample_split(task, "test", 1, cfg.seed)
+    resolve_holdout(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
     return tasks, source
@@ -134,6 +163,7 @@ class _Study:
         prompts = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, self.builder.mode, cfg.seed,
                         cfg.n_train, cfg.n_test)
         self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, prompts)
+        self.heldout_tasks = resolve_holdout(cfg, tasks)
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
 
@@ -151,6 +181,7 @@ class _Study:
                                "n_test": len(self.test[t.name]),
                                "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in self.test[t.name])}
                       for t in self.tasks},
+            "heldout_tasks": list(self.heldout_tasks),
             "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -199,25 +230,36 @@ class _Study:
 
     def experimental(self) -> None:
         """E: LoRA on the capped mixture of all tasks, then its states on every task."""
-        inputs = _hash(self.base_key, self.task_fp, self.cfg.lora.model_dump(), self.cfg.experimental.model_dump(),
-                       self.cfg.cluster_cap, "experimental")
-        keys = {t: _hash(inputs, "acts", fp) for t, fp in self.task_fp.items()}
-        done = self.study.unit_done(EXPERIMENTAL, inputs)
-        if done is not None and all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
-            self.train_logs[EXPERIMENTAL] = done["log"]
+        self._mixture_unit(EXPERIMENTAL, [t.name for t in self.tasks], [t.name for t in self.tasks])
+
+    def heldout(self) -> None:
+        """E': the same recipe without the held-out tasks, then its states on the held-out tasks."""
+        if self.heldout_tasks:
+            seen = [t.name for t in self.tasks if t.name not in self.heldout_tasks]
+            self._mixture_unit(HELDOUT, seen, list(self.heldout_tasks))
+
+    def _mixture_unit(self, unit: str, train_on: list[str], evaluate_on: list[str]) -> None:
+        fps = {t: self.task_fp[t] for t in train_on}
+        inputs = _hash(self.base_key, fps, self.cfg.lora.model_dump(), self.cfg.experimental.model_dump(),
+                       self.cfg.cluster_cap, unit)
+        keys = {t: _hash(inputs, "acts", self.task_fp[t]) for t in evaluate_on}
+        done = self.study.unit_done(unit, inputs)
+        if done is not None and all(self.study.activations_done(unit, t, k) for t, k in keys.items()):
+            self.train_logs[unit] = done["log"]
             return
-        mix = mixture(self.train, self.clusters, cap=self.cfg.cluster_cap, seed=self.cfg.seed)
-        self.rep.log(f"experimental mixture: {len(mix)} examples from {len(self.tasks)} tasks")
-        self._adapter(EXPERIMENTAL, mix, self.cfg.experimental, inputs)
-        self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
-        self.host.remove(EXPERIMENTAL)
+        mix = mixture({t: self.train[t] for t in train_on}, self.clusters, cap=self.cfg.cluster_cap,
+                      seed=self.cfg.seed)
+        self.rep.log(f"{unit} mixture: {len(mix)} examples from {len(train_on)} tasks")
+        self._adapter(unit, mix, self.cfg.experimental, inputs)
+        self._extract_tasks(unit, unit, keys)
+        self.host.remove(unit)
 
     def base(self) -> None:
         """B: the plain base model's states on every task."""
         self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp) for t, fp in self.task_fp.items()})
 
     def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str]) -> None:
-        with self.rep.bar(f"extract {label}", total=sum(len(p) for p in self.test.values())) as advance:
+        with self.rep.bar(f"extract {label}", total=sum(len(self.test[t]) for t in keys)) as advance:
             for task, key in keys.items():
                 self._extract(label, adapter, task, key)
                 advance(len(self.test[task]), info=task)
@@ -235,6 +277,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     for task in tasks:
         run.control(task.name)
     run.experimental()
+    run.heldout()
     run.base()
     timings.update(run.seconds)
 
@@ -272,16 +315,20 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, p
     try:
         clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
         title = provenance["model"]["name"]
+        heldout = tuple(provenance.get("heldout_tasks", ()))
     except (KeyError, TypeError, AttributeError):
         raise MossaError(f"{study.path('study.json')}: missing 'tasks' or 'model'; not a mossa study file") from None
     timings = {}
     t0 = time.perf_counter()
-    sim, controls, cross = analyze(study, clusters, measures=measures)
+    sim, controls, cross = analyze(study, clusters, measures=measures, heldout=heldout)
     timings["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     plot_cka_by_layer(sim, study.path("figures", "cka_by_layer.png"), title=title)
     plot_cka_by_cluster(sim, study.path("figures", "cka_by_cluster.png"), title=title)
     plot_layer_by_layer(cross, study.path("figures", "layer_by_layer_cka.png"), title=title)
+    if heldout:
+        plot_cka_by_layer(sim[sim["task"].isin(heldout)], study.path("figures", "heldout_cka_by_layer.png"),
+                          title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT))
     timings["figures"] = time.perf_counter() - t0
     rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)

@@ -6,6 +6,7 @@ Stage: analysis (reads activation files from the store; writes results/).
 from mossa.analysis._similarity import (
     COMPARED,
     DEFAULT_MEASURES,
+    HELDOUT,
     SIMILARITY_COLUMNS,
     align,
     analyze,
@@ -15,5 +16,5 @@ from mossa.analysis._similarity import (
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "SIMILARITY_COLUMNS", "align", "analyze", "check_measures",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "analyze", "check_measures",
            "mean_loss", "task_cross_layer", "task_similarity"]

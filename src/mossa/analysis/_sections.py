@@ -139,7 +139,7 @@ def _fit(curves: np.ndarray, centred: np.ndarray, norm2: np.ndarray) -> tuple[np
     ``|m - mean m|^2 - <r_c, m>^2 / |r_c|^2``, so the best split maximises the second term and the
     jump is ``<r_c, m> / |r_c|^2``.
     """
-    proj = curves @ centred.T  # [k, P]
+    proj = (curves - curves.mean(axis=1, keepdims=True)) @ centred.T  # [k, P]; centring: exact shift invariance
     best = np.argmax(proj * proj / norm2, axis=1)  # first maximum: ties go to the earliest split
     jump = proj[np.arange(len(curves)), best] / norm2[best]
     return best, jump
@@ -247,10 +247,12 @@ def find_sections(gain: np.ndarray, *, layers: np.ndarray | None = None, n_boot:
     m = np.median(data, axis=0)  # [n]
     best, jump = _fit(m[None, :], centred, norm2)
     best, jump = int(best[0]), float(jump[0])
+    if np.ptp(m) == 0:  # a constant curve: the jump is 0, not a rounding residue of either sign
+        jump = 0.0
     i, j = pairs[best]
     level_a = float(m.mean() - jump * ramp[best].mean())
     rss_flat = float(((m - m.mean()) ** 2).sum())
-    rss = float(max(rss_flat - (m @ centred[best]) ** 2 / norm2[best], 0.0))
+    rss = float(max(rss_flat - ((m - m.mean()) @ centred[best]) ** 2 / norm2[best], 0.0))
 
     rng = np.random.default_rng(seed)
     null_data = data - m[None, :]  # population curve flattened, each task's noise kept
@@ -295,7 +297,7 @@ def find_sections(gain: np.ndarray, *, layers: np.ndarray | None = None, n_boot:
              "segment_means": segment_means}
     if not found:
         if jump <= 0:
-            why = f"the best fit falls (jump b - a = {jump:.4g} <= 0): no rising transition"
+            why = f"the best fit does not rise (jump b - a = {jump:.4g} <= 0): no rising transition"
         elif jump <= null_q:
             why = (f"the fitted rise b - a = {jump:.4g} does not exceed the {100 * (1 - alpha):g}th percentile "
                    f"{null_q:.4g} of its null-bootstrap distribution (p = {p_value:.3g}): a flat curve fits "

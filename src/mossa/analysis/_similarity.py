@@ -18,6 +18,7 @@ from mossa.similarity import cross_layer_linear_cka, get_measure, layerwise_line
 from mossa.store import Activations, StudyDir, atomic_path
 
 COMPARED = ("base", "experimental")
+HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
 SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "n_examples", "n_dropped",
                       "undefined_reason"]
 
@@ -74,7 +75,7 @@ def task_similarity(task: str, cluster: str, runs: dict[str, Activations],
     ids, acts, n_dropped = align(runs)
     rows = []
     for measure in measures:
-        for model in COMPARED:
+        for model in [m for m in runs if m != "control"]:
             values = _layer_values(measure, acts[model], acts["control"], (model, "control"))
             for layer, (value, reason) in enumerate(values):
                 rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
@@ -114,8 +115,8 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(measures)
 
 
-def analyze(study: StudyDir, tasks: dict[str, str], *,
-            measures: tuple[str, ...] = DEFAULT_MEASURES) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
+            heldout: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
     Parameters
@@ -125,6 +126,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *,
         Task name -> cluster, in study order.
     measures : tuple of str
         Registered measure names (see `mossa.similarity.available_measures`).
+    heldout : tuple of str
+        Tasks held out of E' (their rows get `model = "heldout"` too).
 
     Returns
     -------
@@ -134,12 +137,15 @@ def analyze(study: StudyDir, tasks: dict[str, str], *,
     sim_rows, control_rows, cross_rows = [], [], []
     for task, cluster in tasks.items():
         runs = {m: study.read_activations(m, task) for m in ("control", *COMPARED)}
+        if task in heldout:
+            runs[HELDOUT] = study.read_activations(HELDOUT, task)
         sim_rows += task_similarity(task, cluster, runs, measures)
-        cross_rows += task_cross_layer(task, runs)
+        cross_rows += task_cross_layer(task, {m: runs[m] for m in ("control", *COMPARED)})
         control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                              "control": mean_loss(runs["control"]),
-                             "experimental": mean_loss(runs["experimental"]), "cluster": cluster,
-                             "n_examples": len(runs["control"].ids)})
+                             "experimental": mean_loss(runs["experimental"]),
+                             HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
+                             "cluster": cluster, "n_examples": len(runs["control"].ids)})
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
     controls = pd.DataFrame(control_rows)
     controls["control_better"] = controls["control"] < controls["base"]
@@ -152,5 +158,5 @@ def analyze(study: StudyDir, tasks: dict[str, str], *,
     return sim, controls, cross
 
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "SIMILARITY_COLUMNS", "align", "analyze",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "analyze",
            "check_measures", "mean_loss", "task_cross_layer", "task_similarity"]

@@ -13,10 +13,12 @@ import pandas as pd  # noqa: E402
 
 from mossa.store import atomic_path  # noqa: E402
 
-MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452")}
+MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452"),
+               "heldout": ("E' (multi-task, task held out) vs C_t", "#55a868")}
 
 
-def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
+def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
+                      models: tuple[str, ...] = ("base", "experimental")) -> None:
     """The paper's Fig 2: per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
 
     Undefined values (NaN with a reason) are left out; layers with no defined value for a model
@@ -27,7 +29,8 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(layers) + 2), 4.8))
     width = 0.36
     undefined = []
-    for k, (model, (label, colour)) in enumerate(MODEL_STYLE.items()):
+    for k, model in enumerate(models):
+        label, colour = MODEL_STYLE[model]
         sub = data[data["model"] == model]
         values, positions = [], []
         for layer in layers:
@@ -84,7 +87,8 @@ def plot_cka_by_cluster(sim: pd.DataFrame, path: Path, *, title: str, measure: s
                              squeeze=False)
     for ax, cluster in zip(axes.flat, clusters):
         sub = data[data["cluster"] == cluster]
-        for model, (label, colour) in MODEL_STYLE.items():
+        for model in ("base", "experimental"):
+            label, colour = MODEL_STYLE[model]
             per_layer = sub[sub["model"] == model].groupby("layer")["value"]
             med, lo, hi = per_layer.median(), per_layer.min(), per_layer.max()
             ax.plot(med.index, med.to_numpy(), marker="o", markersize=2.5, color=colour, label=label)
@@ -107,7 +111,8 @@ def plot_cka_by_cluster(sim: pd.DataFrame, path: Path, *, title: str, measure: s
 def plot_layer_by_layer(cross: pd.DataFrame, path: Path, *, title: str) -> None:
     """Linear CKA between every layer of B (or E) and every layer of C_t, averaged over tasks."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, (model, (label, _)) in zip(axes, MODEL_STYLE.items()):
+    for ax, model in zip(axes, ("base", "experimental")):
+        label = MODEL_STYLE[model][0]
         mean = cross[cross["model"] == model].pivot_table(index="layer", columns="control_layer", values="value",
                                                           aggfunc="mean")
         image = ax.imshow(mean.to_numpy(dtype=float), origin="lower", cmap="viridis", vmin=0, vmax=1,
