@@ -9,8 +9,10 @@ import pytest
 
 from mossa.cli import main
 
-OUTPUTS = ["results/similarity.parquet", "results/similarity.csv", "results/controls.csv",
-           "figures/cka_by_layer.png", "study.json"]
+OUTPUTS = ["results/similarity.parquet", "results/similarity.csv", "results/controls.csv", "results/medians.csv",
+           "results/spectral.csv", "results/correlations.csv", "results/sections.json",
+           "results/layer_by_layer_cka.csv", "figures/cka_by_layer.png", "figures/cka_by_cluster.png",
+           "figures/layer_by_layer_cka.png", "figures/variance_dims.png", "figures/correlations.png", "study.json"]
 
 
 def _run(tiny_model, tiny_tasks, out, *extra):
@@ -37,6 +39,13 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert sim[sim["layer"] == 0]["undefined_reason"].str.contains("not vary across examples").all()
     upper = sim[sim["layer"] > 0]
     assert upper["value"].between(0, 1).all() and (upper["undefined_reason"].fillna("") == "").all()
+    assert (upper["ci_low"] <= upper["value"] + 1e-12).all() and (upper["value"] <= upper["ci_high"] + 1e-12).all()
+    sections = json.loads((out / "results/sections.json").read_text())
+    assert sections["transition_found"] is False and "layers without NaN, got 2" in sections["reason"]
+    spectral = pd.read_csv(out / "results/spectral.csv")
+    assert set(spectral["model"]) == {"base", "experimental", "control"} and (spectral["dims_for_variance"] <= 11).all()
+    corr = pd.read_csv(out / "results/correlations.csv")
+    assert corr["r"].isna().all() and corr["note"].str.contains("only 2 tasks").all()
     assert (sim["n_examples"] == 12).all()
     controls = pd.read_csv(out / "results/controls.csv")
     assert list(controls.columns[:4]) == ["task", "metric", "base", "control"]

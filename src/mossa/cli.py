@@ -67,8 +67,10 @@ def run(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
-    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: all)."),
+    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
+                                           "linear_cka, debiased_cka, rbf_cka)."),
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for confidence intervals (0 = none)."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -78,7 +80,7 @@ def run(
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
                           "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures"),
-                          "holdout": _split_list(holdout, "--holdout")},
+                          "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot},
                          config_file=config)
     result = run_study(cfg, reporter=Reporter())
     _summary(result)
@@ -87,7 +89,9 @@ def run(
 @app.command()
 def analyze(
     study_dir: Path = typer.Argument(..., help="A study folder written by `mossa run`."),
-    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: all)."),
+    measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
+                                           "linear_cka, debiased_cka, rbf_cka)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the study's)."),
 ) -> None:
     """Recompute every table and figure of a study from its stored activations (loads no model)."""
     from mossa.analysis import DEFAULT_MEASURES
@@ -95,7 +99,7 @@ def analyze(
     from mossa.study import analyze_study
 
     chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
-    _summary(analyze_study(study_dir, measures=chosen, reporter=Reporter()))
+    _summary(analyze_study(study_dir, measures=chosen, n_boot=n_boot, reporter=Reporter()))
 
 
 def _summary(result) -> None:

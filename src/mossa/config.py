@@ -77,6 +77,7 @@ class StudyConfig(BaseModel):
                             "seeded task from each of up to 7 clusters) or 'none'.")
     measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
                                        "mossa.analysis.DEFAULT_MEASURES.")
+    n_boot: int = Field(200, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     control: TrainSettings = Field(default_factory=TrainSettings)

@@ -19,17 +19,34 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from mossa.analysis import DEFAULT_MEASURES, HELDOUT, analyze, check_measures
+from mossa.analysis import (
+    DEFAULT_MEASURES,
+    HELDOUT,
+    PROPERTIES,
+    analyze,
+    check_measures,
+    correlations,
+    find_sections,
+    readability,
+    spectral_table,
+)
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
 from mossa.extraction import extract
 from mossa.models import check_model_available, load_model, resolve_model
 from mossa.models._adapters import AdapterHost
 from mossa.progress import Reporter
-from mossa.report import plot_cka_by_cluster, plot_cka_by_layer, plot_layer_by_layer
-from mossa.store import StudyDir, read_json, write_json
+from mossa.report import (
+    plot_cka_by_cluster,
+    plot_cka_by_layer,
+    plot_correlations,
+    plot_layer_by_layer,
+    plot_variance_dims,
+)
+from mossa.store import StudyDir, atomic_path, read_json, write_json
 from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, sample_split
 from mossa.training import mixture, n_steps, train_adapter
 
@@ -179,11 +196,17 @@ class _Study:
             "tasks": {t.name: {"cluster": t.cluster, "fingerprint": t.fingerprint, "path": str(t.path),
                                "template": t.template.origin, "n_train": len(self.train[t.name]),
                                "n_test": len(self.test[t.name]),
-                               "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in self.test[t.name])}
+                               "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in self.test[t.name]),
+                               "properties": self.properties(t)}
                       for t in self.tasks},
             "heldout_tasks": list(self.heldout_tasks),
             "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
         }
+
+    def properties(self, task: TaskSpec) -> dict:
+        """What Fig 6 correlates with: readability of the test inputs, training-set size."""
+        inputs = [" ".join(ex.fields.values()) for ex in sample_split(task, "test", self.cfg.n_test, self.cfg.seed)]
+        return {**readability(inputs), "train_size": len(task.split("train"))}
 
     def _adapter(self, unit: str, prompts, settings, inputs: str) -> None:
         """Train adapter `unit` (or load it when a finished one with the same inputs exists)."""
@@ -281,7 +304,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     run.base()
     timings.update(run.seconds)
 
-    analysis = analyze_study(study.root, measures=tuple(cfg.measures or DEFAULT_MEASURES),
+    analysis = analyze_study(study.root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
                              provenance=provenance, reporter=rep)
     timings.update({k: v for k, v in analysis.timings.items()})
     timings["total"] = time.perf_counter() - t_start
@@ -292,8 +315,28 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
                        timings=timings)
 
 
-def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, provenance: dict | None = None,
-                  reporter: Reporter | None = None) -> StudyResult:
+def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int, seed: int) -> dict:
+    """Shared / transition / refinement layers from the per-task gain CKA(M, C_t) - CKA(B, C_t)."""
+    data = sim[sim["measure"] == "linear_cka"].pivot_table(index=["task", "layer"], columns="model", values="value",
+                                                            dropna=False)
+    gain = (data[model] - data["base"]).unstack("layer")  # [tasks, layers]
+    try:
+        found = find_sections(gain.to_numpy(dtype=float), layers=gain.columns.to_numpy(), n_boot=max(n_boot, 100),
+                              seed=seed)
+    except MossaError as exc:
+        return {"transition_found": False, "reason": str(exc), "model": model}
+    return {**found, "model": model, "measure": "linear_cka"}
+
+
+def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per-layer medians with intervals over a subset of tasks (e.g. the held-out ones)."""
+    from mossa.analysis._bootstrap import median_over_tasks
+
+    return median_over_tasks(sim, n_boot=max(n_boot, 1), seed=seed, by_cluster=False)
+
+
+def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
+                  provenance: dict | None = None, reporter: Reporter | None = None) -> StudyResult:
     """Recompute every table and figure of a study from its stored activations (no model).
 
     Raises
@@ -316,19 +359,44 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, p
         clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
         title = provenance["model"]["name"]
         heldout = tuple(provenance.get("heldout_tasks", ()))
-    except (KeyError, TypeError, AttributeError):
-        raise MossaError(f"{study.path('study.json')}: missing 'tasks' or 'model'; not a mossa study file") from None
+        config = provenance["config"]
+        seed = int(config.get("seed", 0))
+        n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
+                         f"file") from None
+    if n_boot < 0:
+        raise MossaError(f"--n-boot must be 0 or more, got {n_boot}")
     timings = {}
     t0 = time.perf_counter()
-    sim, controls, cross = analyze(study, clusters, measures=measures, heldout=heldout)
+    sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
+                                            seed=seed)
+    spectral = spectral_table(study, clusters, threshold=float(config.get("variance_threshold", 0.99)))
+    with atomic_path(study.path("results", "spectral.csv")) as tmp:
+        spectral.to_csv(tmp, index=False)
+    props = pd.DataFrame({t: info.get("properties", {}) for t, info in provenance["tasks"].items()}).T
+    corr = correlations(sim, props) if set(PROPERTIES) <= set(props.columns) else None
+    if corr is not None:
+        with atomic_path(study.path("results", "correlations.csv")) as tmp:
+            corr.to_csv(tmp, index=False)
+    sections = {**layer_sections(sim, n_boot=n_boot, seed=seed),
+                HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
+                if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
+    write_json(study.path("results", "sections.json"), sections)
     timings["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plot_cka_by_layer(sim, study.path("figures", "cka_by_layer.png"), title=title)
-    plot_cka_by_cluster(sim, study.path("figures", "cka_by_cluster.png"), title=title)
-    plot_layer_by_layer(cross, study.path("figures", "layer_by_layer_cka.png"), title=title)
+    figures = study.path("figures")
+    plot_cka_by_layer(sim, figures / "cka_by_layer.png", title=title, medians=medians, sections=sections)
+    plot_cka_by_cluster(medians, figures / "cka_by_cluster.png", title=title)
+    plot_layer_by_layer(cross, figures / "layer_by_layer_cka.png", title=title)
+    plot_variance_dims(spectral, figures / "variance_dims.png", title=title)
+    if corr is not None:
+        plot_correlations(corr, figures / "correlations.png", title=title, labels=PROPERTIES)
     if heldout:
-        plot_cka_by_layer(sim[sim["task"].isin(heldout)], study.path("figures", "heldout_cka_by_layer.png"),
-                          title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT))
+        plot_cka_by_layer(sim[sim["task"].isin(heldout)], figures / "heldout_cka_by_layer.png",
+                          title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT),
+                          medians=medians_for(sim[sim["task"].isin(heldout)], n_boot, seed),
+                          sections=sections[HELDOUT])
     timings["figures"] = time.perf_counter() - t0
     rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)

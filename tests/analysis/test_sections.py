@@ -67,6 +67,19 @@ def test_recovers_known_boundaries_and_ci_covers_truth(seed):
     assert out["p_value"] < 0.01
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noisier_tasks_give_wider_intervals_that_still_cover(seed):
+    quiet = find_sections(noisy(ramp_curve(), sd=0.02, seed=seed), n_boot=300, seed=seed)
+    loud = find_sections(noisy(ramp_curve(), sd=0.15, seed=seed), n_boot=300, seed=seed)
+    width = lambda out: sum(hi - lo for lo, hi in out["ci"].values())  # noqa: E731
+    assert width(loud) > width(quiet) and width(loud) >= 3
+    assert loud["boundary_agreement"]["exact"] < quiet["boundary_agreement"]["exact"]
+    for out in (quiet, loud):
+        (s_lo, s_hi), (e_lo, e_hi) = out["ci"]["transition_start"], out["ci"]["transition_end"]
+        assert s_lo <= out["transition"][0] <= s_hi and e_lo <= out["transition"][1] <= e_hi
+        assert s_lo <= TRUE_START <= s_hi and e_lo <= TRUE_END <= e_hi
+
+
 def test_ramp_model_does_not_shorten_a_long_ramp():
     # A piecewise-constant fit would cut a 9-layer ramp near its middle; the ramp fit must not.
     curve = ramp_curve(n_layers=30, start=6, end=14, low=0.0, high=0.4)

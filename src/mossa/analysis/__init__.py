@@ -3,6 +3,10 @@
 Stage: analysis (reads activation files from the store; writes results/).
 """
 
+from mossa.analysis._correlations import PROPERTIES, correlations
+from mossa.analysis._readability import readability
+from mossa.analysis._sections import find_sections
+from mossa.analysis._spectra import spectral_table
 from mossa.analysis._similarity import (
     COMPARED,
     DEFAULT_MEASURES,
@@ -16,5 +20,6 @@ from mossa.analysis._similarity import (
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "analyze", "check_measures",
-           "mean_loss", "task_cross_layer", "task_similarity"]
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "analyze",
+           "check_measures", "correlations", "find_sections", "mean_loss", "readability", "spectral_table",
+           "task_cross_layer", "task_similarity"]

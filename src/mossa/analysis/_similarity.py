@@ -10,17 +10,20 @@ has no defined CKA: its row carries `value = NaN` and the reason in `undefined_r
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
+from mossa.analysis._bootstrap import example_bootstrap, median_over_tasks
 from mossa.errors import MossaError
 from mossa.similarity import cross_layer_linear_cka, get_measure, layerwise_linear_cka
 from mossa.store import Activations, StudyDir, atomic_path
 
 COMPARED = ("base", "experimental")
 HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
-SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "n_examples", "n_dropped",
-                      "undefined_reason"]
+SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "ci_low", "ci_high", "n_examples",
+                      "n_dropped", "undefined_reason"]
 
 
 def align(runs: dict[str, Activations]) -> tuple[list[str], dict[str, np.ndarray], int]:
@@ -45,7 +48,10 @@ def align(runs: dict[str, Activations]) -> tuple[list[str], dict[str, np.ndarray
     return kept, {name: acts[:, finite] for name, acts in picked.items()}, int((~finite).sum())
 
 
-DEFAULT_MEASURES = ("linear_cka", "debiased_cka", "rbf_cka", "svcca", "pwcca", "procrustes_distance", "mutual_knn")
+# The kernel CKAs: their bootstrap intervals come from indexing precomputed kernels, so the
+# whole table with intervals takes seconds. The other registered measures are opt-in
+# (--measures); their intervals recompute the measure on every resample.
+DEFAULT_MEASURES = ("linear_cka", "debiased_cka", "rbf_cka")
 _LAYERWISE = {"linear_cka": False, "debiased_cka": True}  # measures with a batched layer path
 
 
@@ -70,17 +76,27 @@ def _layer_values(measure: str, A: np.ndarray, B: np.ndarray, names: tuple[str, 
 
 
 def task_similarity(task: str, cluster: str, runs: dict[str, Activations],
-                    measures: tuple[str, ...] = DEFAULT_MEASURES) -> list[dict]:
-    """Every measure of base and experimental vs control, per layer, for one task."""
+                    measures: tuple[str, ...] = DEFAULT_MEASURES, *, n_boot: int = 0, seed: int = 0) -> list[dict]:
+    """Every measure of each model vs the control, per layer, for one task.
+
+    With `n_boot > 0`, each value gets a bootstrap-over-examples 95% interval (`ci_low`,
+    `ci_high`); the resamples depend only on (seed, task, measure), not on the order of work.
+    """
     ids, acts, n_dropped = align(runs)
     rows = []
     for measure in measures:
         for model in [m for m in runs if m != "control"]:
             values = _layer_values(measure, acts[model], acts["control"], (model, "control"))
-            for layer, (value, reason) in enumerate(values):
+            cis = [(np.nan, np.nan)] * len(values)
+            if n_boot:
+                rng = np.random.default_rng([seed, zlib.crc32(task.encode()), zlib.crc32(measure.encode())])
+                cis = example_bootstrap(measure, acts[model], acts["control"], n_boot=n_boot, rng=rng)
+            for layer, ((value, reason), (lo, hi)) in enumerate(zip(values, cis)):
+                if not np.isfinite(value):
+                    lo = hi = np.nan
                 rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
-                             "measure": measure, "value": value, "n_examples": len(ids),
-                             "n_dropped": n_dropped, "undefined_reason": reason})
+                             "measure": measure, "value": value, "ci_low": lo, "ci_high": hi,
+                             "n_examples": len(ids), "n_dropped": n_dropped, "undefined_reason": reason})
     return rows
 
 
@@ -116,7 +132,8 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
-            heldout: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
     Parameters
@@ -128,10 +145,15 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         Registered measure names (see `mossa.similarity.available_measures`).
     heldout : tuple of str
         Tasks held out of E' (their rows get `model = "heldout"` too).
+    n_boot : int
+        Bootstrap resamples for the confidence intervals (0: no intervals).
+    seed : int
 
     Returns
     -------
-    similarity, controls, cross_layer : pandas.DataFrame
+    similarity, controls, cross_layer, medians : pandas.DataFrame
+        `medians` holds the per-layer median over tasks (group "all", and one group per
+        cluster) with bootstrap intervals; it is also written to `results/medians.csv`.
     """
     measures = check_measures(measures)
     sim_rows, control_rows, cross_rows = [], [], []
@@ -139,7 +161,7 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         runs = {m: study.read_activations(m, task) for m in ("control", *COMPARED)}
         if task in heldout:
             runs[HELDOUT] = study.read_activations(HELDOUT, task)
-        sim_rows += task_similarity(task, cluster, runs, measures)
+        sim_rows += task_similarity(task, cluster, runs, measures, n_boot=n_boot, seed=seed)
         cross_rows += task_cross_layer(task, {m: runs[m] for m in ("control", *COMPARED)})
         control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                              "control": mean_loss(runs["control"]),
@@ -150,12 +172,17 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     controls = pd.DataFrame(control_rows)
     controls["control_better"] = controls["control"] < controls["base"]
     cross = pd.DataFrame(cross_rows)
+    boot = max(n_boot, 1)
+    medians = pd.concat([median_over_tasks(sim, n_boot=boot, seed=seed, by_cluster=False),
+                         median_over_tasks(sim, n_boot=boot, seed=seed, by_cluster=True)], ignore_index=True)
     write_table(sim, study.path("results", "similarity"))
+    with atomic_path(study.path("results", "medians.csv")) as tmp:
+        medians.to_csv(tmp, index=False)
     with atomic_path(study.path("results", "controls.csv")) as tmp:
         controls.to_csv(tmp, index=False)
     with atomic_path(study.path("results", "layer_by_layer_cka.csv")) as tmp:
         cross.to_csv(tmp, index=False)
-    return sim, controls, cross
+    return sim, controls, cross, medians
 
 
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "analyze",

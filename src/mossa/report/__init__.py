@@ -3,6 +3,13 @@
 Stage: report (reads results/ tables; writes figures/). Loads no model and no activations.
 """
 
-from mossa.report.figures import plot_cka_by_cluster, plot_cka_by_layer, plot_layer_by_layer
+from mossa.report.figures import (
+    plot_cka_by_cluster,
+    plot_cka_by_layer,
+    plot_correlations,
+    plot_layer_by_layer,
+    plot_variance_dims,
+)
 
-__all__ = ["plot_cka_by_cluster", "plot_cka_by_layer", "plot_layer_by_layer"]
+__all__ = ["plot_cka_by_cluster", "plot_cka_by_layer", "plot_correlations", "plot_layer_by_layer",
+           "plot_variance_dims"]

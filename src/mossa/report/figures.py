@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
 from mossa.store import atomic_path  # noqa: E402
 
 MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452"),
@@ -18,11 +20,14 @@ MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (mult
 
 
 def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
-                      models: tuple[str, ...] = ("base", "experimental")) -> None:
+                      models: tuple[str, ...] = ("base", "experimental"), medians: pd.DataFrame | None = None,
+                      sections: dict | None = None) -> None:
     """The paper's Fig 2: per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
 
     Undefined values (NaN with a reason) are left out; layers with no defined value for a model
-    are noted under the axis instead of drawn.
+    are noted under the axis instead of drawn. With `medians` (from the analysis), each
+    median carries its bootstrap-over-tasks 95% interval as an error bar; with `sections`
+    (a found transition), the shared / transition / refinement layers are shaded.
     """
     data = sim[sim["measure"] == measure]
     layers = sorted(data["layer"].unique())
@@ -53,6 +58,12 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
         ax.plot([], [], color=colour, linewidth=8, alpha=0.75, label=label)
         med = [np.median(v) for v in values]
         ax.plot(positions, med, color=colour, linewidth=1, alpha=0.9)
+        if medians is not None:
+            ci = medians[(medians["group"] == "all") & (medians["measure"] == measure) & (medians["model"] == model)
+                         & medians["layer"].isin([round(p - (k - 0.5) * width) for p in positions])]
+            ci = ci.set_index("layer").reindex([round(p - (k - 0.5) * width) for p in positions])
+            ax.errorbar(positions, ci["median"], yerr=[ci["median"] - ci["ci_low"], ci["ci_high"] - ci["median"]],
+                        fmt="none", ecolor="#b2182b", elinewidth=1.8, capsize=2.5, zorder=5)
     ax.set_xticks(layers)
     ax.set_xticklabels([str(layer) for layer in layers])
     ax.set_xlabel("layer (0 = embedding output)")
@@ -60,7 +71,14 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     n_tasks = data["task"].nunique()
     ax.set_title(f"{title}: similarity to per-task controls ({n_tasks} tasks)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower left")
+    if sections and sections.get("transition_found"):
+        for name, shade in (("shared", "#dddddd"), ("transition", "#f6e3b4"), ("refinement", "#d5e8d4")):
+            first, last = sections[name]
+            ax.axvspan(first - 0.5, last + 0.5, color=shade, alpha=0.5, zorder=0, linewidth=0)
+            ax.text((first + last) / 2, 1.02, name, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
+    if medians is not None:
+        ax.errorbar([], [], yerr=[], fmt="none", ecolor="#b2182b", label="95% CI of the median (over tasks)")
+    ax.legend(loc="lower left", fontsize=8)
     undefined_layers = sorted({layer for _, layer in undefined})
     if undefined_layers:
         ax.text(0.99, 0.02, f"undefined (no variation across examples) at layer(s) "
@@ -71,30 +89,33 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
 
 
 def _save(fig, path: Path) -> None:
+    for ax in fig.axes:
+        if ax.get_xlabel().startswith("layer"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=130)
     plt.close(fig)
 
 
-def plot_cka_by_cluster(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
-    """The paper's Fig 3: one panel per task cluster, median over its tasks of CKA(B, C_t) and
-    CKA(E, C_t) per layer (with the min-max range over the cluster's tasks as a band)."""
-    data = sim[(sim["measure"] == measure)]
-    clusters = sorted(data["cluster"].unique())
+def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
+    """The paper's Fig 3: one panel per task cluster, the median over its tasks of CKA(B, C_t)
+    and CKA(E, C_t) per layer, with its 95% interval as a band (over tasks, or over examples
+    for a one-task cluster; see `ci_source` in results/medians.csv)."""
+    data = medians[(medians["measure"] == measure) & (medians["group"] != "all")]
+    clusters = sorted(data["group"].unique())
     cols = min(4, len(clusters))
     rows = int(np.ceil(len(clusters) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), sharex=True, sharey=True,
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.6), sharex=True, sharey=True,
                              squeeze=False)
     for ax, cluster in zip(axes.flat, clusters):
-        sub = data[data["cluster"] == cluster]
+        sub = data[data["group"] == cluster]
         for model in ("base", "experimental"):
             label, colour = MODEL_STYLE[model]
-            per_layer = sub[sub["model"] == model].groupby("layer")["value"]
-            med, lo, hi = per_layer.median(), per_layer.min(), per_layer.max()
-            ax.plot(med.index, med.to_numpy(), marker="o", markersize=2.5, color=colour, label=label)
-            ax.fill_between(med.index, lo.to_numpy(), hi.to_numpy(), color=colour, alpha=0.15, linewidth=0)
-        n_tasks = sub["task"].nunique()
-        ax.set_title(f"{cluster} ({n_tasks} task{'s' if n_tasks > 1 else ''})", fontsize=9)
+            m = sub[sub["model"] == model].sort_values("layer")
+            ax.plot(m["layer"], m["median"], marker="o", markersize=2.5, color=colour, label=label)
+            ax.fill_between(m["layer"], m["ci_low"], m["ci_high"], color=colour, alpha=0.18, linewidth=0)
+        n_tasks = int(sub["n_tasks"].max()) if len(sub) else 0
+        ax.set_title(f"{cluster} ({n_tasks} task{'s' if n_tasks != 1 else ''})", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(clusters):]:
         ax.axis("off")
@@ -102,9 +123,11 @@ def plot_cka_by_cluster(sim: pd.DataFrame, path: Path, *, title: str, measure: s
         ax.set_xlabel("layer")
     for ax in axes[:, 0]:
         ax.set_ylabel(measure.replace("_", " "))
-    axes.flat[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{title}: similarity to per-task controls by task cluster (median, band = task range)")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2)
+    fig.suptitle(f"{title}: similarity to per-task controls by cluster (median, band = 95% CI)", x=0.02,
+                 ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     _save(fig, path)
 
 
@@ -127,4 +150,67 @@ def plot_layer_by_layer(cross: pd.DataFrame, path: Path, *, title: str) -> None:
         ax.set_yticklabels(mean.index[::step])
     fig.colorbar(image, ax=axes, label="linear CKA (mean over tasks; blank = undefined)")
     fig.suptitle(f"{title}: which layer matches which")
+    _save(fig, path)
+
+
+SPECTRAL_STYLE = {"base": ("B (base)", "#4c72b0"), "experimental": ("E (multi-task)", "#dd8452"),
+                  "control": ("C_t (controls)", "#8c8c8c")}
+
+
+def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> None:
+    """The paper's Fig 5: per layer, directions needed for the variance threshold, mean over tasks
+    with the min-max range as a band; a second panel shows the share of the top direction."""
+    threshold = float(spectral["threshold"].iloc[0])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    varying = spectral[spectral["note"].fillna("") == ""]  # a constant layer has no spectrum to show
+    for model, (label, colour) in SPECTRAL_STYLE.items():
+        g = varying[varying["model"] == model].groupby("layer")
+        dims = g["dims_for_variance"]
+        ax.plot(dims.mean().index, dims.mean(), marker="o", markersize=3, color=colour, label=label)
+        ax.fill_between(dims.mean().index, dims.min(), dims.max(), color=colour, alpha=0.15, linewidth=0)
+        top = g["top1_variance_fraction"].mean()
+        ax2.plot(top.index, top, marker="o", markersize=3, color=colour, label=label)
+    if "n_examples" in spectral:
+        ceiling = int(spectral["n_examples"].min()) - 1
+        ax.axhline(ceiling, color="gray", linestyle="--", linewidth=0.8)
+        ax.text(0.01, ceiling, f" at most n-1 = {ceiling} with n = {ceiling + 1} prompts", fontsize=7,
+                color="gray", va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"principal directions for {threshold:.0%} of variance")
+    ax.set_title("dimensionality (mean over tasks; band = range)", fontsize=10)
+    ax2.set_xlabel("layer")
+    ax2.set_ylabel("variance share of the top direction")
+    ax2.set_ylim(0, 1)
+    ax2.set_title("how much one direction dominates (mean over tasks)", fontsize=10)
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    n = int(spectral.groupby(["model", "task"]).size().shape[0] / 3)
+    fig.suptitle(f"{title}: spectral analysis of last-token representations ({n} tasks)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dict[str, str]) -> None:
+    """The paper's Fig 6: per layer, Pearson r across tasks between CKA(M, C_t) and task properties."""
+    props = list(labels)
+    fig, axes = plt.subplots(1, len(props), figsize=(4.2 * len(props), 3.8), sharey=True)
+    for ax, prop in zip(np.atleast_1d(axes), props):
+        for model in ("base", "experimental"):
+            label, colour = MODEL_STYLE[model]
+            sub = corr[(corr["property"] == prop) & (corr["model"] == model)].sort_values("layer")
+            ax.plot(sub["layer"], sub["r"], marker="o", markersize=3, color=colour, label=label)
+            sig = sub[sub["p_value"] < 0.05]
+            ax.scatter(sig["layer"], sig["r"], s=40, facecolors="none", edgecolors=colour)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_ylim(-1, 1)
+        ax.set_xlabel("layer")
+        ax.set_title(labels[prop], fontsize=10)
+        ax.grid(alpha=0.3)
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel("Pearson r across tasks")
+    first.legend(fontsize=7, loc="lower left")
+    n_tasks = int(corr["n_tasks"].max()) if len(corr) else 0
+    fig.suptitle(f"{title}: what CKA with the controls tracks ({n_tasks} tasks; circled: p < 0.05)")
+    fig.tight_layout()
     _save(fig, path)

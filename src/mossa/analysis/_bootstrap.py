@@ -1,0 +1,158 @@
+"""Bootstrap confidence intervals: over examples for every table value, over tasks for medians.
+
+Stage: analysis (pure functions over arrays and tables; reads and writes nothing).
+
+Over examples: rows are resampled with replacement (the same rows for both models, so pairs
+stay matched) and the statistic recomputed; the interval is the 2.5-97.5 percentile range.
+For the kernel CKAs (linear, debiased, RBF) the kernel matrices are built once and a
+resample is an index into them, so hundreds of resamples cost about as much as one CKA in
+feature space; the RBF bandwidth is held at its full-sample value (a conditional bootstrap).
+Other measures are recomputed from the resampled rows by their registered function.
+
+Over tasks: for a per-layer median across tasks, tasks are resampled with replacement.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from mossa.errors import MossaError
+from mossa.similarity import get_measure
+from mossa.similarity._kernel import _squared_distances
+
+_FAST = {"linear_cka": ("linear", False), "debiased_cka": ("linear", True), "rbf_cka": ("rbf", False)}
+_RBF_SIGMA_FRAC = 0.5  # rbf_cka's default bandwidth fraction
+
+
+def _kernel(X: np.ndarray, kind: str) -> np.ndarray:
+    """Uncentred kernel matrix [n, n] in float64 (centring happens per resample)."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(axis=0)
+    if kind == "linear":
+        return X @ X.T
+    D = _squared_distances(X)
+    median = np.median(np.sqrt(D[np.triu_indices(len(X), k=1)]))
+    if median == 0:
+        return np.zeros_like(D)
+    sigma = _RBF_SIGMA_FRAC * median
+    return np.exp(-D / (2.0 * sigma * sigma))
+
+
+def _centre(G: np.ndarray, debiased: bool) -> np.ndarray:
+    """Double-centre (or U-centre) a stack of Gram matrices [R, n, n]."""
+    n = G.shape[-1]
+    if not debiased:
+        row = G.mean(axis=2, keepdims=True)
+        col = G.mean(axis=1, keepdims=True)
+        return G - row - col + G.mean(axis=(1, 2), keepdims=True)
+    G = G.copy()
+    idx = np.arange(n)
+    G[:, idx, idx] = 0.0
+    means = G.sum(axis=1) / (n - 2)  # [R, n]
+    means -= means.sum(axis=1, keepdims=True) / (2 * (n - 1))
+    U = G - means[:, :, None] - means[:, None, :]
+    U[:, idx, idx] = 0.0
+    return U
+
+
+def _weighted_hsic(K: np.ndarray, L: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Biased HSIC (up to a common factor) of each resample, from its row counts W [R, n].
+
+    A resample that takes row i w_i times has the double-centred Gram sum
+    sum_ij w_i w_j Kc_ij L_ij = w'(K*L)w - (2/N) (w*Kw).(Lw) + (w'Kw)(w'Lw)/N^2 with N = sum(w),
+    which costs three [R, n] x [n, n] products instead of building R centred [n, n] matrices.
+    """
+    N = W.sum(axis=1)  # [R]
+    KW, LW = W @ K, W @ L  # [R, n] (K, L symmetric)
+    quad = np.einsum("rn,rn->r", W @ (K * L), W)
+    cross = np.einsum("rn,rn->r", W * KW, LW)
+    s, t = np.einsum("rn,rn->r", W, KW), np.einsum("rn,rn->r", W, LW)
+    return quad - 2.0 * cross / N + s * t / N**2
+
+
+def _gram_cka(K: np.ndarray, L: np.ndarray, idx: np.ndarray, debiased: bool) -> np.ndarray:
+    """CKA of each resample [R] from full-sample kernels and resample indices [R, n]."""
+    if not debiased:
+        W = np.zeros(idx.shape, dtype=np.float64)
+        np.add.at(W, (np.arange(len(idx))[:, None], idx), 1.0)  # row counts [R, n]
+        kl, kk, ll = _weighted_hsic(K, L, W), _weighted_hsic(K, K, W), _weighted_hsic(L, L, W)
+        den = np.sqrt(np.clip(kk, 0, None) * np.clip(ll, 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, kl / den, np.nan)
+    Kc = _centre(K[idx[:, :, None], idx[:, None, :]], debiased)
+    Lc = _centre(L[idx[:, :, None], idx[:, None, :]], debiased)
+    num = np.einsum("rij,rij->r", Kc, Lc)
+    den = np.sqrt(np.einsum("rij,rij->r", Kc, Kc) * np.einsum("rij,rij->r", Lc, Lc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """2.5 and 97.5 percentiles of the finite resample values (NaN when fewer than half are finite)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < max(2, len(values) // 2):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def example_bootstrap(measure: str, A: np.ndarray, B: np.ndarray, *, n_boot: int,
+                      rng: np.random.Generator) -> list[tuple[float, float]]:
+    """(ci_low, ci_high) per layer of `measure` between stacks A, B [layers, n, d].
+
+    Layers whose full-sample value is undefined still get resampled; they come out NaN.
+    """
+    n = A.shape[1]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    out = []
+    if measure in _FAST:
+        kind, debiased = _FAST[measure]
+        if debiased and n < 4:
+            return [(float("nan"), float("nan"))] * len(A)
+        for a, b in zip(A, B):
+            out.append(_percentiles(_gram_cka(_kernel(a, kind), _kernel(b, kind), idx, debiased)))
+        return out
+    func = get_measure(measure)
+    for a, b in zip(A, B):
+        values = np.empty(n_boot)
+        for r, rows in enumerate(idx):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    values[r] = func(a[rows], b[rows]).value
+            except MossaError:
+                values[r] = np.nan
+        out.append(_percentiles(values))
+    return out
+
+
+def median_over_tasks(sim: pd.DataFrame, *, n_boot: int, seed: int, by_cluster: bool) -> pd.DataFrame:
+    """Per-layer median over tasks with a bootstrap-over-tasks 95% interval.
+
+    With `by_cluster`, one median per cluster; a cluster of one task has no spread over tasks,
+    so its interval is that task's example-bootstrap interval (`ci_source` says which).
+    """
+    rng = np.random.default_rng(seed)
+    keys = ["measure", "model", "layer"] + (["cluster"] if by_cluster else [])
+    rows = []
+    for key, group in sim.groupby(keys, sort=True):
+        values = group["value"].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        row = dict(zip(keys, key), group=key[3] if by_cluster else "all", n_tasks=len(finite))
+        if not len(finite):
+            rows.append({**row, "median": np.nan, "ci_low": np.nan, "ci_high": np.nan, "ci_source": "undefined"})
+            continue
+        median = float(np.median(finite))
+        if len(finite) == 1:
+            only = group[np.isfinite(values)].iloc[0]
+            rows.append({**row, "median": median, "ci_low": only.get("ci_low", np.nan),
+                         "ci_high": only.get("ci_high", np.nan), "ci_source": "examples"})
+            continue
+        draws = np.median(finite[rng.integers(0, len(finite), size=(n_boot, len(finite)))], axis=1)
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        rows.append({**row, "median": median, "ci_low": float(lo), "ci_high": float(hi), "ci_source": "tasks"})
+    columns = ["group", "measure", "model", "layer", "median", "ci_low", "ci_high", "n_tasks", "ci_source"]
+    return pd.DataFrame(rows).reindex(columns=columns) if rows else pd.DataFrame(columns=columns)
