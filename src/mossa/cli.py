@@ -52,6 +52,16 @@ def _split_list(value: Optional[str], flag: str = "--tasks") -> Optional[list[st
     return items
 
 
+def _int_list(value: Optional[str], flag: str) -> Optional[list[int]]:
+    items = _split_list(value, flag)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise MossaError(f"{flag}: expected comma-separated layer numbers such as 1,5,10, got {value!r}") from None
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with study settings."),
@@ -71,6 +81,7 @@ def run(
                                            "linear_cka, debiased_cka, rbf_cka)."),
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for confidence intervals (0 = none)."),
+    tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -80,7 +91,8 @@ def run(
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
                           "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures"),
-                          "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot},
+                          "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
+                          "tsne_layers": _int_list(tsne_layers, "--tsne-layers")},
                          config_file=config)
     result = run_study(cfg, reporter=Reporter())
     _summary(result)
@@ -92,6 +104,7 @@ def analyze(
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
                                            "linear_cka, debiased_cka, rbf_cka)."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the study's)."),
+    tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
 ) -> None:
     """Recompute every table and figure of a study from its stored activations (loads no model)."""
     from mossa.analysis import DEFAULT_MEASURES
@@ -99,7 +112,8 @@ def analyze(
     from mossa.study import analyze_study
 
     chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
-    _summary(analyze_study(study_dir, measures=chosen, n_boot=n_boot, reporter=Reporter()))
+    _summary(analyze_study(study_dir, measures=chosen, n_boot=n_boot,
+                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), reporter=Reporter()))
 
 
 def _summary(result) -> None:

@@ -77,6 +77,9 @@ class StudyConfig(BaseModel):
                             "seeded task from each of up to 7 clusters) or 'none'.")
     measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
                                        "mossa.analysis.DEFAULT_MEASURES.")
+    tsne_layers: list[int] | None = Field(None, description="Layers for the t-SNE figure; None = 5 spread over "
+                                          "the model's depth.")
+    variance_threshold: float = Field(0.99, gt=0, le=1, description="Variance share for the spectral analysis.")
     n_boot: int = Field(200, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     lora: LoraSettings = Field(default_factory=LoraSettings)

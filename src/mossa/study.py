@@ -30,8 +30,10 @@ from mossa.analysis import (
     check_measures,
     correlations,
     find_sections,
+    default_tsne_layers,
     readability,
     spectral_table,
+    tsne_embeddings,
 )
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
@@ -44,6 +46,7 @@ from mossa.report import (
     plot_cka_by_layer,
     plot_correlations,
     plot_layer_by_layer,
+    plot_tsne,
     plot_variance_dims,
 )
 from mossa.store import StudyDir, atomic_path, read_json, write_json
@@ -305,7 +308,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     timings.update(run.seconds)
 
     analysis = analyze_study(study.root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
-                             provenance=provenance, reporter=rep)
+                             tsne_layers=cfg.tsne_layers, provenance=provenance, reporter=rep)
     timings.update({k: v for k, v in analysis.timings.items()})
     timings["total"] = time.perf_counter() - t_start
     write_json(study.path("study.json"), {
@@ -336,7 +339,8 @@ def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 
 
 def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
-                  provenance: dict | None = None, reporter: Reporter | None = None) -> StudyResult:
+                  tsne_layers: list[int] | None = None, provenance: dict | None = None,
+                  reporter: Reporter | None = None) -> StudyResult:
     """Recompute every table and figure of a study from its stored activations (no model).
 
     Raises
@@ -362,6 +366,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         config = provenance["config"]
         seed = int(config.get("seed", 0))
         n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
+        n_layers = int(provenance["model"]["n_layers"])
+        tsne_layers = tsne_layers or config.get("tsne_layers") or default_tsne_layers(n_layers)
     except (KeyError, TypeError, AttributeError, ValueError):
         raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
                          f"file") from None
@@ -383,6 +389,11 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                 HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
+    reps = {m: {t: study.read_activations(m, t).acts for t in clusters} for m in ("base", EXPERIMENTAL)}
+    tsne = tsne_embeddings(reps, clusters, list(tsne_layers), seed=seed)
+    del reps
+    with atomic_path(study.path("results", "tsne.csv")) as tmp:
+        tsne.to_csv(tmp, index=False)
     timings["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     figures = study.path("figures")
@@ -390,6 +401,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     plot_cka_by_cluster(medians, figures / "cka_by_cluster.png", title=title)
     plot_layer_by_layer(cross, figures / "layer_by_layer_cka.png", title=title)
     plot_variance_dims(spectral, figures / "variance_dims.png", title=title)
+    plot_tsne(tsne, figures / "tsne_layers.png", title=title)
     if corr is not None:
         plot_correlations(corr, figures / "correlations.png", title=title, labels=PROPERTIES)
     if heldout:

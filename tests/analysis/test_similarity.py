@@ -64,7 +64,8 @@ def test_constant_layer_is_undefined_with_reason(tmp_path):
     study = StudyDir(tmp_path)
     for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
         study.write_activations(name, "t", _acts(ids, a), inputs="x")
-    sim, controls, cross = analyze(study, {"t": "C"})
+    sim, controls, cross, medians = analyze(study, {"t": "C"})
+    assert medians[(medians["layer"] == 0)]["ci_source"].eq("undefined").all()
     assert cross[cross["layer"] == 0]["value"].isna().all()
     layer0 = sim[sim["layer"] == 0]
     assert layer0["value"].isna().all() and (layer0["undefined_reason"] != "").all()

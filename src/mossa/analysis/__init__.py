@@ -7,6 +7,7 @@ from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
 from mossa.analysis._spectra import spectral_table
+from mossa.analysis._tsne import default_tsne_layers, tsne_embeddings
 from mossa.analysis._similarity import (
     COMPARED,
     DEFAULT_MEASURES,
@@ -21,5 +22,5 @@ from mossa.analysis._similarity import (
 )
 
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "analyze",
-           "check_measures", "correlations", "find_sections", "mean_loss", "readability", "spectral_table",
-           "task_cross_layer", "task_similarity"]
+           "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss", "readability", "spectral_table",
+           "task_cross_layer", "task_similarity", "tsne_embeddings"]

@@ -3,6 +3,7 @@
 Stage: report (reads results/ tables; writes figures/). Loads no model and no activations.
 """
 
+from mossa.report._tsne_figure import plot_tsne
 from mossa.report.figures import (
     plot_cka_by_cluster,
     plot_cka_by_layer,
@@ -12,4 +13,4 @@ from mossa.report.figures import (
 )
 
 __all__ = ["plot_cka_by_cluster", "plot_cka_by_layer", "plot_correlations", "plot_layer_by_layer",
-           "plot_variance_dims"]
+           "plot_tsne", "plot_variance_dims"]
