@@ -322,7 +322,7 @@ def test_bad_threshold(threshold):
     (np.zeros((1, 4)), r"at least 2 examples.*got 1.*Fix"),
     (np.zeros((4, 0)), r"at least 1 feature.*Fix"),
     (np.array([[1.0, np.nan], [2.0, 3.0], [0.0, np.inf]]), r"expected finite values, got 2 of 3 rows.*\[0, 2\].*Fix"),
-    (np.array([[1 + 1j, 2], [3, 4]]), r"real numbers, got dtype complex"),
+    (np.array([[1 + 1j, 2], [3, 4]]), r"real numbers.*got dtype complex"),
     ([[1.0, 2.0], [3.0, 4.0]], r"expected a numpy.ndarray or torch.Tensor, got builtins.list.*Fix"),
 ])
 def test_bad_matrix(X, match):

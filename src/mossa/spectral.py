@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 import warnings
 from typing import Any, Literal
 
@@ -57,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from mossa.errors import MossaError
+from mossa.similarity._validation import as_float64, is_torch_tensor
 
 __all__ = [
     "SPECTRUM_COLUMNS",
@@ -79,8 +79,6 @@ _CONSTANT_RTOL = 1e-12
 # user asks for (0.99, 0.999999).
 _RATIO_TOL = 1e-12
 
-_REAL_KINDS = frozenset("fiu")
-
 
 class DegenerateSpectrumWarning(UserWarning):
     """A spectral summary is undefined (a representation that does not vary) and is NaN."""
@@ -88,35 +86,6 @@ class DegenerateSpectrumWarning(UserWarning):
 
 # --------------------------------------------------------------------------------------------
 # Validation (at the door; the bodies below trust their inputs)
-
-
-def _is_torch_tensor(obj: Any) -> bool:
-    torch = sys.modules.get("torch")  # nothing is a tensor if torch was never imported
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
-def _to_float64(obj: Any, name: str) -> np.ndarray:
-    """One NumPy array or torch tensor (any real dtype, any device) as a float64 NumPy array."""
-    if _is_torch_tensor(obj):
-        import torch
-
-        if obj.is_complex() or obj.dtype == torch.bool:
-            raise MossaError(
-                f"{name}: expected a tensor of real numbers, got dtype {obj.dtype}. Fix: pass "
-                f"the hidden states themselves, e.g. `{name}.float()`."
-            )
-        return obj.detach().cpu().to(torch.float64).numpy()
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind not in _REAL_KINDS:
-            raise MossaError(
-                f"{name}: expected an array of real numbers, got dtype {obj.dtype}. Fix: pass "
-                f"the hidden states as floats, e.g. `{name}.astype(np.float32)`."
-            )
-        return np.asarray(obj, dtype=np.float64)
-    raise MossaError(
-        f"{name}: expected a numpy.ndarray or torch.Tensor, got {type(obj).__module__}."
-        f"{type(obj).__qualname__}. Fix: wrap it with `np.asarray({name})`."
-    )
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -132,7 +101,7 @@ def _check_threshold(threshold: Any) -> float:
 
 def _check_matrix(X: Any, name: str = "X") -> np.ndarray:
     """Check one representation (n_examples, d) and return it as float64."""
-    X = _to_float64(X, name)
+    X = as_float64(X, name)
     if X.ndim != 2:
         fix = ("select one layer, e.g. `X[layer]`, or call layer_spectrum on the stack"
                if X.ndim == 3 else "reshape it to (n_examples, d), e.g. `X.reshape(-1, 1)` "
@@ -365,8 +334,8 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
     """
     threshold = _check_threshold(threshold)
     shape = tuple(getattr(acts, "shape", ()))
-    if not (_is_torch_tensor(acts) or isinstance(acts, np.ndarray)):
-        _to_float64(acts, "acts")  # raises the type error
+    if not (is_torch_tensor(acts) or isinstance(acts, np.ndarray)):
+        as_float64(acts, "acts")  # raises the type error
     if len(shape) != 3 or shape[0] < 1:
         fix = ("stack the per-layer matrices with `np.stack(per_layer)`" if len(shape) != 3
                else "pass at least one layer")

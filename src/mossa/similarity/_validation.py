@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # _cka imports this module, so it is imported lazily below
 
 __all__ = [
     "CentredPair",
+    "as_float64",
+    "is_torch_tensor",
     "centre_and_check_variation",
     "check_paired_representations",
     "check_scalar",
@@ -33,7 +35,7 @@ __all__ = [
 _REAL_KINDS = frozenset("fiu")
 
 
-def _is_torch_tensor(obj: Any) -> bool:
+def is_torch_tensor(obj: Any) -> bool:
     """Tell whether ``obj`` is a torch tensor, without importing torch ourselves.
 
     If torch was never imported, nothing can be a tensor, so the check costs no import.
@@ -42,9 +44,9 @@ def _is_torch_tensor(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
-def _to_float64(obj: Any, name: str) -> np.ndarray:
+def as_float64(obj: Any, name: str) -> np.ndarray:
     """Convert one NumPy array or torch tensor to a float64 NumPy array (a copy when needed)."""
-    if _is_torch_tensor(obj):
+    if is_torch_tensor(obj):
         import torch
 
         if obj.is_complex() or obj.dtype == torch.bool:
@@ -111,8 +113,8 @@ def check_paired_representations(
     """
     ndim = 3 if stacked else 2
     name_x, name_y = names
-    X = _to_float64(X, name_x)
-    Y = _to_float64(Y, name_y)
+    X = as_float64(X, name_x)
+    Y = as_float64(Y, name_y)
 
     for arr, name in ((X, name_x), (Y, name_y)):
         if arr.ndim != ndim:
