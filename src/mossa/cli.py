@@ -112,11 +112,39 @@ def analyze(
     from mossa.study import analyze_study
 
     chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
-    _summary(analyze_study(study_dir, measures=chosen, n_boot=n_boot,
-                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), reporter=Reporter()))
+    from mossa.report.html import write_report
+
+    result = analyze_study(study_dir, measures=chosen, n_boot=n_boot,
+                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), reporter=Reporter())
+    write_report(study_dir)
+    _summary(result)
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="A study folder written by `mossa run`.")) -> None:
+    """Write STUDY_DIR/report.html: one self-contained file with the summary, figures, tables, provenance."""
+    from mossa.report.html import write_report
+
+    out.print(f"report: {write_report(study_dir)}")
+
+
+@app.command()
+def compare(
+    study_a: Path = typer.Argument(..., help="First study folder."),
+    study_b: Path = typer.Argument(..., help="Second study folder."),
+    out_dir: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.html and its figure."),
+) -> None:
+    """Place two studies side by side (layer axes on relative depth when the models differ in depth)."""
+    from mossa.report.compare import write_compare
+
+    out.print(f"comparison: {write_compare(study_a, study_b, out_dir)}")
 
 
 def _summary(result) -> None:
+    """The end-of-run terminal summary: medians at a few layers, sections, clusters, where the report is."""
+    from mossa.report.html import load_results
+    from mossa.report._summary import summarize, summary_sentences
+
     sim = result.similarity
     sim = sim[sim["measure"] == "linear_cka"]
     layers = sorted(sim["layer"].unique())
@@ -125,16 +153,29 @@ def _summary(result) -> None:
     table.add_column("model")
     for layer in shown:
         table.add_column(f"layer {layer}", justify="right")
-    for model, label in (("base", "B vs C_t"), ("experimental", "E vs C_t")):
+    for model, label in (("base", "B vs C_t"), ("experimental", "E vs C_t"), ("heldout", "E' vs C_t (held out)")):
+        if model not in set(sim["model"]):
+            continue
         row = []
         for layer in shown:
             v = sim[(sim["model"] == model) & (sim["layer"] == layer)]["value"].dropna()
             row.append(f"{v.median():.3f}" if len(v) else "undefined")
         table.add_row(label, *row)
     out.print(table)
-    c = result.controls
-    out.print(f"controls beating B on their own test loss: {int(c['control_better'].sum())}/{len(c)}")
-    out.print(f"study folder: {result.root}  (results/, figures/, study.json)")
+    study, full, controls, sections = load_results(result.root)
+    summary = summarize(study, full, controls, sections)
+    clusters = Table(title=f"per cluster, median CKA over layers {summary.upper_layers[0]}-{summary.upper_layers[-1]}")
+    for col in ("cluster", "B vs C_t", "largest gain of E", "at layer"):
+        clusters.add_column(col)
+    for c in summary.clusters:
+        gain, layer = summary.gain_by_cluster[c]
+        clusters.add_row(c, f"{summary.base_upper_by_cluster[c]:.3f}", f"{gain:+.3f}", str(layer))
+    out.print(clusters)
+    for line in summary_sentences(summary):
+        out.print(f"- {line}")
+    report = Path(result.root) / "report.html"
+    out.print(f"study folder: {result.root}  (results/, figures/, study.json)"
+              + (f"\nreport: {report}" if report.is_file() else ""))
 
 
 @tasks_app.command("list")

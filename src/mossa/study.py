@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from mossa.analysis import (
     DEFAULT_MEASURES,
@@ -49,6 +50,7 @@ from mossa.report import (
     plot_tsne,
     plot_variance_dims,
 )
+from mossa.report.html import write_report
 from mossa.store import StudyDir, atomic_path, read_json, write_json
 from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, sample_split
 from mossa.training import mixture, n_steps, train_adapter
@@ -300,6 +302,8 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     timings["prompts"] = time.perf_counter() - t0
     provenance = run.provenance(source)
     write_json(study.path("study.json"), {**provenance, "status": "running"})
+    with atomic_path(study.path("config.yaml")) as tmp:  # `mossa run --config` reruns the study
+        tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), encoding="utf-8")
     for task in tasks:
         run.control(task.name)
     run.experimental()
@@ -314,6 +318,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loade
     write_json(study.path("study.json"), {
         **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
         "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": run.train_logs})
+    write_report(study.root)
     return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
                        timings=timings)
 

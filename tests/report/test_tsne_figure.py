@@ -34,7 +34,7 @@ def test_figure_written_and_not_blank(tmp_path):
     img = np.asarray(Image.open(path).convert("L"))
     assert img.shape[1] > img.shape[0] > 300  # 4 layer columns (0 skipped) x 2 model rows
     assert img.std() > 10
-    assert [p.name for p in path.parent.iterdir()] == ["tsne.png"]  # no temp file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tsne.png", "tsne.svg"]  # no temp file left
 
 
 def test_other_formats_and_empty_table_with_skips(tmp_path):

@@ -118,6 +118,9 @@ def plot_tsne(emb: pd.DataFrame, path: Path, *, title: str) -> None:
     fig.tight_layout(rect=(0, legend_h, 1, 0.95))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=130)
+    if fmt == "png":  # the vector twin, for papers
+        with atomic_path(path.with_suffix(".svg")) as tmp:
+            fig.savefig(tmp, format="svg")
     plt.close(fig)
 
 

@@ -92,8 +92,12 @@ def _save(fig, path: Path) -> None:
     for ax in fig.axes:
         if ax.get_xlabel().startswith("layer"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip("."), dpi=130)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=130)
+    if path.suffix == ".png":  # the vector twin, for papers
+        with atomic_path(path.with_suffix(".svg")) as tmp:
+            fig.savefig(tmp, format="svg")
     plt.close(fig)
 
 

@@ -1,0 +1,138 @@
+"""`report.html`: one self-contained file (figures embedded, no network resource) per study.
+
+Stage: report (reads study.json, results/ and figures/; writes report.html).
+"""
+
+from __future__ import annotations
+
+import base64
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from jinja2 import Environment
+from markupsafe import Markup
+
+from mossa.errors import MossaError
+from mossa.report._summary import MEASURE, StudySummary, summarize, summary_sentences, upper_third
+from mossa.store import atomic_path, read_json
+
+CAPTIONS = {
+    "cka_by_layer": "Fig 2 of the paper. Per layer, boxplots over tasks of the linear CKA between the base model B "
+                    "and each task's control C_t (blue) and between the multi-task model E and C_t (orange); red "
+                    "bars are 95% bootstrap intervals of the medians over tasks; shaded bands are the layer "
+                    "sections found by the stated criterion (results/sections.json).",
+    "cka_by_cluster": "Fig 3. The same medians, one panel per task cluster; bands are 95% intervals (over tasks, or "
+                      "over examples for a one-task cluster).",
+    "heldout_cka_by_layer": "Fig 7. Tasks held out of a second multi-task model E' (green): B vs C_t and E' vs C_t "
+                            "on those tasks only.",
+    "tsne_layers": "Fig 4. t-SNE of B's and E's last-token states, all tasks pooled, coloured by cluster, at layers "
+                   "spread over the depth (axes carry no meaning).",
+    "variance_dims": "Fig 5. Left: principal directions needed for 99% of the variance of each task's "
+                     "representation (mean over tasks, band = range) for B, E and the controls. Right: the share "
+                     "of variance on the single top direction.",
+    "correlations": "Fig 6. Per layer, Pearson r across tasks between CKA with the control and the readability "
+                    "of the task's inputs (Flesch-Kincaid, Coleman-Liau) and its training-set size; circles mark "
+                    "p < 0.05.",
+    "layer_by_layer_cka": "Linear CKA between every layer of B (left) or E (right) and every layer of C_t, averaged "
+                          "over tasks: which layer of one model matches which of the other.",
+}
+
+
+def _table(df: pd.DataFrame) -> Markup:
+    html = df.to_html(index=False, classes="sortable", border=0, na_rep="undefined",
+                      float_format=lambda x: f"{x:.3f}")
+    return Markup(html)
+
+
+def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n_layers: int) -> pd.DataFrame:
+    lin = sim[sim["measure"] == MEASURE]
+    upper = upper_third(n_layers)
+    rows = []
+    for task, group in lin.groupby("task", sort=False):
+        last = group[group["layer"] == n_layers].set_index("model")
+        up = group[group["layer"].isin(upper)].groupby("model")["value"].mean()
+        rows.append({"task": task, "cluster": group["cluster"].iloc[0], "held out of E'": task in heldout,
+                     f"B last layer": last["value"].get("base"), f"E last layer": last["value"].get("experimental"),
+                     "B upper third": up.get("base"), "E upper third": up.get("experimental"),
+                     "n examples": int(group["n_examples"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def _cluster_table(summary: StudySummary, sim: pd.DataFrame) -> pd.DataFrame:
+    lin = sim[sim["measure"] == MEASURE]
+    rows = []
+    for cluster in summary.clusters:
+        gain, layer = summary.gain_by_cluster[cluster]
+        rows.append({"cluster": cluster, "tasks": lin[lin["cluster"] == cluster]["task"].nunique(),
+                     "B upper third (median)": summary.base_upper_by_cluster[cluster],
+                     "largest median gain of E over B": gain, "at layer": layer})
+    return pd.DataFrame(rows)
+
+
+def load_results(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
+    """study.json, the similarity table, controls and sections of a finished, analysed study."""
+    root = Path(root)
+    needed = [root / "study.json", root / "results" / "similarity.parquet", root / "results" / "controls.csv",
+              root / "results" / "sections.json"]
+    for path in needed:
+        if not path.is_file():
+            raise MossaError(f"{path}: not found; run `mossa run` (or `mossa analyze {root}`) first")
+    return (read_json(needed[0]), pd.read_parquet(needed[1]), pd.read_csv(needed[2]), read_json(needed[3]))
+
+
+def write_report(root: Path) -> Path:
+    """Write `<root>/report.html` from the study's tables and figures; returns its path."""
+    root = Path(root)
+    study, sim, controls, sections = load_results(root)
+    summary = summarize(study, sim, controls, sections)
+    cfg = study["config"]
+    model = study["model"]
+    heldout = list(study.get("heldout_tasks", []))
+    by_cluster: dict[str, list[str]] = {}
+    for task, info in study["tasks"].items():
+        by_cluster.setdefault(info["cluster"], []).append(task + (" (held out of E')" if task in heldout else ""))
+    setup = [("base model B", f"{model['name']} ({model['kind']}: {model['location']})"),
+             ("layers / width", f"{model['n_layers']} / {model['hidden_size']}"),
+             ("compute", f"{model['dtype']} on {model['device']} ({model['dtype_reason']})"),
+             ("prompts", f"{model['prompt_mode']}, cue {cfg['cue']!r}, at most {cfg['max_prompt_tokens']} tokens"),
+             ("preset / seed", f"{cfg['preset']} / {cfg['seed']}"),
+             ("examples per task", f"{cfg['n_train']} train (at most), {cfg['n_test']} test"),
+             ("LoRA", ", ".join(f"{k} {v}" for k, v in cfg["lora"].items())),
+             ("controls C_t", ", ".join(f"{k} {v}" for k, v in cfg["control"].items())),
+             ("experimental E (and E')", ", ".join(f"{k} {v}" for k, v in cfg["experimental"].items())
+              + f", cluster cap {cfg['cluster_cap']}"),
+             ("held out of E'", ", ".join(heldout) or "none"),
+             ("measures / bootstrap", f"{', '.join(sorted(sim['measure'].unique()))} / {cfg.get('n_boot')} resamples"),
+             ("last layer", cfg["last_layer"])]
+    figures = []
+    for name, caption in CAPTIONS.items():
+        path = root / "figures" / f"{name}.png"
+        if path.is_file():
+            figures.append({"name": name, "caption": caption,
+                            "data": base64.b64encode(path.read_bytes()).decode("ascii")})
+    provenance = [(f"version: {k}", v) for k, v in study.get("versions", {}).items()]
+    provenance += [("model fingerprint", model["fingerprint"])]
+    provenance += [(f"task fingerprint: {t}", f"{info['fingerprint']} ({info['path']}, {info['template']})")
+                   for t, info in study["tasks"].items()]
+    provenance += [(f"seconds: {k}", f"{v:.1f}") for k, v in study.get("seconds", {}).items()]
+    provenance += [("command", study.get("command", "")), ("started", study.get("started", ""))]
+    env = Environment(autoescape=True)
+    template = env.from_string(files("mossa.report").joinpath("templates/report.html.j2").read_text("utf-8"))
+    html = template.render(
+        title=f"Layer by layer: {model['name']} on {summary.n_tasks} tasks", root=str(root),
+        finished=study.get("finished", ""), versions=study.get("versions", {}), model=model["name"],
+        n_layers=model["n_layers"], sentences=summary_sentences(summary), setup=setup,
+        tasks_by_cluster=[(c, ", ".join(ts)) for c, ts in sorted(by_cluster.items())], figures=figures,
+        task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
+        cluster_table=_table(_cluster_table(summary, sim)),
+        controls_table=_table(controls), rerun=f"mossa run --config {root / 'config.yaml'}",
+        provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False))
+    out = root / "report.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return out
+
+
+__all__ = ["CAPTIONS", "load_results", "write_report"]
