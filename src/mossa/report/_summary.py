@@ -81,7 +81,7 @@ def _fmt(x: float) -> str:
     return "undefined" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
 
-def _section_sentence(sec: dict, who: str) -> str:
+def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
     if not sec.get("transition_found"):
         return f"For {who}, the data show no clear transition section: {sec.get('reason', 'no reason recorded')}."
     ci = sec.get("ci", {})
@@ -89,7 +89,7 @@ def _section_sentence(sec: dict, who: str) -> str:
     return (f"For {who}, layers {sec['shared'][0]}-{sec['shared'][1]} are shared, "
             f"{sec['transition'][0]}-{sec['transition'][1]} are the transition "
             f"(start 95% CI {start[0]}-{start[1]}, end 95% CI {end[0]}-{end[1]}) and "
-            f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median gain of E over B "
+            f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median gain of {model} over B "
             f"rises by {_fmt(sec.get('jump', float('nan')))} "
             f"(95% CI {_fmt(sec.get('jump_ci', [np.nan])[0])} to {_fmt(sec.get('jump_ci', [np.nan, np.nan])[1])}).")
 
@@ -115,5 +115,5 @@ def summary_sentences(s: StudySummary) -> list[str]:
                    f"{_fmt(h['heldout_upper'])} against B's {_fmt(h['base_upper'])} over {up}, while on the tasks "
                    f"it was trained on E reaches {_fmt(h['experimental_upper_seen'])} against B's "
                    f"{_fmt(h['base_upper_seen'])}.")
-        out.append(_section_sentence(s.heldout_sections, "E' on the held-out tasks"))
+        out.append(_section_sentence(s.heldout_sections, "E' on the held-out tasks", model="E'"))
     return out

@@ -62,22 +62,27 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
             ci = medians[(medians["group"] == "all") & (medians["measure"] == measure) & (medians["model"] == model)
                          & medians["layer"].isin([round(p - (k - 0.5) * width) for p in positions])]
             ci = ci.set_index("layer").reindex([round(p - (k - 0.5) * width) for p in positions])
-            ax.errorbar(positions, ci["median"], yerr=[ci["median"] - ci["ci_low"], ci["ci_high"] - ci["median"]],
-                        fmt="none", ecolor="#b2182b", elinewidth=1.8, capsize=2.5, zorder=5)
+            beside = [p + width * 0.55 for p in positions]  # next to the box, not over its whiskers
+            ax.errorbar(beside, ci["median"], yerr=[ci["median"] - ci["ci_low"], ci["ci_high"] - ci["median"]],
+                        fmt="_", color="#b2182b", ecolor="#b2182b", elinewidth=1.3, capsize=0, markersize=4,
+                        zorder=5)
     ax.set_xticks(layers)
     ax.set_xticklabels([str(layer) for layer in layers])
     ax.set_xlabel("layer (0 = embedding output)")
     ax.set_ylabel(f"{measure.replace('_', ' ')} with control C_t")
     n_tasks = data["task"].nunique()
-    ax.set_title(f"{title}: similarity to per-task controls ({n_tasks} tasks)")
+    ax.set_title(f"{title}: similarity to per-task controls ({n_tasks} tasks)", pad=8)
+    ax.set_ylim(top=max(1.0, ax.get_ylim()[1]) + 0.06)  # room for the section labels
     ax.grid(axis="y", alpha=0.3)
     if sections and sections.get("transition_found"):
         for name, shade in (("shared", "#dddddd"), ("transition", "#f6e3b4"), ("refinement", "#d5e8d4")):
             first, last = sections[name]
             ax.axvspan(first - 0.5, last + 0.5, color=shade, alpha=0.5, zorder=0, linewidth=0)
-            ax.text((first + last) / 2, 1.02, name, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
+            ax.text((first + last) / 2, 0.985, f"{name} {first}-{last}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=8, color="#555555")
     if medians is not None:
-        ax.errorbar([], [], yerr=[], fmt="none", ecolor="#b2182b", label="95% CI of the median (over tasks)")
+        ax.errorbar([], [], yerr=[], fmt="_", color="#b2182b", ecolor="#b2182b",
+                    label="median and its 95% CI (over tasks)")
     ax.legend(loc="lower left", fontsize=8)
     undefined_layers = sorted({layer for _, layer in undefined})
     if undefined_layers:

@@ -53,8 +53,9 @@ def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n
     for task, group in lin.groupby("task", sort=False):
         last = group[group["layer"] == n_layers].set_index("model")
         up = group[group["layer"].isin(upper)].groupby("model")["value"].mean()
-        rows.append({"task": task, "cluster": group["cluster"].iloc[0], "held out of E'": task in heldout,
-                     f"B last layer": last["value"].get("base"), f"E last layer": last["value"].get("experimental"),
+        rows.append({"task": task, "cluster": group["cluster"].iloc[0],
+                     "held out of E'": "yes" if task in heldout else "",
+                     "B last layer": last["value"].get("base"), "E last layer": last["value"].get("experimental"),
                      "B upper third": up.get("base"), "E upper third": up.get("experimental"),
                      "n examples": int(group["n_examples"].iloc[0])})
     return pd.DataFrame(rows)
