@@ -50,3 +50,12 @@ def test_length_batches_respect_budget_and_cover_all():
     assert sorted(i for b in batches for i in b) == list(range(40))
     for b in batches:
         assert max(len(prompts[i].prompt_ids) + 1 for i in b) * len(b) <= 32 or len(b) == 1
+
+
+def test_chunked_target_nll_equals_one_pass(tiny_model):
+    loaded = load_model(resolve_model(str(tiny_model)), dtype="float32", device="cpu")
+    batch = collate(_prompts(), 0, loaded.device)
+    with torch.inference_mode():
+        h = body_forward(loaded.model, batch, output_hidden_states=False).last_hidden_state
+        np.testing.assert_allclose(target_nll(loaded.model, h, batch, chunk=2).numpy(),
+                                   target_nll(loaded.model, h, batch, chunk=1000).numpy(), atol=1e-6)

@@ -88,15 +88,20 @@ def body_forward(model: torch.nn.Module, batch: Batch, *, output_hidden_states: 
                             use_cache=False)
 
 
-def target_nll(model: torch.nn.Module, last_hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+def target_nll(model: torch.nn.Module, last_hidden: torch.Tensor, batch: Batch, *, chunk: int = 256) -> torch.Tensor:
     """Per-target-token negative log-likelihood [k] in float32, logits only at target positions.
 
     The LM head of a 262k-token vocabulary costs more than the model body, so it is applied to
-    the k predicting positions only.
+    the k predicting positions only, `chunk` positions at a time (a [k, vocab] float32 logit
+    matrix for a whole extraction batch would take gigabytes).
     """
     h = last_hidden[batch.target_rows, batch.target_pos]  # [k, d]
-    logits = model.get_output_embeddings()(h).float()  # [k, vocab]
+    head = model.get_output_embeddings()
     cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, batch.target_ids, reduction="none")
+    out = []
+    for start in range(0, len(h), chunk):
+        logits = head(h[start:start + chunk]).float()  # [<=chunk, vocab]
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        out.append(torch.nn.functional.cross_entropy(logits, batch.target_ids[start:start + chunk], reduction="none"))
+    return torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
