@@ -164,12 +164,21 @@ def _summary(result) -> None:
     out.print(table)
     study, full, controls, sections = load_results(result.root)
     summary = summarize(study, full, controls, sections)
-    clusters = Table(title=f"per cluster, median CKA over layers {summary.upper_layers[0]}-{summary.upper_layers[-1]}")
-    for col in ("cluster", "B vs C_t", "largest gain of E", "at layer"):
-        clusters.add_column(col)
+    n = summary.n_layers
+    picks = sorted({max(1, round(n / 3)), max(1, round(2 * n / 3)), n})
+    clusters = Table(title="per cluster: median linear CKA with C_t, B / E")
+    clusters.add_column("cluster")
+    for layer in picks:
+        clusters.add_column(f"layer {layer}", justify="right")
+    clusters.add_column("largest gain of E (layer)", justify="right")
+    medians = full[full["measure"] == "linear_cka"].groupby(["cluster", "model", "layer"])["value"].median()
     for c in summary.clusters:
-        gain, layer = summary.gain_by_cluster[c]
-        clusters.add_row(c, f"{summary.base_upper_by_cluster[c]:.3f}", f"{gain:+.3f}", str(layer))
+        cells = []
+        for layer in picks:
+            b, e = (medians.get((c, m, layer), float("nan")) for m in ("base", "experimental"))
+            cells.append(f"{b:.2f} / {e:.2f}")
+        gain, at = summary.gain_by_cluster[c]
+        clusters.add_row(c, *cells, f"{gain:+.2f} ({at})")
     out.print(clusters)
     for line in summary_sentences(summary):
         out.print(f"- {line}")
