@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mossa.cli import main
+from mossa.store import StudyDir
 
 OUTPUTS = ["results/similarity.parquet", "results/similarity.csv", "results/controls.csv", "results/medians.csv",
            "results/spectral.csv", "results/correlations.csv", "results/sections.json",
@@ -173,3 +174,28 @@ def test_holdout_errors(tiny_model, tiny_tasks, tmp_path, capsys):
     assert _run(tiny_model, tiny_tasks, tmp_path / "b", "--holdout", "sst2") == 2
     assert "field 'holdout': sst2 not among" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_same_seed_gives_bit_identical_tables(tiny_model, tiny_tasks, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run(tiny_model, tiny_tasks, a, "--measures", "linear_cka") == 0
+    assert _run(tiny_model, tiny_tasks, b, "--measures", "linear_cka") == 0
+    pa, pb = pd.read_parquet(a / "results/similarity.parquet"), pd.read_parquet(b / "results/similarity.parquet")
+    assert pa.equals(pb)  # same values bit for bit, NaNs in the same places
+
+
+def test_corrupted_shard_is_recomputed_on_rerun(tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "s"
+    assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
+    first = pd.read_parquet(out / "results/similarity.parquet")
+    shard = out / "activations/base/tiny_struct.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-40] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
+    from safetensors import safe_open
+
+    with safe_open(str(shard), framework="pt") as fh:
+        inputs = fh.metadata()["inputs"]
+    assert StudyDir(out).activations_done("base", "tiny_struct", inputs)  # rewritten, hash checks
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results/similarity.parquet"), first)

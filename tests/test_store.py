@@ -48,3 +48,41 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(MossaError, match="not a folder"):
         StudyDir(f).create()
+
+
+def _acts():
+    return Activations(ids=["t:1", "t:2"], acts=np.arange(12, dtype=np.float32).reshape(2, 2, 3),
+                       target_nll=np.array([1.0, 2.0]), target_tokens=np.array([1, 2]), meta={})
+
+
+def test_flipped_bytes_are_detected(tmp_path):
+    study = StudyDir(tmp_path)
+    study.write_activations("base", "t", _acts(), inputs="fp")
+    path = study.activation_path("base", "t")
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # inside the tensor data, past the header
+    path.write_bytes(bytes(data))
+    assert not study.activations_done("base", "t", "fp")
+    with pytest.raises(MossaError, match="does not match its hash"):
+        study.read_activations("base", "t")
+
+
+def test_second_run_on_the_same_folder_is_refused(tmp_path):
+    study = StudyDir(tmp_path)
+    with study.lock():
+        with pytest.raises(MossaError, match="another mossa run is using this study folder.*--wait"):
+            with StudyDir(tmp_path).lock():
+                pass
+    with study.lock():  # released: free again
+        pass
+
+
+def test_lock_of_a_killed_process_is_not_stale(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, sys; sys.path.insert(0, 'src'); from mossa.store import StudyDir; "
+            f"cm = StudyDir({str(tmp_path)!r}).lock(); cm.__enter__(); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9  # died holding the lock
+    with StudyDir(tmp_path).lock():  # the kernel released it
+        pass

@@ -82,6 +82,7 @@ def run(
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for confidence intervals (0 = none)."),
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same --out instead of failing."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -94,7 +95,7 @@ def run(
                           "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
                           "tsne_layers": _int_list(tsne_layers, "--tsne-layers")},
                          config_file=config)
-    result = run_study(cfg, reporter=Reporter())
+    result = run_study(cfg, reporter=Reporter(), wait=wait)
     _summary(result)
 
 

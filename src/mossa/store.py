@@ -19,10 +19,12 @@ leaves a half-written artifact under its final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +116,13 @@ class StudyDir:
         if not marker.is_file():
             return None
         data = read_json(marker)
-        return data if data.get("inputs") == inputs else None
+        if data.get("inputs") != inputs:
+            return None
+        weights = self.adapter_dir(unit) / "adapter_model.safetensors"
+        if data.get("sha256") and (not weights.is_file()
+                                   or hashlib.sha256(weights.read_bytes()).hexdigest() != data["sha256"]):
+            return None  # corrupted adapter: the unit is redone
+        return data
 
     @contextlib.contextmanager
     def adapter_writer(self, unit: str):
@@ -134,45 +142,97 @@ class StudyDir:
         return self.path("activations", model, f"{task}.safetensors")
 
     def activations_done(self, model: str, task: str, inputs: str) -> bool:
+        """True when the file exists, has these input fingerprints and its content hash checks.
+
+        A truncated, corrupted or stale file is not done, so the unit is recomputed.
+        """
         path = self.activation_path(model, task)
         if not path.is_file():
             return False
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                return (fh.metadata() or {}).get("inputs") == inputs
-        except Exception:  # a corrupt file is simply not done; it is recomputed
+            tensors, meta = _load_checked(path)
+        except MossaError:
             return False
+        return meta.get("inputs") == inputs
 
     def write_activations(self, model: str, task: str, acts: Activations, inputs: str) -> None:
         from safetensors.torch import save_file
 
-        meta = {"ids": json.dumps(acts.ids), "inputs": inputs,
-                **{k: json.dumps(v) for k, v in acts.meta.items()}}
         tensors = {"acts": torch.from_numpy(np.ascontiguousarray(acts.acts)),
                    "target_nll": torch.from_numpy(np.ascontiguousarray(acts.target_nll)),
                    "target_tokens": torch.from_numpy(np.ascontiguousarray(acts.target_tokens))}
+        meta = {"ids": json.dumps(acts.ids), "inputs": inputs, "sha256": _content_hash(tensors, acts.ids),
+                **{k: json.dumps(v) for k, v in acts.meta.items()}}
         with atomic_path(self.activation_path(model, task)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
     def read_activations(self, model: str, task: str) -> Activations:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        """Read one activation file, verifying its content hash.
 
+        Raises
+        ------
+        MossaError
+            When the file is missing, unreadable, or its content does not match its hash.
+        """
         path = self.activation_path(model, task)
         if not path.is_file():
             raise MossaError(f"{path}: activations missing; rerun `mossa run` on this study")
-        try:
-            tensors = load_file(str(path))
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                meta = dict(fh.metadata() or {})
-        except (SafetensorError, OSError) as exc:
-            raise MossaError(f"{path}: unreadable activation file ({exc}); delete it and rerun") from None
+        tensors, meta = _load_checked(path)
         ids = json.loads(meta.pop("ids"))
-        meta.pop("inputs", None)
+        for key in ("inputs", "sha256"):
+            meta.pop(key, None)
         return Activations(ids=ids, acts=tensors["acts"].numpy(), target_nll=tensors["target_nll"].numpy(),
                            target_tokens=tensors["target_tokens"].numpy(),
                            meta={k: json.loads(v) for k, v in meta.items()})
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = False):
+        """Hold the study's lock for the block: a second run on the same folder fails (or waits).
+
+        The lock is an OS file lock (fcntl/flock through `filelock`), which the kernel releases
+        when its process dies, so a killed run never leaves a stale lock behind; the holder's pid
+        is written beside it for the message.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path(".mossa.lock")), timeout=-1 if wait else 0)
+        holder = self.path(".mossa.lock.holder")
+        try:
+            lock.acquire()
+        except Timeout:
+            who = holder.read_text(encoding="utf-8").strip() if holder.exists() else "another process"
+            raise MossaError(f"{self.root}: another mossa run is using this study folder ({who}); wait for it, "
+                             f"pass --wait, or choose another --out") from None
+        try:
+            holder.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+            lock.release()
+
+
+def _content_hash(tensors: dict, ids: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].numpy().tobytes())
+    digest.update(json.dumps(ids).encode())
+    return digest.hexdigest()
+
+
+def _load_checked(path: Path) -> tuple[dict, dict]:
+    """Tensors and metadata of an activation file whose content hash matches, else MossaError."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        ids = json.loads(meta["ids"])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise MossaError(f"{path}: unreadable activation file ({exc}); delete it and rerun") from None
+    if meta.get("sha256") != _content_hash(tensors, ids):
+        raise MossaError(f"{path}: content does not match its hash (corrupted or truncated); rerun `mossa run` "
+                         f"on this study to recompute it")
+    return tensors, meta

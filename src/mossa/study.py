@@ -131,7 +131,7 @@ def default_out() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None) -> StudyResult:
+def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool = False) -> StudyResult:
     """Run the whole study described by `cfg`; returns the tables and the study folder."""
     rep = reporter or Reporter()
     timings: dict[str, float] = {}
@@ -141,15 +141,16 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None) -> StudyRes
     cfg = cfg.model_copy(update={"out": root})
     rep.log(f"study {root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, model {cfg.model}")
 
-    t0 = time.perf_counter()
-    loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
-    timings["load_model"] = time.perf_counter() - t0
-    check_lora_targets(loaded.model, cfg.lora.targets)
     study = StudyDir(root)
     created = not root.exists()
     study.create()
     try:
-        return _run(cfg, study, tasks, source, loaded, rep, timings, t_start)
+        with study.lock(wait=wait):  # before the model loads: a busy folder fails at once
+            t0 = time.perf_counter()
+            loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
+            timings["load_model"] = time.perf_counter() - t0
+            check_lora_targets(loaded.model, cfg.lora.targets)
+            return _run(cfg, study, tasks, source, loaded, rep, timings, t_start)
     except MossaError:
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -227,7 +228,8 @@ class _Study:
                                 on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
         with self.study.adapter_writer(unit) as tmp:
             self.host.save(unit, tmp)
-            write_json(tmp / "done.json", {"inputs": inputs, "log": log})
+            weights = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
+            write_json(tmp / "done.json", {"inputs": inputs, "sha256": weights, "log": log})
         self.train_logs[unit] = log
         self.seconds["train"] += time.perf_counter() - t0
         self.rep.log(f"{unit}: {log['steps']} steps, loss {log['train_loss'][0]:.3f} -> "
