@@ -31,6 +31,7 @@ from mossa.analysis import (
     check_measures,
     correlations,
     find_sections,
+    median_over_tasks,
     default_tsne_layers,
     readability,
     spectral_table,
@@ -340,8 +341,6 @@ def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int,
 
 def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Per-layer medians with intervals over a subset of tasks (e.g. the held-out ones)."""
-    from mossa.analysis._bootstrap import median_over_tasks
-
     return median_over_tasks(sim, n_boot=max(n_boot, 1), seed=seed, by_cluster=False)
 
 

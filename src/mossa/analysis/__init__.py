@@ -3,6 +3,7 @@
 Stage: analysis (reads activation files from the store; writes results/).
 """
 
+from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
@@ -22,5 +23,6 @@ from mossa.analysis._similarity import (
 )
 
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "analyze",
-           "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss", "readability", "spectral_table",
+           "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss",
+           "median_over_tasks", "readability", "spectral_table",
            "task_cross_layer", "task_similarity", "tsne_embeddings"]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from mossa.errors import MossaError
 from mossa.similarity import get_measure
-from mossa.similarity._kernel import _squared_distances
+from mossa.similarity._kernel import squared_distances
 
 _FAST = {"linear_cka": ("linear", False), "debiased_cka": ("linear", True), "rbf_cka": ("rbf", False)}
 _RBF_SIGMA_FRAC = 0.5  # rbf_cka's default bandwidth fraction
@@ -33,7 +33,7 @@ def _kernel(X: np.ndarray, kind: str) -> np.ndarray:
     X = X - X.mean(axis=0)
     if kind == "linear":
         return X @ X.T
-    D = _squared_distances(X)
+    D = squared_distances(X)
     median = np.median(np.sqrt(D[np.triu_indices(len(X), k=1)]))
     if median == 0:
         return np.zeros_like(D)

@@ -42,7 +42,7 @@ _RECOMPUTE_RTOL = 1e-6
 _PAIR_CHUNK_FLOATS = 2**22
 
 
-def _squared_distances(A: np.ndarray) -> np.ndarray:
+def squared_distances(A: np.ndarray) -> np.ndarray:
     """Pairwise squared Euclidean distances between the rows of ``A`` [n, d], shape [n, n].
 
     Uses the Gram formula, then recomputes from explicit differences the pairs where it is
@@ -67,7 +67,7 @@ def _centred_rbf_gram(
 ) -> tuple[np.ndarray | None, str | None]:
     """The centred (or U-centred) RBF Gram of ``A`` [n, d], or None and why it is undefined."""
     n = A.shape[0]
-    D = _squared_distances(A)  # [n, n]
+    D = squared_distances(A)  # [n, n]
     median = float(np.median(np.sqrt(D[np.triu_indices(n, k=1)])))
     if median == 0.0:
         return None, (
