@@ -57,7 +57,7 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert "median linear CKA" in capsys.readouterr().out
     full = pd.read_parquet(out / "results/similarity.parquet")
     pd.testing.assert_frame_equal(pd.read_csv(out / "results/similarity.csv"),
-                                  full.assign(undefined_reason=full["undefined_reason"].replace("", float("nan"))),
+                                  full.replace({"undefined_reason": {"": float("nan")}, "ci_method": {"": float("nan")}}),
                                   check_dtype=False)
 
 
@@ -92,12 +92,12 @@ def test_rerun_reuses_units_and_gives_the_same_table(tiny_model, tiny_tasks, tmp
     out = tmp_path / "study"
     assert _run(tiny_model, tiny_tasks, out) == 0
     first = pd.read_parquet(out / "results/similarity.parquet")
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")}
     assert _run(tiny_model, tiny_tasks, out) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")} == stamps
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results/similarity.parquet"), first)
     assert _run(tiny_model, tiny_tasks, out, "--seed", "3") == 0  # new inputs: recomputed
-    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*.safetensors")} != stamps
+    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")} != stamps
 
 
 def _bad_jsonl(tiny_tasks):
@@ -188,14 +188,26 @@ def test_corrupted_shard_is_recomputed_on_rerun(tiny_model, tiny_tasks, tmp_path
     out = tmp_path / "s"
     assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
     first = pd.read_parquet(out / "results/similarity.parquet")
-    shard = out / "activations/base/tiny_struct.safetensors"
+    shard = out / "activations/base/tiny_struct/acts.npy"
     data = bytearray(shard.read_bytes())
     data[-40] ^= 0xFF
     shard.write_bytes(bytes(data))
     assert _run(tiny_model, tiny_tasks, out, "--measures", "linear_cka") == 0
-    from safetensors import safe_open
-
-    with safe_open(str(shard), framework="pt") as fh:
-        inputs = fh.metadata()["inputs"]
+    inputs = json.loads((shard.parent / "meta.json").read_text())["inputs"]
     assert StudyDir(out).activations_done("base", "tiny_struct", inputs)  # rewritten, hash checks
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results/similarity.parquet"), first)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--executor", "dask"], r"field 'executor': .*unknown executor 'dask'.*\(available: local, ray\)"),
+    (["--ray-address", "auto"], r"field 'ray_address': .*only used with executor 'ray'"),
+    (["--executor", "ray", "--cpus-per-unit", "0"], r"field 'cpus_per_unit'"),
+])
+def test_bad_executor_settings_exit_2_with_one_line(flags, message, tiny_model, tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert _run(tiny_model, tiny_tasks, out, *flags) == 2
+    err = capsys.readouterr().err
+    import re
+
+    assert err.count("\n") == 1 and err.startswith("mossa: error:") and re.search(message, err), err
+    assert not out.exists()

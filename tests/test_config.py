@@ -28,6 +28,9 @@ def test_demo_preset_covers_twelve_tasks():
     ({"dtype": "int8"}, "dtype"),
     ({"tasks": ["a", "a"]}, "tasks"),
     ({"preset": "huge"}, "preset"),
+    ({"executor": "dask"}, "executor"),
+    ({"threads": 0}, "threads"),
+    ({"executor": "ray", "ray_address": "auto", "ray_cpus": 2}, "ray_cpus"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(MossaError, match=f"'{field}"):

@@ -57,3 +57,26 @@ def test_pre_norm_last_layer_differs_only_at_the_top(setup):
     pre = extract(host, None, prompts, token_budget=256, last_layer="pre_norm")
     np.testing.assert_allclose(pre.acts[:-1], post.acts[:-1], atol=1e-6)
     assert not np.allclose(pre.acts[-1], post.acts[-1])
+
+
+def test_streaming_to_the_store_equals_in_memory(setup, tmp_path):
+    from mossa.store import StudyDir
+
+    host, prompts = setup
+    ref = extract(host, None, prompts, token_budget=48)
+    loaded = host.loaded
+    study = StudyDir(tmp_path)
+    with study.activation_writer("base", "t", ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
+                                 hidden=loaded.hidden_size, inputs="k") as sink:
+        assert extract(host, None, prompts, token_budget=48, sink=sink) is None
+    back = study.read_activations("base", "t")
+    np.testing.assert_array_equal(back.acts, ref.acts)
+    np.testing.assert_array_equal(back.target_nll, ref.target_nll)
+
+
+def test_states_without_loss_skip_the_targets(setup):
+    host, prompts = setup
+    with_loss = extract(host, None, prompts, token_budget=256)
+    states_only = extract(host, None, prompts, token_budget=256, with_loss=False)
+    np.testing.assert_allclose(states_only.acts, with_loss.acts, atol=1e-5)  # causal: targets unseen
+    assert np.isnan(states_only.target_nll).all() and (states_only.target_tokens == 0).all()

@@ -35,12 +35,52 @@ def test_activation_roundtrip_and_fingerprint(tmp_path):
 
 def test_corrupt_activation_file_is_not_done(tmp_path):
     study = StudyDir(tmp_path)
-    path = study.activation_path("base", "t")
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"garbage")
+    study.write_activations("base", "t", _acts(), inputs="fp")
+    (study.activation_dir("base", "t") / "acts.npy").write_bytes(b"garbage")
     assert not study.activations_done("base", "t", "fp")
-    with pytest.raises(MossaError, match="unreadable activation file"):
+    with pytest.raises(MossaError, match="unreadable activation folder"):
         study.read_activations("base", "t")
+
+
+def test_truncated_activation_file_is_named(tmp_path):
+    study = StudyDir(tmp_path)
+    study.write_activations("base", "t", _acts(), inputs="fp")
+    path = study.activation_dir("base", "t") / "acts.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(MossaError, match="truncated"):
+        study.read_activations("base", "t")
+
+
+def test_streamed_blocks_in_any_order_equal_one_write(tmp_path):
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(4, 50, 7)).astype(np.float32)
+    ids = [f"t:{i}" for i in range(50)]
+    study = StudyDir(tmp_path)
+    with study.activation_writer("m", "t", ids=ids, n_states=4, hidden=7, inputs="x", meta={"k": 1}) as sink:
+        order = rng.permutation(50)
+        for block in np.array_split(order, 7):  # scattered rows, several pwrite runs each
+            sink.put(block, acts[:, block])
+        sink.finish(np.arange(50.0), np.ones(50, dtype=np.int64))
+    file = study.activation_file("m", "t")
+    assert file.ids == ids and file.shape == (4, 50, 7) and file.meta == {"k": 1}
+    np.testing.assert_array_equal(file.read(), acts)
+    rows = np.array([9, 3, 4, 5, 40, 0])
+    np.testing.assert_array_equal(file.read(rows, layers=[3, 1]), acts[[3, 1]][:, rows])
+    np.testing.assert_array_equal(np.concatenate(list(file.chunks(16)), axis=1), acts)
+    np.testing.assert_array_equal(np.load(file.folder / "acts.npy"), acts)  # a plain .npy file
+
+
+def test_unwritten_rows_or_a_failure_publish_nothing(tmp_path):
+    study = StudyDir(tmp_path)
+    with pytest.raises(RuntimeError, match="1 of 3 rows were never written"):
+        with study.activation_writer("m", "t", ids=["a", "b", "c"], n_states=1, hidden=2, inputs="x") as sink:
+            sink.put([0, 2], np.zeros((1, 2, 2), dtype=np.float32))
+    with pytest.raises(KeyError):
+        with study.activation_writer("m", "t", ids=["a"], n_states=1, hidden=2, inputs="x") as sink:
+            sink.put([0], np.zeros((1, 1, 2), dtype=np.float32))
+            raise KeyError("killed")
+    assert not study.activation_dir("m", "t").exists()
+    assert list(study.path("activations", "m").iterdir()) == []
 
 
 def test_out_that_is_a_file_is_refused(tmp_path):
@@ -58,9 +98,9 @@ def _acts():
 def test_flipped_bytes_are_detected(tmp_path):
     study = StudyDir(tmp_path)
     study.write_activations("base", "t", _acts(), inputs="fp")
-    path = study.activation_path("base", "t")
+    path = study.activation_dir("base", "t") / "acts.npy"
     data = bytearray(path.read_bytes())
-    data[-20] ^= 0xFF  # inside the tensor data, past the header
+    data[-20] ^= 0xFF  # inside the array data, past the header
     path.write_bytes(bytes(data))
     assert not study.activations_done("base", "t", "fp")
     with pytest.raises(MossaError, match="does not match its hash"):

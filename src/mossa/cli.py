@@ -83,6 +83,16 @@ def run(
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for confidence intervals (0 = none)."),
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same --out instead of failing."),
+    executor: Optional[str] = typer.Option(None, help="Where the units run: local (this process, in order) | ray "
+                                           "(one Ray task per unit, same results)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to use with --executor ray (default: start "
+                                              "a local Ray instance)."),
+    ray_cpus: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
+    threads: Optional[int] = typer.Option(None, help="torch threads per unit, in either executor (default: "
+                                          "torch's default here)."),
+    cpus_per_unit: Optional[float] = typer.Option(None, help="CPUs each unit asks Ray for (default: --threads)."),
+    gpus_per_unit: Optional[float] = typer.Option(None, help="GPUs each training/extraction unit asks Ray for "
+                                                  "(default: 1 on CUDA, else 0)."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -93,7 +103,9 @@ def run(
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
                           "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures"),
                           "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
-                          "tsne_layers": _int_list(tsne_layers, "--tsne-layers")},
+                          "tsne_layers": _int_list(tsne_layers, "--tsne-layers"), "executor": executor,
+                          "ray_address": ray_address, "ray_cpus": ray_cpus, "threads": threads,
+                          "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit},
                          config_file=config)
     result = run_study(cfg, reporter=Reporter(), wait=wait)
     _summary(result)

@@ -82,6 +82,19 @@ class StudyConfig(BaseModel):
     variance_threshold: float = Field(0.99, gt=0, le=1, description="Variance share for the spectral analysis.")
     n_boot: int = Field(200, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
+    executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
+                          "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
+                          "Ray task per unit; same results).")
+    ray_address: str | None = Field(None, description="Ray cluster to connect to (executor 'ray'); None = start "
+                                    "a local Ray instance. The study dir must be a path every node sees.")
+    ray_cpus: int | None = Field(None, gt=0, description="CPUs of the local Ray instance; None = all of this "
+                                 "machine's.")
+    threads: int | None = Field(None, gt=0, description="torch (and BLAS) threads of every unit, in either "
+                                "executor, so results do not depend on the executor; None = torch's default "
+                                "in the process that starts the study.")
+    cpus_per_unit: float | None = Field(None, gt=0, description="CPUs a unit asks Ray for; None = threads.")
+    gpus_per_unit: float | None = Field(None, ge=0, description="GPUs a training or extraction unit asks Ray "
+                                        "for; None = 1 when the device is CUDA, else 0.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     control: TrainSettings = Field(default_factory=TrainSettings)
     experimental: TrainSettings = Field(default_factory=TrainSettings)
@@ -91,6 +104,24 @@ class StudyConfig(BaseModel):
     def _holdout_words(cls, v):
         if isinstance(v, list) and len(v) == 1 and v[0] in ("auto", "none"):
             return v[0]
+        return v
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        from mossa.executors import executor_names, unknown_executor
+
+        if v not in executor_names():
+            raise ValueError(str(unknown_executor(v)))
+        return v
+
+    @field_validator("ray_address", "ray_cpus")
+    @classmethod
+    def _ray_only(cls, v, info):
+        if v is not None and info.data.get("executor", "ray") != "ray":
+            raise ValueError("only used with executor 'ray' (--executor ray)")
+        if v is not None and info.field_name == "ray_cpus" and info.data.get("ray_address"):
+            raise ValueError("sizes the local Ray instance; a cluster given by ray_address has its own CPUs")
         return v
 
     @field_validator("tasks")

@@ -4,7 +4,9 @@ Stage: extraction (reads prompts and the loaded base + adapters; the caller stor
 
 One forward pass over prompt+target serves both outputs: with causal attention the state at
 the last prompt token does not see the target, and the target positions give the test loss.
-No generation and no LM head beyond the target positions. Batches are length-sorted under a
+No generation and no LM head beyond the target positions (none at all with `with_loss=False`).
+Each batch's rows go to a sink as soon as they exist: the store's writer puts them on disk
+from a background thread while the next batch runs. Batches are length-sorted under a
 token budget, left-padded, with position ids taken from the attention mask.
 
 Layer 0 is the embedding output; layer L (the last) is after the final norm in the Hugging
@@ -22,9 +24,24 @@ from mossa.store import Activations
 from mossa.tasks import Prompt
 
 
+class ArraySink:
+    """Collects extracted rows in memory (for tests and small runs); `activations()` returns them."""
+
+    def __init__(self, ids: list[str], n_states: int, hidden: int):
+        self.ids = ids
+        self.acts = np.empty((n_states, len(ids), hidden), dtype=np.float32)
+        self.target_nll = self.target_tokens = None
+
+    def put(self, rows, states: np.ndarray) -> None:
+        self.acts[:, rows] = states
+
+    def finish(self, target_nll, target_tokens) -> None:
+        self.target_nll, self.target_tokens = target_nll, target_tokens
+
+
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
-            last_layer: str = "post_norm", on_batch=None) -> Activations:
-    """Hidden states of the last prompt token, [layers+1, n, d] float32, in `prompts` order.
+            last_layer: str = "post_norm", sink=None, with_loss: bool = True, on_batch=None) -> Activations | None:
+    """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32.
 
     Parameters
     ----------
@@ -36,13 +53,27 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     token_budget : int
         Max padded tokens per forward pass.
     last_layer : {"post_norm", "pre_norm"}
+    sink : object with put(rows, states) and finish(target_nll, target_tokens), optional
+        Where each batch's rows go as soon as they are computed: a store
+        `ActivationWriter` streams them to disk from a background thread, so memory does not
+        grow with the number of prompts. None collects them in memory and returns them.
+    with_loss : bool
+        Also run prompt+target and score the target tokens (each example's test loss). False
+        runs the prompts alone with no LM head at all (losses are then NaN).
     on_batch : callable, optional
         Called with the number of examples done after each batch.
+
+    Returns
+    -------
+    Activations or None
+        The states when `sink` is None.
     """
     loaded = host.loaded
     n = len(prompts)
-    acts = np.empty((loaded.n_layers + 1, n, loaded.hidden_size), dtype=np.float32)
-    nll = np.zeros(n, dtype=np.float64)
+    own = sink is None
+    if own:
+        sink = ArraySink([p.id for p in prompts], loaded.n_layers + 1, loaded.hidden_size)
+    nll = np.zeros(n, dtype=np.float64) if with_loss else np.full(n, np.nan)
     n_tok = np.zeros(n, dtype=np.int64)
     captured: dict[str, torch.Tensor] = {}
     hook = None
@@ -53,23 +84,27 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         hook = norm.register_forward_pre_hook(lambda _m, args: captured.__setitem__("pre", args[0]))
     try:
         with host.use(adapter) as model, torch.inference_mode(), loaded.autocast():
-            for idx in length_batches(prompts, token_budget):
-                batch = collate([prompts[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device)
+            for idx in length_batches(prompts, token_budget, with_targets=with_loss):
+                batch = collate([prompts[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device,
+                                with_targets=with_loss)
                 out = body_forward(model, batch, output_hidden_states=True)
                 states = list(out.hidden_states)
                 if hook is not None:
                     states[-1] = captured.pop("pre")
                 rows = torch.arange(len(idx), device=loaded.device)
-                picked = torch.stack([h[rows, batch.last_prompt] for h in states])  # [L+1, b, d]
-                acts[:, idx] = picked.float().cpu().numpy()
-                per_token = target_nll(model, out.last_hidden_state, batch).double().cpu().numpy()
-                rows_np = batch.target_rows.cpu().numpy()
-                np.add.at(nll, np.asarray(idx)[rows_np], per_token)
-                np.add.at(n_tok, np.asarray(idx)[rows_np], 1)
+                sink.put(idx, torch.stack([h[rows, batch.last_prompt] for h in states]).float().cpu().numpy())
+                if with_loss:
+                    per_token = target_nll(model, out.last_hidden_state, batch).double().cpu().numpy()
+                    rows_np = np.asarray(idx)[batch.target_rows.cpu().numpy()]
+                    np.add.at(nll, rows_np, per_token)
+                    np.add.at(n_tok, rows_np, 1)
                 if on_batch:
                     on_batch(len(idx))
     finally:
         if hook is not None:
             hook.remove()
-    return Activations(ids=[p.id for p in prompts], acts=acts, target_nll=nll, target_tokens=n_tok,
-                       meta={"last_layer": last_layer, "n_layers": loaded.n_layers})
+    sink.finish(nll, n_tok)
+    if own:
+        return Activations(ids=sink.ids, acts=sink.acts, target_nll=nll, target_tokens=n_tok,
+                           meta={"last_layer": last_layer, "n_layers": loaded.n_layers})
+    return None

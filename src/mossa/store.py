@@ -6,9 +6,9 @@ Layout::
 
     study.json                          resolved config, versions, fingerprints, stage timings
     adapters/<unit>/                    peft adapter; done.json written last
-    activations/<model>/<task>.safetensors
-                                        acts [layers+1, n, d] float32, target_nll [n],
-                                        target_tokens [n]; example ids in the metadata
+    activations/<model>/<task>/acts.npy [layers+1, n, d] float32, rows in the order of
+                                        meta.json's ids; meta.json also holds each example's
+                                        test loss, the input fingerprint and a content hash
     results/                            similarity.parquet|csv, controls.csv
     figures/                            cka_by_layer.png
 
@@ -34,6 +34,7 @@ import torch
 from mossa.errors import MossaError
 
 MARKER = "done.json"
+ACTS_FILE, META_FILE = "acts.npy", "meta.json"
 
 
 def _umask() -> int:
@@ -84,6 +85,16 @@ class Activations:
     target_nll: np.ndarray
     target_tokens: np.ndarray
     meta: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.acts.shape
+
+    def read(self, rows=None, layers=None) -> np.ndarray:
+        """The same reads as `ActivationFile.read`, from memory."""
+        out = self.acts if layers is None else self.acts[list(layers)]
+        return np.ascontiguousarray(out if rows is None else out[:, np.asarray(rows, dtype=np.int64)],
+                                    dtype=np.float32)
 
 
 class StudyDir:
@@ -138,52 +149,81 @@ class StudyDir:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # activations ------------------------------------------------------------------------
-    def activation_path(self, model: str, task: str) -> Path:
-        return self.path("activations", model, f"{task}.safetensors")
+    def activation_dir(self, model: str, task: str) -> Path:
+        return self.path("activations", model, task)
 
-    def activations_done(self, model: str, task: str, inputs: str) -> bool:
-        """True when the file exists, has these input fingerprints and its content hash checks.
-
-        A truncated, corrupted or stale file is not done, so the unit is recomputed.
-        """
-        path = self.activation_path(model, task)
-        if not path.is_file():
-            return False
-        try:
-            tensors, meta = _load_checked(path)
-        except MossaError:
-            return False
-        return meta.get("inputs") == inputs
-
-    def write_activations(self, model: str, task: str, acts: Activations, inputs: str) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {"acts": torch.from_numpy(np.ascontiguousarray(acts.acts)),
-                   "target_nll": torch.from_numpy(np.ascontiguousarray(acts.target_nll)),
-                   "target_tokens": torch.from_numpy(np.ascontiguousarray(acts.target_tokens))}
-        meta = {"ids": json.dumps(acts.ids), "inputs": inputs, "sha256": _content_hash(tensors, acts.ids),
-                **{k: json.dumps(v) for k, v in acts.meta.items()}}
-        with atomic_path(self.activation_path(model, task)) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-
-    def read_activations(self, model: str, task: str) -> Activations:
-        """Read one activation file, verifying its content hash.
+    def activation_file(self, model: str, task: str, *, verify: bool = True) -> "ActivationFile":
+        """Open one (model, task) activation folder for chunked reads, checking its content hash.
 
         Raises
         ------
         MossaError
-            When the file is missing, unreadable, or its content does not match its hash.
+            When it is missing, unreadable, or its content does not match its hash.
         """
-        path = self.activation_path(model, task)
-        if not path.is_file():
-            raise MossaError(f"{path}: activations missing; rerun `mossa run` on this study")
-        tensors, meta = _load_checked(path)
-        ids = json.loads(meta.pop("ids"))
-        for key in ("inputs", "sha256"):
-            meta.pop(key, None)
-        return Activations(ids=ids, acts=tensors["acts"].numpy(), target_nll=tensors["target_nll"].numpy(),
-                           target_tokens=tensors["target_tokens"].numpy(),
-                           meta={k: json.loads(v) for k, v in meta.items()})
+        folder = self.activation_dir(model, task)
+        if not (folder / META_FILE).is_file():
+            raise MossaError(f"{folder}: activations missing; rerun `mossa run` on this study")
+        file = ActivationFile(folder)
+        if verify:
+            file.verify()
+        return file
+
+    def activations_done(self, model: str, task: str, inputs: str) -> bool:
+        """True when the folder exists, has these input fingerprints and its content hash checks.
+
+        A truncated, corrupted or stale folder is not done, so the unit is recomputed.
+        """
+        try:
+            return self.activation_file(model, task).inputs == inputs
+        except MossaError:
+            return False
+
+    @contextlib.contextmanager
+    def activation_writer(self, model: str, task: str, *, ids: list[str], n_states: int, hidden: int,
+                          inputs: str, meta: dict | None = None):
+        """Yield an `ActivationWriter` that streams rows to disk; the folder is published on success.
+
+        Nothing appears under the final name unless every row was written and the block
+        succeeded; a failed or killed write leaves at most a hidden temp folder that the next
+        write of the same unit removes.
+        """
+        final = self.activation_dir(model, task)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{task}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", suffix=".tmp", dir=final.parent))
+        writer = ActivationWriter(tmp / ACTS_FILE, ids, n_states, hidden)
+        try:
+            yield writer
+            writer.close()
+            missing = int((~writer.written).sum())
+            if missing:
+                raise RuntimeError(f"{final}: {missing} of {len(ids)} rows were never written")
+            nll = writer.target_nll if writer.target_nll is not None else np.full(len(ids), np.nan)
+            tokens = writer.target_tokens if writer.target_tokens is not None else np.zeros(len(ids), np.int64)
+            write_json(tmp / META_FILE, {
+                "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
+                "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
+                "sha256": _content_hash(tmp / ACTS_FILE, ids, nll, tokens), "meta": meta or {}})
+            shutil.rmtree(final, ignore_errors=True)
+            _publish(tmp, final, 0o777)
+        finally:
+            writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_activations(self, model: str, task: str, acts: Activations, inputs: str) -> None:
+        """Write in-memory activations (one block) through the streaming writer."""
+        n_states, n, hidden = acts.acts.shape
+        with self.activation_writer(model, task, ids=acts.ids, n_states=n_states, hidden=hidden, inputs=inputs,
+                                    meta=acts.meta) as sink:
+            sink.put(np.arange(n), acts.acts)
+            sink.finish(acts.target_nll, acts.target_tokens)
+
+    def read_activations(self, model: str, task: str) -> Activations:
+        """Read one (model, task) whole into memory, verifying its content hash."""
+        file = self.activation_file(model, task)
+        return Activations(ids=file.ids, acts=file.read(), target_nll=file.target_nll,
+                           target_tokens=file.target_tokens, meta=file.meta)
 
     @contextlib.contextmanager
     def lock(self, *, wait: bool = False):
@@ -211,28 +251,161 @@ class StudyDir:
             lock.release()
 
 
-def _content_hash(tensors: dict, ids: list[str]) -> str:
+def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray) -> str:
+    """sha256 over the activation file's bytes (read in blocks), the ids and the losses."""
     digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].numpy().tobytes())
-    digest.update(json.dumps(ids).encode())
+    with open(acts_path, "rb") as fh:
+        while block := fh.read(1 << 23):
+            digest.update(block)
+    digest.update(json.dumps(list(ids)).encode())
+    digest.update(np.asarray(nll, dtype=np.float64).tobytes())
+    digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 
-def _load_checked(path: Path) -> tuple[dict, dict]:
-    """Tensors and metadata of an activation file whose content hash matches, else MossaError."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+class ActivationWriter:
+    """Streams blocks of rows of a [n_states, n, d] float32 array into an .npy file.
 
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        ids = json.loads(meta["ids"])
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise MossaError(f"{path}: unreadable activation file ({exc}); delete it and rerun") from None
-    if meta.get("sha256") != _content_hash(tensors, ids):
-        raise MossaError(f"{path}: content does not match its hash (corrupted or truncated); rerun `mossa run` "
-                         f"on this study to recompute it")
-    return tensors, meta
+    `put(rows, states)` hands a [n_states, b, d] block to one background thread, which writes
+    each contiguous run of rows per layer with `pwrite` (plain writes, not a memory map, so the
+    written data never count against the process's memory); at most `max_pending` blocks wait,
+    which bounds memory whatever n is. Rows are stored in the order of `ids`.
+    """
+
+    def __init__(self, path: Path, ids: list[str], n_states: int, hidden: int, *, max_pending: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.shape = (int(n_states), len(ids), int(hidden))
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+            self.offset = fh.tell()
+            fh.truncate(self.offset + 4 * int(np.prod(self.shape)))
+        self.fd = os.open(path, os.O_WRONLY)
+        self.written = np.zeros(len(ids), dtype=bool)
+        self.target_nll: np.ndarray | None = None
+        self.target_tokens: np.ndarray | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-writer")
+        self._pending: list = []
+        self._max_pending = max_pending
+
+    def put(self, rows, states: np.ndarray) -> None:
+        """Queue rows `rows` (indices into ids) with their states [n_states, len(rows), d]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        states = np.ascontiguousarray(states, dtype=np.float32)
+        if states.shape != (self.shape[0], len(rows), self.shape[2]):
+            raise ValueError(f"block of shape {states.shape} does not fit rows {len(rows)} of {self.shape}")
+        while len(self._pending) >= self._max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._write, rows, states))
+
+    def finish(self, target_nll, target_tokens) -> None:
+        """Record each example's summed target NLL and number of target tokens."""
+        self.target_nll = np.asarray(target_nll, dtype=np.float64)
+        self.target_tokens = np.asarray(target_tokens, dtype=np.int64)
+
+    def _write(self, rows: np.ndarray, states: np.ndarray) -> None:
+        order = np.argsort(rows, kind="stable")
+        rows, states = rows[order], states[:, order]
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts, ends = np.r_[0, cut], np.r_[cut, len(rows)]
+        row_bytes = 4 * self.shape[2]
+        for layer in range(self.shape[0]):
+            for s, e in zip(starts, ends):
+                data = memoryview(np.ascontiguousarray(states[layer, s:e])).cast("B")
+                offset = self.offset + (layer * self.shape[1] + int(rows[s])) * row_bytes
+                while data:
+                    done = os.pwrite(self.fd, data, offset)
+                    data, offset = data[done:], offset + done
+        self.written[rows] = True
+
+    def close(self) -> None:
+        """Wait for every queued block; re-raises a write error."""
+        while self._pending:
+            self._pending.pop(0).result()
+        os.fsync(self.fd)
+
+    def abort(self) -> None:
+        for fut in self._pending:
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ActivationFile:
+    """One stored (model, task): ids, losses, and [n_states, n, d] float32 states read in pieces.
+
+    Reads use `pread` into fresh arrays (no memory map), so reading a chunk costs only that
+    chunk's memory.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        info = read_json(self.folder / META_FILE)
+        try:
+            self.ids: list[str] = list(info["ids"])
+            self.inputs: str = info["inputs"]
+            self.target_nll = np.asarray(info["target_nll"], dtype=np.float64)
+            self.target_tokens = np.asarray(info["target_tokens"], dtype=np.int64)
+            self.meta: dict = dict(info.get("meta", {}))
+            self._sha256 = info["sha256"]
+            with open(self.folder / ACTS_FILE, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = header(fh)
+                self.offset = fh.tell()
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise MossaError(f"{self.folder}: unreadable activation folder ({exc}); delete it and rerun") from None
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 3 or shape[1] != len(self.ids):
+            raise MossaError(f"{self.folder}: activation file has shape {shape} and dtype {dtype}, expected "
+                             f"[layers+1, {len(self.ids)}, d] float32; delete it and rerun")
+        size = (self.folder / ACTS_FILE).stat().st_size
+        if size != self.offset + 4 * int(np.prod(shape)):
+            raise MossaError(f"{self.folder}: activation file is truncated ({size} bytes); rerun `mossa run` on "
+                             f"this study to recompute it")
+        self.shape: tuple[int, int, int] = tuple(int(x) for x in shape)
+
+    @property
+    def n(self) -> int:
+        return self.shape[1]
+
+    def verify(self) -> None:
+        """Raise MossaError unless the content hash matches (catches flipped bytes anywhere)."""
+        if _content_hash(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens) != self._sha256:
+            raise MossaError(f"{self.folder}: content does not match its hash (corrupted or truncated); rerun "
+                             f"`mossa run` on this study to recompute it")
+
+    def read(self, rows=None, layers=None) -> np.ndarray:
+        """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers."""
+        layers = range(self.shape[0]) if layers is None else [int(x) for x in layers]
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        cut = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        starts, ends = np.r_[0, cut], np.r_[cut, len(rows)]
+        d = self.shape[2]
+        out = np.empty((len(layers), len(rows), d), dtype=np.float32)
+        block = out if np.array_equal(order, np.arange(len(rows))) else np.empty_like(out)
+        with open(self.folder / ACTS_FILE, "rb", buffering=0) as fh:
+            for i, layer in enumerate(layers):
+                for s, e in zip(starts, ends):
+                    if s == e:
+                        continue
+                    view = memoryview(block[i, s:e]).cast("B")
+                    offset = self.offset + (layer * self.n + int(sorted_rows[s])) * 4 * d
+                    while view:
+                        got = os.preadv(fh.fileno(), [view], offset)
+                        if got == 0:
+                            raise MossaError(f"{self.folder}: activation file ended early; rerun `mossa run`")
+                        view, offset = view[got:], offset + got
+        if block is not out:
+            out[:, order] = block
+        return out
+
+    def chunks(self, size: int, rows=None):
+        """Yield [n_states, <=size, d] blocks of `rows` (default: all rows), in order."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), size):
+            yield self.read(rows[start:start + size])

@@ -3,17 +3,24 @@
 Each unit (an adapter, an activation file) carries the fingerprint of its inputs; a unit whose
 output exists with the same fingerprint is skipped, which makes a rerun both a resume and a
 cache. Everything the user can get wrong is checked before the study folder is created.
+
+The units (each control C_t, E, E', the base extraction) are independent of each other; an
+executor (`mossa.executors`: in this process, or one Ray task each) runs them, then the
+analysis. Each unit is `run_unit(cfg, root, name)`, the analysis `finish_study(...)`: module
+functions with picklable arguments, identical whichever executor runs them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +46,7 @@ from mossa.analysis import (
 )
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
+from mossa.executors import Unit, check_executor, make_executor
 from mossa.extraction import extract
 from mossa.models import check_model_available, load_model, resolve_model
 from mossa.models._adapters import AdapterHost
@@ -53,7 +61,7 @@ from mossa.report import (
 )
 from mossa.report.html import write_report
 from mossa.store import StudyDir, atomic_path, read_json, write_json
-from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, sample_split
+from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, resolve_tasks_dir, sample_split
 from mossa.training import mixture, n_steps, train_adapter
 
 EXPERIMENTAL = "experimental"
@@ -118,6 +126,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
         For invalid tasks, models or settings, before anything is written.
     """
     check_measures(tuple(cfg.measures or DEFAULT_MEASURES))
+    check_executor(cfg.executor)
     tasks = load_tasks(cfg.tasks_dir, cfg.tasks)
     for task in tasks:
         sample_split(task, "train", 1, cfg.seed)
@@ -136,7 +145,7 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
     """Run the whole study described by `cfg`; returns the tables and the study folder."""
     rep = reporter or Reporter()
     timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+    started = time.time()  # wall clock: the analysis (maybe in another process) computes the total
     tasks, source = validate(cfg)
     root = cfg.out or default_out()
     cfg = cfg.model_copy(update={"out": root})
@@ -146,12 +155,11 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
     created = not root.exists()
     study.create()
     try:
-        with study.lock(wait=wait):  # before the model loads: a busy folder fails at once
-            t0 = time.perf_counter()
-            loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
-            timings["load_model"] = time.perf_counter() - t0
-            check_lora_targets(loaded.model, cfg.lora.targets)
-            return _run(cfg, study, tasks, source, loaded, rep, timings, t_start)
+        # The lock before the model loads (a busy folder fails at once); this process holds it for
+        # the whole run, Ray workers included: they write only their own unit's files.
+        with study.lock(wait=wait), make_executor(cfg.executor, address=cfg.ray_address, num_cpus=cfg.ray_cpus,
+                                                  log=rep.log) as executor:
+            return _run(cfg, study, tasks, source, executor, rep, timings, started)
     except MossaError:
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -190,6 +198,13 @@ class _Study:
         self.heldout_tasks = resolve_holdout(cfg, tasks)
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
+
+    def release(self) -> None:
+        """Drop the loaded model (the units run elsewhere and load their own)."""
+        self.host = self.loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def provenance(self, source) -> dict:
         loaded, cfg = self.loaded, self.cfg
@@ -240,9 +255,13 @@ class _Study:
         if self.study.activations_done(label, task, inputs):
             return
         t0 = time.perf_counter()
-        acts = extract(self.host, adapter, self.test[task], token_budget=self.cfg.extract_token_budget,
-                       last_layer=self.cfg.last_layer)
-        self.study.write_activations(label, task, acts, inputs)
+        prompts, loaded = self.test[task], self.loaded
+        with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
+                                          hidden=loaded.hidden_size, inputs=inputs,
+                                          meta={"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers}
+                                          ) as sink:
+            extract(self.host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
+                    last_layer=self.cfg.last_layer, sink=sink)
         self.seconds["extract"] += time.perf_counter() - t0
 
     def control(self, task: str) -> None:
@@ -296,34 +315,151 @@ class _Study:
                 advance(len(self.test[task]), info=task)
 
 
-def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, loaded, rep: Reporter,
-         timings: dict[str, float], t_start: float) -> StudyResult:
+def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, executor, rep: Reporter,
+         timings: dict[str, float], started: float) -> StudyResult:
+    t0 = time.perf_counter()
+    loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
+    timings["load_model"] = time.perf_counter() - t0
+    check_lora_targets(loaded.model, cfg.lora.targets)
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
     t0 = time.perf_counter()
     run = _Study(cfg, study, tasks, loaded, rep)
     timings["prompts"] = time.perf_counter() - t0
-    provenance = run.provenance(source)
+    unit_cfg = unit_config(cfg, tasks, loaded)
+    units = study_units(unit_cfg, run.heldout_tasks, gpus=_gpus_per_unit(unit_cfg))
+    provenance = {**run.provenance(source),
+                  "executor": {**executor.describe(), "threads": unit_cfg.threads,
+                               "cpus_per_unit": units[0].cpus, "gpus_per_unit": units[0].gpus,
+                               "units": [u.name for u in units]}}
     write_json(study.path("study.json"), {**provenance, "status": "running"})
     with atomic_path(study.path("config.yaml")) as tmp:  # `mossa run --config` reruns the study
         tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), encoding="utf-8")
-    for task in tasks:
-        run.control(task.name)
-    run.experimental()
-    run.heldout()
-    run.base()
-    timings.update(run.seconds)
+    del loaded
+    key = _study_key(unit_cfg)
+    if executor.in_process:
+        _OPEN[key] = run  # run_unit finds this study (its loaded model) instead of loading another
+    else:
+        run.release()
+    try:
+        t0 = time.perf_counter()
+        results = executor.map(units)
+        timings["units"] = time.perf_counter() - t0
+        for stage in ("train", "extract"):
+            timings[stage] = sum(r["seconds"][stage] for r in results)
+        training = {r["unit"]: r["log"] for r in results if r["log"] is not None}
+        finish = Unit("analysis", finish_study, (unit_cfg, unit_cfg.out, provenance, training, timings, started),
+                      cpus=units[0].cpus)
+        [result] = executor.map([finish])
+    finally:
+        _OPEN.pop(key, None)
+    return replace(result, root=study.root)
 
-    analysis = analyze_study(study.root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
-                             tsne_layers=cfg.tsne_layers, provenance=provenance, reporter=rep)
-    timings.update({k: v for k, v in analysis.timings.items()})
-    timings["total"] = time.perf_counter() - t_start
-    write_json(study.path("study.json"), {
-        **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
-        "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": run.train_logs})
-    write_report(study.root)
-    return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
-                       timings=timings)
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def unit_config(cfg: StudyConfig, tasks: list[TaskSpec], loaded) -> StudyConfig:
+    """The config every unit runs with, pinned so that a fresh process re-derives nothing differently:
+    absolute paths, the explicit task list, the dtype and device chosen here, the thread count."""
+    source = resolve_model(cfg.model)
+    return cfg.model_copy(update={
+        "out": Path(cfg.out).resolve(),
+        "tasks_dir": resolve_tasks_dir(cfg.tasks_dir).resolve(),
+        "tasks": [t.name for t in tasks],
+        "model": source.location if source.kind in ("hf_dir", "gguf") else cfg.model,
+        "dtype": _DTYPE_NAMES[loaded.dtype],
+        "device": loaded.device.type,  # a Ray worker sees the GPU it was given as cuda:0
+        "threads": cfg.threads or torch.get_num_threads(),
+    })
+
+
+def _gpus_per_unit(cfg: StudyConfig) -> float:
+    if cfg.gpus_per_unit is not None:
+        return cfg.gpus_per_unit
+    return 1.0 if cfg.device == "cuda" else 0.0
+
+
+def study_units(cfg: StudyConfig, heldout: tuple[str, ...], *, gpus: float) -> list[Unit]:
+    """The study's independent units, in the order the local executor runs them."""
+    names = [f"control-{t}" for t in cfg.tasks] + [EXPERIMENTAL] + ([HELDOUT] if heldout else []) + ["base"]
+    cpus = cfg.cpus_per_unit or float(cfg.threads)
+    return [Unit(name, run_unit, (cfg, cfg.out, name), cpus=cpus, gpus=gpus) for name in names]
+
+
+_OPEN: dict[str, _Study] = {}  # the study this process has open (the driver's, or a worker's own)
+
+
+def _study_key(cfg: StudyConfig) -> str:
+    return _hash(cfg.model_dump_json())
+
+
+def _open_study(cfg: StudyConfig, root: Path) -> _Study:
+    """This process's study for `cfg`: the running one, or one opened here (a Ray worker loads the model
+    once and keeps it for the next unit it is given). Never takes the study lock: the driver holds it."""
+    key = _study_key(cfg)
+    if key not in _OPEN:
+        _OPEN.clear()  # a worker keeps one study at a time
+        rep = Reporter(enabled=False)
+        tasks = load_tasks(cfg.tasks_dir, cfg.tasks)
+        loaded = load_model(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, progress=rep.log)
+        _OPEN[key] = _Study(cfg, StudyDir(root), tasks, loaded, rep)
+    return _OPEN[key]
+
+
+@contextlib.contextmanager
+def _unit_threads(n: int):
+    """Run the block with `n` torch and BLAS/OpenMP threads: float results can depend on the thread count,
+    so every unit uses the same one whichever executor runs it."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_unit(cfg: StudyConfig, root: Path, name: str) -> dict:
+    """Run one unit of the study at `root`: 'control-<task>', 'experimental', 'heldout' or 'base'.
+
+    Returns its training log (None for 'base') and its seconds of training and extraction.
+    """
+    with _unit_threads(cfg.threads):
+        run = _open_study(cfg, root)
+        before = dict(run.seconds)
+        if name.startswith("control-"):
+            run.control(name[len("control-"):])
+        elif name == EXPERIMENTAL:
+            run.experimental()
+        elif name == HELDOUT:
+            run.heldout()
+        elif name == "base":
+            run.base()
+        else:
+            raise ValueError(f"unknown study unit {name!r}")
+        return {"unit": name, "log": run.train_logs.get(name),
+                "seconds": {k: run.seconds[k] - before[k] for k in before}}
+
+
+def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict, timings: dict,
+                 started: float) -> StudyResult:
+    """The last unit: every table and figure, study.json marked complete, the report."""
+    with _unit_threads(cfg.threads):
+        run = _OPEN.get(_study_key(cfg))
+        rep = run.rep if run is not None else Reporter(enabled=False)
+        study = StudyDir(root)
+        analysis = analyze_study(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
+                                 tsne_layers=cfg.tsne_layers, provenance=provenance, reporter=rep)
+        timings = {**timings, **analysis.timings, "total": time.time() - started}
+        write_json(study.path("study.json"), {
+            **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
+            "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": training})
+        write_report(root)
+        return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
+                           timings=timings)
 
 
 def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int, seed: int) -> dict:
@@ -420,4 +556,5 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)
 
 
-__all__ = ["StudyResult", "analyze_study", "run_study", "validate"]
+__all__ = ["StudyResult", "analyze_study", "finish_study", "run_study", "run_unit", "study_units", "unit_config",
+           "validate"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._bootstrap import _centre, _gram_cka, _kernel, example_bootstrap, median_over_tasks
+from mossa.analysis._bootstrap import _gram_cka, _kernel, example_bootstrap, median_over_tasks
 from mossa.similarity import linear_cka, rbf_cka
 
 
@@ -11,19 +11,34 @@ def _pair(rng, n=40):
     return X, Y
 
 
+def _explicit(K, L, rows, debiased):
+    """CKA of the resampled Grams built by indexing: double-centred, or Song's U-statistic with
+    the resample's diagonal zeroed (copies of a repeated row stay off the diagonal)."""
+    Kr, Lr = K[rows][:, rows], L[rows][:, rows]
+    n = len(rows)
+    if not debiased:
+        H = np.eye(n) - 1.0 / n
+        Kc, Lc = H @ Kr @ H, H @ Lr @ H
+        return (Kc * Lc).sum() / np.sqrt((Kc * Kc).sum() * (Lc * Lc).sum())
+
+    def song(A, B):
+        A, B = A - np.diag(np.diag(A)), B - np.diag(np.diag(B))
+        one = np.ones(n)
+        return (np.trace(A @ B) + one @ A @ one * (one @ B @ one) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * one @ A @ B @ one)
+    return song(Kr, Lr) / np.sqrt(song(Kr, Kr) * song(Lr, Lr))
+
+
 def test_weighted_path_equals_explicit_resampling():
     rng = np.random.default_rng(0)
     X, Y = _pair(rng)
     idx = rng.integers(0, len(X), size=(6, len(X)))
-    for kind, ref in (("linear", linear_cka), ("rbf", None)):
+    for kind, debiased, ref in (("linear", False, linear_cka), ("rbf", False, None), ("linear", True, None)):
         K, L = _kernel(X, kind), _kernel(Y, kind)
-        fast = _gram_cka(K, L, idx, debiased=False)
-        slow = []
-        for rows in idx:
-            Kc, Lc = _centre(K[rows][:, rows][None], False)[0], _centre(L[rows][:, rows][None], False)[0]
-            slow.append((Kc * Lc).sum() / np.sqrt((Kc * Kc).sum() * (Lc * Lc).sum()))
-            if ref is not None:  # the resampled rows themselves, through the public measure
-                assert abs(ref(X[rows], Y[rows]) - slow[-1]) < 1e-9
+        fast = _gram_cka(K, L, idx, debiased=debiased)
+        slow = [_explicit(K, L, rows, debiased) for rows in idx]
+        if ref is not None:  # the resampled rows themselves, through the public measure
+            assert all(abs(ref(X[rows], Y[rows]) - v) < 1e-9 for rows, v in zip(idx, slow))
         np.testing.assert_allclose(fast, slow, atol=1e-10)
 
 

@@ -140,10 +140,10 @@ def test_gram_and_feature_forms_agree_with_oracle(n, d1, d2, debiased):
 
 
 def test_cheaper_form_is_selected_by_regime():
-    assert _cka._select_form(10, 50, 50) == "gram"  # n < d
-    assert _cka._select_form(1000, 64, 64) == "feature"  # n > d
-    assert _cka._select_form(10, 4096, 2) == "gram"
-    assert _cka._select_form(8000, 4096, 4096) == "feature"
+    assert _cka.select_form(10, 50, 50) == "gram"  # n < d
+    assert _cka.select_form(1000, 64, 64) == "feature"  # n > d
+    assert _cka.select_form(10, 4096, 2) == "gram"
+    assert _cka.select_form(8000, 4096, 4096) == "feature"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ Stage: analysis (pure functions over arrays and tables; reads and writes nothing
 Over examples: rows are resampled with replacement (the same rows for both models, so pairs
 stay matched) and the statistic recomputed; the interval is the 2.5-97.5 percentile range.
 For the kernel CKAs (linear, debiased, RBF) the kernel matrices are built once and a
-resample is an index into them, so hundreds of resamples cost about as much as one CKA in
-feature space; the RBF bandwidth is held at its full-sample value (a conditional bootstrap).
+resample is a vector of row counts applied to them, so hundreds of resamples cost a few
+[R, n] x [n, n] products and memory stays at a few n x n matrices; the RBF bandwidth is held at its full-sample value (a conditional bootstrap).
 Other measures are recomputed from the resampled rows by their registered function.
 
 Over tasks: for a per-layer median across tasks, tasks are resampled with replacement.
@@ -41,23 +41,6 @@ def _kernel(X: np.ndarray, kind: str) -> np.ndarray:
     return np.exp(-D / (2.0 * sigma * sigma))
 
 
-def _centre(G: np.ndarray, debiased: bool) -> np.ndarray:
-    """Double-centre (or U-centre) a stack of Gram matrices [R, n, n]."""
-    n = G.shape[-1]
-    if not debiased:
-        row = G.mean(axis=2, keepdims=True)
-        col = G.mean(axis=1, keepdims=True)
-        return G - row - col + G.mean(axis=(1, 2), keepdims=True)
-    G = G.copy()
-    idx = np.arange(n)
-    G[:, idx, idx] = 0.0
-    means = G.sum(axis=1) / (n - 2)  # [R, n]
-    means -= means.sum(axis=1, keepdims=True) / (2 * (n - 1))
-    U = G - means[:, :, None] - means[:, None, :]
-    U[:, idx, idx] = 0.0
-    return U
-
-
 def _weighted_hsic(K: np.ndarray, L: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Biased HSIC (up to a common factor) of each resample, from its row counts W [R, n].
 
@@ -73,21 +56,31 @@ def _weighted_hsic(K: np.ndarray, L: np.ndarray, W: np.ndarray) -> np.ndarray:
     return quad - 2.0 * cross / N + s * t / N**2
 
 
+def _weighted_song(K: np.ndarray, L: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Song et al.'s unbiased HSIC (times N(N-3)) of each resample, from its row counts W [R, n].
+
+    The resample's Gram has a zero diagonal but keeps the off-diagonal copies of a repeated
+    row, as indexing the full Gram would: every sum over p != q is the weighted sum over all
+    (i, j) minus the weighted diagonal, so three [R, n] x [n, n] products give it all.
+    """
+    N = W.sum(axis=1)
+    dk, dl = np.diag(K), np.diag(L)
+    KW, LW = W @ K - dk, W @ L - dl  # row sums of the zero-diagonal resampled Grams, per original row
+    trace = np.einsum("rn,rn->r", W @ (K * L), W) - W @ (dk * dl)
+    ones_k = np.einsum("rn,rn->r", W, KW)
+    ones_l = np.einsum("rn,rn->r", W, LW)
+    ones_kl = np.einsum("rn,rn->r", W * KW, LW)
+    return trace + ones_k * ones_l / ((N - 1) * (N - 2)) - 2.0 / (N - 2) * ones_kl
+
+
 def _gram_cka(K: np.ndarray, L: np.ndarray, idx: np.ndarray, debiased: bool) -> np.ndarray:
     """CKA of each resample [R] from full-sample kernels and resample indices [R, n]."""
-    if not debiased:
-        W = np.zeros(idx.shape, dtype=np.float64)
-        np.add.at(W, (np.arange(len(idx))[:, None], idx), 1.0)  # row counts [R, n]
-        kl, kk, ll = _weighted_hsic(K, L, W), _weighted_hsic(K, K, W), _weighted_hsic(L, L, W)
-        den = np.sqrt(np.clip(kk, 0, None) * np.clip(ll, 0, None))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, kl / den, np.nan)
-    Kc = _centre(K[idx[:, :, None], idx[:, None, :]], debiased)
-    Lc = _centre(L[idx[:, :, None], idx[:, None, :]], debiased)
-    num = np.einsum("rij,rij->r", Kc, Lc)
-    den = np.sqrt(np.einsum("rij,rij->r", Kc, Kc) * np.einsum("rij,rij->r", Lc, Lc))
+    W = np.zeros(idx.shape, dtype=np.float64)
+    np.add.at(W, (np.arange(len(idx))[:, None], idx), 1.0)  # row counts [R, n]
+    hsic = _weighted_song if debiased else _weighted_hsic
+    kl, kk, ll = hsic(K, L, W), hsic(K, K, W), hsic(L, L, W)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+        return np.where((kk > 0) & (ll > 0), kl / np.sqrt(np.abs(kk * ll)), np.nan)
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:

@@ -11,36 +11,91 @@ has no defined CKA: its row carries `value = NaN` and the reason in `undefined_r
 from __future__ import annotations
 
 import zlib
+from typing import Mapping, Union
 
 import numpy as np
 import pandas as pd
 
 from mossa.analysis._bootstrap import example_bootstrap, median_over_tasks
 from mossa.errors import MossaError
-from mossa.similarity import cross_layer_linear_cka, get_measure, layerwise_linear_cka
-from mossa.store import Activations, StudyDir, atomic_path
+from mossa.similarity import (
+    StreamingLinearCKA,
+    cross_layer_cka,
+    cross_layer_linear_cka,
+    get_measure,
+    layerwise_linear_cka,
+    select_form,
+)
+from mossa.store import ActivationFile, Activations, StudyDir, atomic_path
+
+Run = Union[Activations, ActivationFile]  # anything with .ids, .shape and .read(rows, layers)
 
 COMPARED = ("base", "experimental")
 HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
-SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "ci_low", "ci_high", "n_examples",
-                      "n_dropped", "undefined_reason"]
+SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "ci_low", "ci_high", "ci_method",
+                      "n_examples", "n_dropped", "undefined_reason"]
 
 
-def align(runs: dict[str, Activations]) -> tuple[list[str], dict[str, np.ndarray], int]:
-    """Rows shared by every run, in the first run's order, with non-finite rows dropped jointly.
+CHUNK_ROWS = 1024  # rows per streamed chunk: ~1024 * layers * d * 4 bytes per representation
+BOOT_MAX_N = 2000  # example-bootstrap resamples index n x n kernels; above this, an m-out-of-n bootstrap
 
-    Returns the kept ids, each run's acts restricted to them ([layers+1, n_kept, d]) and the
-    number of shared ids that were dropped for non-finite values.
-    """
+
+def aligned_rows(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Ids shared by every run, in the first run's order, and each run's row index of them."""
     first = next(iter(runs.values()))
     shared = set(first.ids)
     for run in runs.values():
         shared &= set(run.ids)
     ids = [i for i in first.ids if i in shared]
-    picked = {}
+    rows = {}
     for name, run in runs.items():
-        pos = {ex_id: k for k, ex_id in enumerate(run.ids)}
-        picked[name] = run.acts[:, [pos[i] for i in ids]]
+        if run.ids == ids:
+            rows[name] = np.arange(len(ids))
+        else:
+            pos = {ex_id: k for k, ex_id in enumerate(run.ids)}
+            rows[name] = np.array([pos[i] for i in ids], dtype=np.int64)
+    return ids, rows
+
+
+def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: int):
+    """Yield name -> [layers, c, d] float32 blocks of the aligned rows, reading the next block
+    in a background thread while the caller works on the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(next(iter(rows.values())))
+    read = lambda start: {m: runs[m].read(rows[m][start:start + size]) for m in rows}  # noqa: E731
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-reader") as pool:
+        starts = list(range(0, n, size))
+        pending = pool.submit(read, starts[0]) if starts else None
+        for k in range(len(starts)):
+            block = pending.result()
+            pending = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
+            yield block
+
+
+def scan(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], pairs: list[tuple[str, str]], *,
+         chunk_rows: int = CHUNK_ROWS) -> tuple[StreamingLinearCKA, np.ndarray]:
+    """One streamed pass: linear-CKA statistics of `pairs` over the rows finite in every run.
+
+    Returns the accumulator and the mask of kept (finite) aligned rows.
+    """
+    acc = StreamingLinearCKA(pairs)
+    masks = []
+    for block in _read_chunks(runs, rows, chunk_rows):
+        finite = np.logical_and.reduce([np.isfinite(v).all(axis=(0, 2)) for v in block.values()])
+        masks.append(finite)
+        acc.update({m: v[:, finite] for m, v in block.items()})
+    return acc, (np.concatenate(masks) if masks else np.zeros(0, dtype=bool))
+
+
+def align(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarray], int]:
+    """Rows shared by every run, in the first run's order, with non-finite rows dropped jointly.
+
+    Returns the kept ids, each run's states restricted to them ([layers+1, n_kept, d]) and the
+    number of shared ids that were dropped for non-finite values. Reads everything into memory.
+    """
+    ids, rows = aligned_rows(runs)
+    picked = {name: runs[name].read(rows[name]) for name in runs}
     finite = np.ones(len(ids), dtype=bool)
     for acts in picked.values():
         finite &= np.isfinite(acts).all(axis=(0, 2))
@@ -55,64 +110,119 @@ DEFAULT_MEASURES = ("linear_cka", "debiased_cka", "rbf_cka")
 _LAYERWISE = {"linear_cka": False, "debiased_cka": True}  # measures with a batched layer path
 
 
+def _guarded(compute, n_layers: int) -> list[tuple[float, str]]:
+    """(value, reason) per layer; an estimator that cannot run on these data (too few examples
+    for the kept dimensions, say) gives NaN with the error as the reason."""
+    try:
+        return [(r.value, r.reason or "") for r in compute()]
+    except MossaError as exc:
+        return [(float("nan"), str(exc))] * n_layers
+
+
 def _layer_values(measure: str, A: np.ndarray, B: np.ndarray, names: tuple[str, str]) -> list[tuple[float, str]]:
-    """(value, reason) per layer for one measure; an estimator that cannot run on these data
-    (too few examples for the kept dimensions, say) gives NaN with the error as the reason."""
+    """(value, reason) per layer of one measure on in-memory stacks."""
     if measure in _LAYERWISE:
-        try:
-            return [(r.value, r.reason or "") for r in
-                    layerwise_linear_cka(A, B, debiased=_LAYERWISE[measure], names=names)]
-        except MossaError as exc:
-            return [(float("nan"), str(exc))] * len(A)
+        return _guarded(lambda: layerwise_linear_cka(A, B, debiased=_LAYERWISE[measure], names=names), len(A))
     func = get_measure(measure)
-    out = []
-    for a, b in zip(A, B):
-        try:
-            res = func(a, b)
-            out.append((res.value, res.reason or ""))
-        except MossaError as exc:
-            out.append((float("nan"), str(exc)))
-    return out
+    return [_guarded(lambda: [func(a, b)], 1)[0] for a, b in zip(A, B)]
 
 
-def task_similarity(task: str, cluster: str, runs: dict[str, Activations],
-                    measures: tuple[str, ...] = DEFAULT_MEASURES, *, n_boot: int = 0, seed: int = 0) -> list[dict]:
+class _TaskData:
+    """One task's aligned runs: the streamed statistics, and in-memory reads made on demand."""
+
+    def __init__(self, runs: Mapping[str, Run], chunk_rows: int):
+        self.runs = runs
+        ids, self.rows = aligned_rows(runs)
+        models = [m for m in runs if m != "control"]
+        self.acc, finite = scan(runs, self.rows, [(m, "control") for m in models], chunk_rows=chunk_rows)
+        self.ids = [i for i, ok in zip(ids, finite) if ok]
+        self.kept = {m: r[finite] for m, r in self.rows.items()}
+        self.n_dropped = int((~finite).sum())
+        _, n, d = next(iter(runs.values())).shape
+        # Few examples: the n x n form in float64, in memory; many: the streamed statistics.
+        self.streamed = select_form(len(self.ids), d, d) == "feature"
+        self._memory: dict[str, np.ndarray] = {}
+
+    def full(self, model: str) -> np.ndarray:
+        if model not in self._memory:
+            self._memory[model] = self.runs[model].read(self.kept[model])
+        return self._memory[model]
+
+    def values(self, measure: str, model: str) -> list[tuple[float, str]]:
+        names = (model, "control")
+        if measure in _LAYERWISE and self.streamed:
+            n_layers = self.runs[model].shape[0]
+            return _guarded(lambda: self.acc.results(model, "control", debiased=_LAYERWISE[measure], names=names),
+                            n_layers)
+        return _layer_values(measure, self.full(model), self.full("control"), names)
+
+    def intervals(self, measure: str, model: str, *, n_boot: int, rng: np.random.Generator,
+                  values: list[tuple[float, str]]) -> tuple[list[tuple[float, float]], str]:
+        """Bootstrap-over-examples intervals; above BOOT_MAX_N rows an m-out-of-n bootstrap
+        (m = BOOT_MAX_N seeded rows, spread rescaled by sqrt(m/n) around the full-sample value)."""
+        n = len(self.ids)
+        if n <= BOOT_MAX_N:
+            return example_bootstrap(measure, self.full(model), self.full("control"), n_boot=n_boot, rng=rng), \
+                "bootstrap"
+        pick = np.sort(rng.choice(n, size=BOOT_MAX_N, replace=False))
+        A, C = (self.runs[m].read(self.kept[m][pick]) for m in (model, "control"))
+        sub = _layer_values(measure, A, C, (model, "control"))
+        scale = np.sqrt(BOOT_MAX_N / n)
+        out = []
+        for (lo, hi), (v_m, _), (v, _) in zip(example_bootstrap(measure, A, C, n_boot=n_boot, rng=rng), sub, values):
+            out.append((v + (lo - v_m) * scale, v + (hi - v_m) * scale))
+        return out, f"m-out-of-n bootstrap (m={BOOT_MAX_N})"
+
+
+def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
+                    measures: tuple[str, ...] = DEFAULT_MEASURES, *, n_boot: int = 0, seed: int = 0,
+                    chunk_rows: int = CHUNK_ROWS, data: _TaskData | None = None) -> list[dict]:
     """Every measure of each model vs the control, per layer, for one task.
 
-    With `n_boot > 0`, each value gets a bootstrap-over-examples 95% interval (`ci_low`,
-    `ci_high`); the resamples depend only on (seed, task, measure), not on the order of work.
+    Linear and debiased CKA stream from disk in chunks (memory independent of n) when there
+    are more examples than the n x n form suits; other measures read the aligned rows into
+    memory. With `n_boot > 0`, each value gets a bootstrap-over-examples 95% interval
+    (`ci_low`, `ci_high`, `ci_method`); the resamples depend only on (seed, task, measure),
+    not on the order of work.
     """
-    ids, acts, n_dropped = align(runs)
+    data = data or _TaskData(runs, chunk_rows)
     rows = []
     for measure in measures:
         for model in [m for m in runs if m != "control"]:
-            values = _layer_values(measure, acts[model], acts["control"], (model, "control"))
-            cis = [(np.nan, np.nan)] * len(values)
+            values = data.values(measure, model)
+            cis, method = [(np.nan, np.nan)] * len(values), ""
             if n_boot:
                 rng = np.random.default_rng([seed, zlib.crc32(task.encode()), zlib.crc32(measure.encode())])
-                cis = example_bootstrap(measure, acts[model], acts["control"], n_boot=n_boot, rng=rng)
+                cis, method = data.intervals(measure, model, n_boot=n_boot, rng=rng, values=values)
             for layer, ((value, reason), (lo, hi)) in enumerate(zip(values, cis)):
                 if not np.isfinite(value):
                     lo = hi = np.nan
                 rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
                              "measure": measure, "value": value, "ci_low": lo, "ci_high": hi,
-                             "n_examples": len(ids), "n_dropped": n_dropped, "undefined_reason": reason})
+                             "ci_method": method if np.isfinite(lo) else "", "n_examples": len(data.ids),
+                             "n_dropped": data.n_dropped, "undefined_reason": reason})
     return rows
 
 
-def task_cross_layer(task: str, runs: dict[str, Activations]) -> list[dict]:
+def task_cross_layer(task: str, runs: Mapping[str, Run], *, chunk_rows: int = CHUNK_ROWS,
+                     data: _TaskData | None = None) -> list[dict]:
     """Linear CKA of every layer of B and E with every layer of C_t, for one task (long rows)."""
-    _, acts, _ = align(runs)
+    data = data or _TaskData(runs, chunk_rows)
     rows = []
     for model in COMPARED:
-        matrix = cross_layer_linear_cka(acts[model], acts["control"])  # [layers, layers]
+        if data.streamed:
+            def chunks(model=model):
+                return _read_chunks(runs, {model: data.kept[model], "control": data.kept["control"]}, chunk_rows)
+            matrix = cross_layer_cka(data.acc, model, "control", chunks)
+        else:
+            matrix = cross_layer_linear_cka(data.full(model), data.full("control"))  # [layers, layers]
         for i, j in np.ndindex(matrix.shape):
             rows.append({"task": task, "model": model, "layer": i, "control_layer": j, "value": matrix[i, j]})
     return rows
 
 
-def mean_loss(run: Activations) -> float:
-    """Mean negative log-likelihood per target token over a task's test prompts."""
+def mean_loss(run: Run) -> float:
+    """Mean negative log-likelihood per target token over a task's test prompts (NaN if not scored)."""
     return float(run.target_nll.sum() / max(int(run.target_tokens.sum()), 1))
 
 
@@ -132,7 +242,7 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
-            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0
+            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int = CHUNK_ROWS
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
@@ -148,6 +258,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     n_boot : int
         Bootstrap resamples for the confidence intervals (0: no intervals).
     seed : int
+    chunk_rows : int
+        Rows per streamed chunk (memory per representation: chunk_rows x layers x d x 4 bytes).
 
     Returns
     -------
@@ -158,11 +270,12 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     measures = check_measures(measures)
     sim_rows, control_rows, cross_rows = [], [], []
     for task, cluster in tasks.items():
-        runs = {m: study.read_activations(m, task) for m in ("control", *COMPARED)}
+        runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED)}
         if task in heldout:
-            runs[HELDOUT] = study.read_activations(HELDOUT, task)
-        sim_rows += task_similarity(task, cluster, runs, measures, n_boot=n_boot, seed=seed)
-        cross_rows += task_cross_layer(task, {m: runs[m] for m in ("control", *COMPARED)})
+            runs[HELDOUT] = study.activation_file(HELDOUT, task)
+        data = _TaskData(runs, chunk_rows)
+        sim_rows += task_similarity(task, cluster, runs, measures, n_boot=n_boot, seed=seed, data=data)
+        cross_rows += task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
         control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                              "control": mean_loss(runs["control"]),
                              "experimental": mean_loss(runs["experimental"]),
@@ -185,5 +298,5 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     return sim, controls, cross, medians
 
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "analyze",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "aligned_rows", "analyze", "scan",
            "check_measures", "mean_loss", "task_cross_layer", "task_similarity"]

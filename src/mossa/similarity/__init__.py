@@ -10,6 +10,7 @@ itself by name in the measure registry (``_registry.py``) when its module is imp
 from mossa.similarity._cca import pwcca, pwcca_result, svcca, svcca_result
 from mossa.similarity._cka import (
     SimilarityResult,
+    select_form,
     UndefinedSimilarityWarning,
     cross_layer_linear_cka,
     layerwise_linear_cka,
@@ -19,6 +20,7 @@ from mossa.similarity._cka import (
 from mossa.similarity._kernel import rbf_cka, rbf_cka_result
 from mossa.similarity._knn import mutual_knn, mutual_knn_result
 from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
+from mossa.similarity._streaming import StreamingLinearCKA, cross_layer_cka, stream_chunks
 from mossa.similarity._registry import (
     Measure,
     available_measures,
@@ -29,8 +31,10 @@ from mossa.similarity._registry import (
 __all__ = [
     "Measure",
     "SimilarityResult",
+    "StreamingLinearCKA",
     "UndefinedSimilarityWarning",
     "available_measures",
+    "cross_layer_cka",
     "cross_layer_linear_cka",
     "get_measure",
     "layerwise_linear_cka",
@@ -45,6 +49,8 @@ __all__ = [
     "rbf_cka",
     "rbf_cka_result",
     "register_measure",
+    "select_form",
+    "stream_chunks",
     "svcca",
     "svcca_result",
 ]

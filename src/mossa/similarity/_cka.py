@@ -91,7 +91,7 @@ class UndefinedSimilarityWarning(RuntimeWarning):
 Form = Literal["gram", "feature"]
 
 
-def _select_form(n: int, d1: int, d2: int) -> Form:
+def select_form(n: int, d1: int, d2: int) -> Form:
     """Pick the cheaper space for the Frobenius products.
 
     The Gram space costs about ``n^2 (d1 + d2)`` multiply-adds (two n x n Grams), the feature
@@ -190,7 +190,7 @@ def _cka_stack(
     n_layers, n, d1 = A.shape
     d2 = B.shape[2]
     if form is None:
-        form = _select_form(n, d1, d2)
+        form = select_form(n, d1, d2)
 
     per_layer_bytes = 8 * (2 * n * n if form == "gram" else d1 * d1 + d1 * d2 + d2 * d2)
     per_layer_bytes += 8 * 2 * n * (d1 + d2)  # scaled and centred copies
@@ -218,23 +218,32 @@ def _cka_stack(
             bad_x = self_x <= 0.0
             bad_y = self_y <= 0.0
 
-        for i in range(cross.shape[0]):
-            reason = _constant_reason(bool(const_x[i]), bool(const_y[i]), names)
-            if reason is None and (bad_x[i] or bad_y[i]):
-                which = " and ".join(nm for nm, bad in zip(names, (bad_x[i], bad_y[i])) if bad)
-                if debiased:
-                    reason = (
-                        f"the debiased self-HSIC of {which} is not positive with n={n} "
-                        f"examples, so its square root cannot normalise (use more examples "
-                        f"or debiased=False)"
-                    )
-                else:  # unreachable for data that passed the constant check; kept as a guard
-                    reason = f"the self-HSIC of {which} is zero (0/0)"
-            if reason is not None:
-                results.append(SimilarityResult(math.nan, reason, n))
-            else:
-                value = float(cross[i] / (math.sqrt(self_x[i]) * math.sqrt(self_y[i])))
-                results.append(SimilarityResult(value, None, n))
+        results += _results(cross, self_x, self_y, const_x, const_y, bad_x, bad_y, n=n, debiased=debiased,
+                            names=names)
+    return results
+
+
+def _results(cross, self_x, self_y, const_x, const_y, bad_x, bad_y, *, n: int, debiased: bool,
+             names: tuple[str, str]) -> list[SimilarityResult]:
+    """Per-layer CKA values from HSIC terms, NaN with a reason where a layer is undefined."""
+    results = []
+    for i in range(len(cross)):
+        reason = _constant_reason(bool(const_x[i]), bool(const_y[i]), names)
+        if reason is None and (bad_x[i] or bad_y[i]):
+            which = " and ".join(nm for nm, bad in zip(names, (bad_x[i], bad_y[i])) if bad)
+            if debiased:
+                reason = (
+                    f"the debiased self-HSIC of {which} is not positive with n={n} "
+                    f"examples, so its square root cannot normalise (use more examples "
+                    f"or debiased=False)"
+                )
+            else:  # unreachable for data that passed the constant check; kept as a guard
+                reason = f"the self-HSIC of {which} is zero (0/0)"
+        if reason is not None:
+            results.append(SimilarityResult(math.nan, reason, n))
+        else:
+            value = float(cross[i] / (math.sqrt(self_x[i]) * math.sqrt(self_y[i])))
+            results.append(SimilarityResult(value, None, n))
     return results
 
 

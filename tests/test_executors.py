@@ -1,0 +1,79 @@
+"""Executors: the same two-task study run in this process and as Ray tasks gives the same tables."""
+
+import json
+import os
+import sys
+
+import pandas as pd
+import pytest
+
+from mossa.config import resolve_config
+from mossa.errors import MossaError
+from mossa.executors import Unit, executor_names, make_executor
+from mossa.progress import Reporter
+from mossa.study import run_study
+
+# A local Ray instance that reaches nothing: no usage reports, no dashboard, quiet logs.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _config(tiny_model, tiny_tasks, out, **extra):
+    return resolve_config({"model": str(tiny_model), "tasks_dir": tiny_tasks, "preset": "quick",
+                           "tasks": ["tiny_sentiment", "tiny_struct"], "out": out, "measures": ["linear_cka"],
+                           "threads": 1, **extra})
+
+
+def test_ray_executor_gives_the_local_executors_tables(tiny_model, tiny_tasks, tmp_path):
+    ray = pytest.importorskip("ray")
+    quiet = Reporter(quiet=True)
+    local = run_study(_config(tiny_model, tiny_tasks, tmp_path / "local"), reporter=quiet)
+    remote = run_study(_config(tiny_model, tiny_tasks, tmp_path / "ray", executor="ray", ray_cpus=2,
+                               cpus_per_unit=1), reporter=quiet)
+    assert not ray.is_initialized()  # the instance it started is stopped again
+
+    pd.testing.assert_frame_equal(remote.similarity, local.similarity, check_exact=True)
+    assert remote.similarity.equals(local.similarity)  # bit for bit, NaNs in the same places
+    pd.testing.assert_frame_equal(remote.controls, local.controls, check_exact=True)
+    on_disk = [pd.read_parquet(r.root / "results/similarity.parquet") for r in (local, remote)]
+    assert on_disk[0].equals(on_disk[1])
+
+    studies = [json.loads((r.root / "study.json").read_text()) for r in (local, remote)]
+    assert [s["status"] for s in studies] == ["complete", "complete"]
+    assert studies[0]["executor"]["name"] == "local"
+    assert studies[1]["executor"] == {"name": "ray", "address": "local instance", "ray": ray.__version__,
+                                      "threads": 1, "cpus_per_unit": 1.0, "gpus_per_unit": 0.0,
+                                      "units": ["control-tiny_sentiment", "control-tiny_struct", "experimental",
+                                                "base"]}
+    for unit in ("control-tiny_sentiment", "control-tiny_struct", "experimental"):
+        assert studies[1]["training"][unit]["train_loss"] == studies[0]["training"][unit]["train_loss"], unit
+    assert studies[1]["config"]["executor"] == "ray"
+    assert (remote.root / "report.html").is_file()
+    assert not (remote.root / ".mossa.lock.holder").exists()
+
+
+def test_unknown_executor_names_the_field(tiny_model, tiny_tasks, tmp_path):
+    assert "local" in executor_names() and "ray" in executor_names()
+    with pytest.raises(MossaError, match=r"field 'executor': .*unknown executor 'dask'.*local, ray"):
+        resolve_config({"executor": "dask"})
+    with pytest.raises(MossaError, match=r"field 'executor': unknown executor 'dask'"):
+        make_executor("dask")
+    with pytest.raises(MossaError, match=r"field 'ray_address': .*only used with executor 'ray'"):
+        resolve_config({"ray_address": "auto"})
+
+
+def test_missing_ray_is_one_clear_error(tiny_model, tiny_tasks, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(MossaError, match=r"field 'executor': 'ray' needs the ray package.*pip install"):
+        run_study(_config(tiny_model, tiny_tasks, tmp_path / "s", executor="ray"), reporter=Reporter(quiet=True))
+    assert not (tmp_path / "s").exists()
+
+
+def _square(x):
+    return x * x
+
+
+def test_local_executor_runs_units_in_order():
+    with make_executor("local") as executor:
+        assert executor.map([Unit(f"u{i}", _square, (i,)) for i in range(4)]) == [0, 1, 4, 9]
