@@ -90,8 +90,11 @@ class Activations:
     def shape(self) -> tuple[int, int, int]:
         return self.acts.shape
 
-    def read(self, rows=None, layers=None) -> np.ndarray:
-        """The same reads as `ActivationFile.read`, from memory."""
+    def finite_rows(self) -> np.ndarray:
+        return np.isfinite(self.acts).all(axis=(0, 2))
+
+    def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
+        """The same reads as `ActivationFile.read`, from memory (`out` is not needed here)."""
         out = self.acts if layers is None else self.acts[list(layers)]
         return np.ascontiguousarray(out if rows is None else out[:, np.asarray(rows, dtype=np.int64)],
                                     dtype=np.float32)
@@ -252,15 +255,55 @@ class StudyDir:
 
 
 def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray) -> str:
-    """sha256 over the activation file's bytes (read in blocks), the ids and the losses."""
-    digest = hashlib.sha256()
+    """The content hash of an activation folder (see `_scan_file`)."""
+    return _scan_file(acts_path, ids, nll, tokens)[0]
+
+
+def _scan_file(acts_path: Path, ids, nll, tokens) -> tuple[str, np.ndarray]:
+    """Content hash and the mask of rows finite at every layer, in one read of the array file.
+
+    The hash is sha256 over the .npy header, the sha256 of each layer's bytes, the ids and the
+    losses; the layers are hashed (and checked for non-finite rows) by two threads at once,
+    since hashlib and numpy release the GIL on large buffers.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     with open(acts_path, "rb") as fh:
-        while block := fh.read(1 << 23):
+        version = np.lib.format.read_magic(fh)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
+        shape, _, _ = header(fh)
+        offset = fh.tell()
+        fh.seek(0)
+        head = fh.read(offset)
+    n_layers, n, d = shape
+    layer_bytes = 4 * n * d
+    fd = os.open(acts_path, os.O_RDONLY)
+
+    def layer(index: int) -> tuple[bytes, np.ndarray]:
+        digest, finite = hashlib.sha256(), np.ones(n, dtype=bool)
+        step = max(1, (1 << 23) // max(4 * d, 1))
+        for start in range(0, n, step):
+            want = 4 * d * min(step, n - start)
+            block = os.pread(fd, want, offset + index * layer_bytes + 4 * d * start)
+            if len(block) != want:
+                raise MossaError(f"{acts_path}: activation file ended early; rerun `mossa run` on this study")
             digest.update(block)
+            finite[start:start + want // (4 * d)] = np.isfinite(np.frombuffer(block, "<f4").reshape(-1, d)).all(1)
+        return digest.digest(), finite
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            parts = list(pool.map(layer, range(n_layers)))
+    finally:
+        os.close(fd)
+    digest = hashlib.sha256(head)
+    for part, _ in parts:
+        digest.update(part)
     digest.update(json.dumps(list(ids)).encode())
     digest.update(np.asarray(nll, dtype=np.float64).tobytes())
     digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    finite = np.logical_and.reduce([f for _, f in parts]) if parts else np.ones(n, dtype=bool)
+    return digest.hexdigest(), finite
 
 
 class ActivationWriter:
@@ -366,19 +409,34 @@ class ActivationFile:
             raise MossaError(f"{self.folder}: activation file is truncated ({size} bytes); rerun `mossa run` on "
                              f"this study to recompute it")
         self.shape: tuple[int, int, int] = tuple(int(x) for x in shape)
+        self._finite: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return self.shape[1]
 
     def verify(self) -> None:
-        """Raise MossaError unless the content hash matches (catches flipped bytes anywhere)."""
-        if _content_hash(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens) != self._sha256:
+        """Raise MossaError unless the content hash matches (catches flipped bytes anywhere).
+
+        The same read finds the rows that are finite at every layer (`finite_rows`).
+        """
+        digest, self._finite = _scan_file(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens)
+        if digest != self._sha256:
             raise MossaError(f"{self.folder}: content does not match its hash (corrupted or truncated); rerun "
                              f"`mossa run` on this study to recompute it")
 
-    def read(self, rows=None, layers=None) -> np.ndarray:
-        """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers."""
+    def finite_rows(self) -> np.ndarray:
+        """Mask [n] of examples whose states are finite at every layer."""
+        if self._finite is None:
+            self._finite = _scan_file(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens)[1]
+        return self._finite
+
+    def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
+        """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers.
+
+        `out`, a C-contiguous float32 array of at least that many elements, is filled and a view
+        of it returned (streaming reuses one buffer instead of faulting in fresh pages per block).
+        """
         layers = range(self.shape[0]) if layers is None else [int(x) for x in layers]
         rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
@@ -386,7 +444,11 @@ class ActivationFile:
         cut = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
         starts, ends = np.r_[0, cut], np.r_[cut, len(rows)]
         d = self.shape[2]
-        out = np.empty((len(layers), len(rows), d), dtype=np.float32)
+        size = len(layers) * len(rows) * d
+        if out is not None and out.size >= size and out.dtype == np.float32 and out.flags.c_contiguous:
+            out = out.reshape(-1)[:size].reshape(len(layers), len(rows), d)
+        else:
+            out = np.empty((len(layers), len(rows), d), dtype=np.float32)
         block = out if np.array_equal(order, np.arange(len(rows))) else np.empty_like(out)
         with open(self.folder / ACTS_FILE, "rb", buffering=0) as fh:
             for i, layer in enumerate(layers):

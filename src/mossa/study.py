@@ -42,7 +42,7 @@ from mossa.analysis import (
     default_tsne_layers,
     readability,
     spectral_table,
-    tsne_embeddings,
+    tsne_of_runs,
 )
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
@@ -531,9 +531,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                 HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
-    reps = {m: {t: study.read_activations(m, t).acts for t in clusters} for m in ("base", EXPERIMENTAL)}
-    tsne = tsne_embeddings(reps, clusters, list(tsne_layers), seed=seed)
-    del reps
+    runs = {m: {t: study.activation_file(m, t, verify=False) for t in clusters} for m in ("base", EXPERIMENTAL)}
+    tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed)
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
         tsne.to_csv(tmp, index=False)
     timings["analyze"] = time.perf_counter() - t0

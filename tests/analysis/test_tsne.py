@@ -156,3 +156,22 @@ def test_validation_errors(kind, match):
     reps, clusters, layers, kw = _bad(kind)
     with pytest.raises(MossaError, match=match):
         tsne_embeddings(reps, clusters, layers, **kw)
+
+
+def test_stored_runs_embed_a_subsample_of_the_named_layers(tmp_path):
+    from mossa.analysis import tsne_of_runs
+    from mossa.store import Activations, StudyDir
+
+    rng = np.random.default_rng(0)
+    study = StudyDir(tmp_path)
+    runs = {}
+    for model in ("base", "experimental"):
+        for task in ("a", "b"):
+            acts = rng.normal(size=(4, 30, 6)).astype(np.float32)
+            study.write_activations(model, task, Activations([f"{task}:{i}" for i in range(30)], acts, np.zeros(30),
+                                                             np.zeros(30, np.int64), {}), inputs="x")
+            runs.setdefault(model, {})[task] = study.activation_file(model, task)
+    df = tsne_of_runs(runs, {"a": "A", "b": "B"}, [1, 3], seed=0, per_task=10)
+    assert sorted(df["layer"].unique()) == [1, 3]
+    assert len(df) == 2 * 2 * 2 * 10 and df["example"].between(0, 29).all()
+    assert df.groupby(["model", "layer", "task"])["example"].nunique().eq(10).all()

@@ -50,7 +50,7 @@ def test_shared_statistics_serve_every_pair():
     A, C = _pair(rng)
     E = (C + rng.normal(scale=0.1, size=C.shape)).astype(np.float32)
     acc = _stream({"A": A, "E": E, "C": C}, 100, [("A", "C"), ("E", "C")])
-    assert set(acc.moments) == {"A", "E", "C"} and acc.moments["C"].n == 900  # C accumulated once
+    assert set(acc.moments) == {"A", "E", "C"} and (acc.moments["C"].n == 900).all()  # C accumulated once
     for x, X in (("A", A), ("E", E)):
         ref = layerwise_linear_cka(X, C)
         np.testing.assert_allclose([r.value for r in acc.results(x, "C", debiased=False)], [r.value for r in ref],
@@ -82,5 +82,19 @@ def test_mismatched_chunks_are_refused():
     with pytest.raises(MossaError, match="lacks representation"):
         acc.update({"A": np.zeros((2, 3, 4), np.float32)})
     acc.update({"A": np.ones((2, 3, 4), np.float32), "B": np.ones((2, 3, 4), np.float32)})
-    with pytest.raises(MossaError, match="3 layers x 4 features, earlier chunks had 2 x 4"):
-        acc.update({"A": np.ones((3, 3, 4), np.float32), "B": np.ones((2, 3, 4), np.float32)})
+    with pytest.raises(MossaError, match="chunk of 3 layers does not match layers"):
+        acc.update({"A": np.ones((3, 3, 4), np.float32), "B": np.ones((3, 3, 4), np.float32)})
+    with pytest.raises(MossaError, match="chunk has 5 features, earlier chunks had 4"):
+        acc.update({"A": np.ones((2, 3, 5), np.float32), "B": np.ones((2, 3, 5), np.float32)})
+
+
+def test_layer_by_layer_chunks_equal_all_layer_chunks():
+    A, B = _pair(np.random.default_rng(6), layers=3)
+    whole = _stream({"A": A, "B": B}, 300, [("A", "B")])
+    acc = StreamingLinearCKA([("A", "B")], n_layers=3)
+    for layer in (2, 0, 1):
+        for start in range(0, 900, 250):
+            acc.update({"A": A[[layer], start:start + 250], "B": B[[layer], start:start + 250]}, layers=[layer])
+    for debiased in (False, True):
+        np.testing.assert_allclose([r.value for r in acc.results("A", "B", debiased=debiased)],
+                                   [r.value for r in whole.results("A", "B", debiased=debiased)], atol=1e-7)

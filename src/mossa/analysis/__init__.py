@@ -8,21 +8,23 @@ from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
 from mossa.analysis._spectra import spectral_table
-from mossa.analysis._tsne import default_tsne_layers, tsne_embeddings
+from mossa.analysis._tsne import default_tsne_layers, tsne_embeddings, tsne_of_runs
 from mossa.analysis._similarity import (
     COMPARED,
     DEFAULT_MEASURES,
     HELDOUT,
     SIMILARITY_COLUMNS,
     align,
+    aligned_rows,
     analyze,
     check_measures,
     mean_loss,
+    scan,
     task_cross_layer,
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "analyze",
-           "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss",
-           "median_over_tasks", "readability", "spectral_table",
-           "task_cross_layer", "task_similarity", "tsne_embeddings"]
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "aligned_rows",
+           "analyze", "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss",
+           "median_over_tasks", "readability", "scan", "spectral_table",
+           "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

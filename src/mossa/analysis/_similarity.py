@@ -36,7 +36,6 @@ SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "
                       "n_examples", "n_dropped", "undefined_reason"]
 
 
-CHUNK_ROWS = 1024  # rows per streamed chunk: ~1024 * layers * d * 4 bytes per representation
 BOOT_MAX_N = 2000  # example-bootstrap resamples index n x n kernels; above this, an m-out-of-n bootstrap
 
 
@@ -57,35 +56,47 @@ def aligned_rows(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarr
     return ids, rows
 
 
-def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: int):
-    """Yield name -> [layers, c, d] float32 blocks of the aligned rows, reading the next block
-    in a background thread while the caller works on the current one."""
-    from concurrent.futures import ThreadPoolExecutor
+def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: int, *, by_layer: bool = False):
+    """Yield (layers, name -> [k, c, d] float32) blocks of the aligned rows: all layers per block,
+    or with `by_layer` one layer at a time (larger row blocks for the same memory).
 
+    Blocks are read into one reused buffer per run, so a yielded block is valid until the next
+    one. Reads stay in this thread: a reader thread beside torch's compute threads on the same
+    cores made the chunk products twice as slow in our measurements.
+    """
     n = len(next(iter(rows.values())))
-    read = lambda start: {m: runs[m].read(rows[m][start:start + size]) for m in rows}  # noqa: E731
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-reader") as pool:
-        starts = list(range(0, n, size))
-        pending = pool.submit(read, starts[0]) if starts else None
-        for k in range(len(starts)):
-            block = pending.result()
-            pending = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
-            yield block
+    n_layers = next(iter(runs.values())).shape[0]
+    buffers: dict[str, np.ndarray] = {}
+    for layers in ([[layer] for layer in range(n_layers)] if by_layer else [None]):
+        for start in range(0, n, size):
+            block = {}
+            for m in rows:
+                block[m] = runs[m].read(rows[m][start:start + size], layers=layers, out=buffers.get(m))
+                if buffers.get(m) is None or buffers[m].size < block[m].size:
+                    buffers[m] = block[m]
+            yield (layers if layers is not None else list(range(n_layers))), block
+
+
+def _block_rows(d: int, budget_bytes: int = 32 * 2**20) -> int:
+    """Rows per single-layer block: at most `budget_bytes` of float32 per representation."""
+    return max(256, budget_bytes // (4 * max(d, 1)))
 
 
 def scan(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], pairs: list[tuple[str, str]], *,
-         chunk_rows: int = CHUNK_ROWS) -> tuple[StreamingLinearCKA, np.ndarray]:
-    """One streamed pass: linear-CKA statistics of `pairs` over the rows finite in every run.
+         chunk_rows: int | None = None) -> tuple[StreamingLinearCKA, np.ndarray]:
+    """One streamed pass, layer by layer: linear-CKA statistics of `pairs` over the aligned rows
+    that are finite in every run at every layer.
 
-    Returns the accumulator and the mask of kept (finite) aligned rows.
+    Returns the accumulator and the mask of kept (finite) aligned rows. `chunk_rows` (default:
+    32 MB of one layer per representation) sets the rows per block.
     """
-    acc = StreamingLinearCKA(pairs)
-    masks = []
-    for block in _read_chunks(runs, rows, chunk_rows):
-        finite = np.logical_and.reduce([np.isfinite(v).all(axis=(0, 2)) for v in block.values()])
-        masks.append(finite)
-        acc.update({m: v[:, finite] for m, v in block.items()})
-    return acc, (np.concatenate(masks) if masks else np.zeros(0, dtype=bool))
+    finite = np.logical_and.reduce([runs[m].finite_rows()[rows[m]] for m in rows])
+    kept = {m: r[finite] for m, r in rows.items()}
+    n_layers, _, d = next(iter(runs.values())).shape
+    acc = StreamingLinearCKA(pairs, n_layers=n_layers)
+    for layers, block in _read_chunks(runs, kept, chunk_rows or _block_rows(d), by_layer=True):
+        acc.update(block, layers=layers, consume=True)  # the blocks are our own read buffers
+    return acc, finite
 
 
 def align(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarray], int]:
@@ -130,7 +141,7 @@ def _layer_values(measure: str, A: np.ndarray, B: np.ndarray, names: tuple[str, 
 class _TaskData:
     """One task's aligned runs: the streamed statistics, and in-memory reads made on demand."""
 
-    def __init__(self, runs: Mapping[str, Run], chunk_rows: int):
+    def __init__(self, runs: Mapping[str, Run], chunk_rows: int | None):
         self.runs = runs
         ids, self.rows = aligned_rows(runs)
         models = [m for m in runs if m != "control"]
@@ -176,7 +187,7 @@ class _TaskData:
 
 def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
                     measures: tuple[str, ...] = DEFAULT_MEASURES, *, n_boot: int = 0, seed: int = 0,
-                    chunk_rows: int = CHUNK_ROWS, data: _TaskData | None = None) -> list[dict]:
+                    chunk_rows: int | None = None, data: _TaskData | None = None) -> list[dict]:
     """Every measure of each model vs the control, per layer, for one task.
 
     Linear and debiased CKA stream from disk in chunks (memory independent of n) when there
@@ -204,7 +215,7 @@ def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
     return rows
 
 
-def task_cross_layer(task: str, runs: Mapping[str, Run], *, chunk_rows: int = CHUNK_ROWS,
+def task_cross_layer(task: str, runs: Mapping[str, Run], *, chunk_rows: int | None = None,
                      data: _TaskData | None = None) -> list[dict]:
     """Linear CKA of every layer of B and E with every layer of C_t, for one task (long rows)."""
     data = data or _TaskData(runs, chunk_rows)
@@ -212,7 +223,9 @@ def task_cross_layer(task: str, runs: Mapping[str, Run], *, chunk_rows: int = CH
     for model in COMPARED:
         if data.streamed:
             def chunks(model=model):
-                return _read_chunks(runs, {model: data.kept[model], "control": data.kept["control"]}, chunk_rows)
+                return (block for _, block in _read_chunks(
+                    runs, {model: data.kept[model], "control": data.kept["control"]},
+                    chunk_rows or max(1, _block_rows(runs[model].shape[2]) // runs[model].shape[0])))
             matrix = cross_layer_cka(data.acc, model, "control", chunks)
         else:
             matrix = cross_layer_linear_cka(data.full(model), data.full("control"))  # [layers, layers]
@@ -242,7 +255,7 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
-            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int = CHUNK_ROWS
+            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
@@ -258,8 +271,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     n_boot : int
         Bootstrap resamples for the confidence intervals (0: no intervals).
     seed : int
-    chunk_rows : int
-        Rows per streamed chunk (memory per representation: chunk_rows x layers x d x 4 bytes).
+    chunk_rows : int, optional
+        Rows per streamed block of one layer (default: 32 MB per representation).
 
     Returns
     -------

@@ -23,17 +23,17 @@ def spectral_table(study: StudyDir, tasks: dict[str, str], *, threshold: float =
     frames = []
     for task, cluster in tasks.items():
         for model in ("base", "experimental", "control"):
-            acts = study.read_activations(model, task).acts
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DegenerateSpectrumWarning)
-                table = layer_spectrum(acts, threshold=threshold)
-            table.insert(0, "model", model)
-            table.insert(1, "task", task)
-            table.insert(2, "cluster", cluster)
-            table["threshold"] = threshold
-            table["n_examples"] = acts.shape[1]
-            table["note"] = ""
-            if caught:
-                table.loc[table["dims_for_variance"] == 0, "note"] = "does not vary across examples"
-            frames.append(table)
+            file = study.activation_file(model, task)
+            for layer in range(file.shape[0]):  # one layer in memory at a time
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DegenerateSpectrumWarning)
+                    table = layer_spectrum(file.read(layers=[layer]), threshold=threshold)
+                table["layer"] = layer
+                table.insert(0, "model", model)
+                table.insert(1, "task", task)
+                table.insert(2, "cluster", cluster)
+                table["threshold"] = threshold
+                table["n_examples"] = file.n
+                table["note"] = "does not vary across examples" if caught else ""
+                frames.append(table)
     return pd.concat(frames, ignore_index=True)

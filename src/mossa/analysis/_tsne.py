@@ -311,4 +311,28 @@ def tsne_embeddings(reps: dict[str, dict[str, np.ndarray]], clusters: dict[str, 
     return df
 
 
-__all__ = ["TSNE_COLUMNS", "default_tsne_layers", "tsne_embeddings"]
+TSNE_PER_TASK = 1000  # rows per task embedded from a store; more add time and no legibility
+
+
+def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, seed: int = 0,
+                 per_task: int | None = TSNE_PER_TASK) -> pd.DataFrame:
+    """:func:`tsne_embeddings` over stored runs ``{model: {task: ActivationFile}}``, reading only
+    the embedded layers of the seeded per-task subsample (memory independent of n).
+
+    ``example`` in the result is the row index within the task's stored activations, as in
+    :func:`tsne_embeddings` with the same ``per_task``.
+    """
+    layers = [int(v) for v in layers]
+    names = sorted(next(iter(runs.values())))
+    keep = {t: _subsample(next(iter(runs.values()))[t].n, per_task, seed, i) for i, t in enumerate(names)}
+    reps = {m: {t: tasks[t].read(rows=keep[t], layers=layers) for t in names} for m, tasks in runs.items()}
+    df = tsne_embeddings(reps, clusters, list(range(len(layers))), seed=seed)
+    skipped = [(m, layers[k], reason) for m, k, reason in df.attrs["skipped"]]
+    params = {**df.attrs["params"], "per_task": per_task}
+    df["layer"] = [layers[k] for k in df["layer"]]
+    df["example"] = [int(keep[t][e]) for t, e in zip(df["task"], df["example"])]
+    df.attrs.update(skipped=skipped, params=params)
+    return df
+
+
+__all__ = ["TSNE_COLUMNS", "TSNE_PER_TASK", "default_tsne_layers", "tsne_embeddings", "tsne_of_runs"]

@@ -4,8 +4,9 @@ Part of the ``similarity`` stage: it reads chunks of per-layer hidden states (ro
 the same rows for every representation) and returns one result per layer and compared pair.
 Memory depends on the layer count and width, never on the number of examples.
 
-For each representation ``X`` (shifted by its first chunk's mean, which changes neither
-estimator) it keeps, per layer, in float64: ``n``, the column sums ``s``, the feature-space
+For each representation ``X`` (shifted by its first row, which changes neither estimator,
+removes the large common offsets of hidden states before float32 products, and leaves a
+constant layer exactly zero) it keeps, per layer, in float64: ``n``, the column sums ``s``, the feature-space
 Gram ``X'X``, the squared row norms' sum and sum of
 squares, and ``sum_i |x_i|^2 x_i``. Each compared pair adds ``X'Y``, ``sum_i |x_i|^2 |y_i|^2``
 and the two norm-weighted column sums. Those are all the terms of the biased HSIC of centred
@@ -43,14 +44,21 @@ __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 class _Moments:
     """Per-layer float64 moments of one representation stack [layers, n, d]."""
 
-    shift: np.ndarray  # [L, d] float32, the first chunk's column means
-    n: int = 0
-    s: np.ndarray | None = None  # [L, d]
-    gram: np.ndarray | None = None  # [L, d, d], X'X
-    a1: np.ndarray | None = None  # [L], sum_i |x_i|^2
-    a2: np.ndarray | None = None  # [L], sum_i |x_i|^4
-    u: np.ndarray | None = None  # [L, d], sum_i |x_i|^2 x_i
+    shift: np.ndarray  # [L, d] float32: the first row seen, per layer
+    shifted: np.ndarray  # [L] bool: layer has its shift
+    n: np.ndarray  # [L] rows seen per layer
+    s: np.ndarray  # [L, d]
+    gram: np.ndarray  # [L, d, d], X'X
+    a1: np.ndarray  # [L], sum_i |x_i|^2
+    a2: np.ndarray  # [L], sum_i |x_i|^4
+    u: np.ndarray  # [L, d], sum_i |x_i|^2 x_i
     flops: float = 0.0
+
+    @classmethod
+    def zeros(cls, n_layers: int, d: int) -> "_Moments":
+        return cls(shift=np.zeros((n_layers, d), np.float32), shifted=np.zeros(n_layers, bool),
+                   n=np.zeros(n_layers, np.int64), s=np.zeros((n_layers, d)), gram=np.zeros((n_layers, d, d)),
+                   a1=np.zeros(n_layers), a2=np.zeros(n_layers), u=np.zeros((n_layers, d)))
 
 
 @dataclass
@@ -72,6 +80,8 @@ class StreamingLinearCKA:
     pairs : list of (str, str)
         The compared pairs, by representation name; every name in a pair must appear in
         each chunk passed to :meth:`update`.
+    n_layers : int, optional
+        Layers per representation; needed only when chunks hold some of the layers.
 
     Examples
     --------
@@ -86,81 +96,98 @@ class StreamingLinearCKA:
     """
 
     pairs: list[tuple[str, str]]
+    n_layers: int | None = None
     moments: dict[str, _Moments] = field(default_factory=dict)
     cross: dict[tuple[str, str], _Cross] = field(default_factory=dict)
     _self_cache: dict = field(default_factory=dict, repr=False)
-    _buffers: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
-        return next(iter(self.moments.values())).n if self.moments else 0
+        """Examples accumulated (the same for every layer and representation, else MossaError)."""
+        counts = {int(c) for m in self.moments.values() for c in m.n}
+        if len(counts) > 1:
+            raise MossaError(f"layers or representations saw different numbers of examples: {sorted(counts)}")
+        return counts.pop() if counts else 0
 
     @property
     def flops(self) -> float:
         """Floating-point operations of the chunk products (GEMMs) so far."""
         return sum(m.flops for m in self.moments.values())
 
-    def update(self, chunk: Mapping[str, np.ndarray]) -> None:
-        """Add a chunk: name -> float32 [layers, c, d], the same c rows (same examples) for all."""
+    def update(self, chunk: Mapping[str, np.ndarray], layers=None, *, consume: bool = False) -> None:
+        """Add a chunk: name -> float32 [k, c, d], the same c rows (same examples) for all names,
+        holding layers `layers` (default: all layers, k = n_layers). With `consume`, the chunk's
+        float32 arrays are shifted in place (no copy) and must not be used afterwards."""
         names = {name for pair in self.pairs for name in pair}
         missing = names - set(chunk)
         if missing:
             raise MossaError(f"chunk lacks representation(s) {', '.join(sorted(missing))}")
-        rows = {chunk[name].shape[1] for name in names}
-        if len(rows) != 1:
-            raise MossaError(f"chunk representations hold different numbers of rows: {sorted(rows)}")
-        if rows.pop() == 0:
+        shapes = {name: np.shape(chunk[name]) for name in names}
+        if len({s[1] for s in shapes.values()}) != 1:
+            raise MossaError(f"chunk representations hold different numbers of rows: "
+                             f"{sorted({s[1] for s in shapes.values()})}")
+        k = next(iter(shapes.values()))[0]
+        if self.n_layers is None:
+            self.n_layers = k
+        layers = list(range(k)) if layers is None else [int(x) for x in layers]
+        if len(layers) != k or any(not 0 <= x < self.n_layers for x in layers):
+            raise MossaError(f"chunk of {k} layers does not match layers {layers} of {self.n_layers}")
+        if next(iter(shapes.values()))[1] == 0:
             return
         shifted, norms = {}, {}
         for name in names:
-            shifted[name], norms[name] = self._update_moments(name, np.asarray(chunk[name]))
+            shifted[name], norms[name] = self._update_moments(name, chunk[name], layers, consume)
         for x, y in self.pairs:
-            self._update_cross((x, y), shifted[x], shifted[y], norms[x], norms[y])
+            self._update_cross((x, y), layers, shifted[x], shifted[y], norms[x], norms[y])
+        self._self_cache.clear()
 
-    def _update_moments(self, name: str, block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        block = np.ascontiguousarray(block, dtype=np.float32)
-        n_layers, c, d = block.shape
+    def _update_moments(self, name: str, block, layers: list[int], consume: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        B = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+        k, c, d = B.shape
         m = self.moments.get(name)
         if m is None:
-            m = _Moments(shift=block.astype(np.float64).mean(axis=1).astype(np.float32))
-            m.s, m.u = np.zeros((n_layers, d)), np.zeros((n_layers, d))
-            m.gram = np.zeros((n_layers, d, d))
-            m.a1, m.a2 = np.zeros(n_layers), np.zeros(n_layers)
-            self.moments[name] = m
-        elif block.shape[0::2] != m.s.shape:
-            raise MossaError(f"representation {name!r}: chunk has {n_layers} layers x {d} features, earlier "
-                             f"chunks had {m.s.shape[0]} x {m.s.shape[1]}")
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != block.shape:  # reused: fresh 100 MB arrays cost page faults
-            buf = self._buffers[name] = torch.empty(block.shape, dtype=torch.float32)
-        X = torch.sub(torch.from_numpy(block), torch.from_numpy(m.shift)[:, None, :], out=buf)  # [L, c, d]
-        a = torch.linalg.vector_norm(X, dim=2).square_()  # [L, c] squared row norms
-        for layer in range(n_layers):  # one GEMM per layer runs faster than a batched bmm here
-            m.gram[layer] += (X[layer].T @ X[layer]).numpy()
-        m.s += X.sum(dim=1).numpy()
-        a64 = a.double().numpy()
-        m.a1 += a64.sum(axis=1)
-        m.a2 += (a64 * a64).sum(axis=1)
-        m.u += torch.bmm(a[:, None, :], X)[:, 0].numpy()
-        m.n += c
-        m.flops += 2.0 * n_layers * c * d * d
-        self._self_cache.pop(name, None)
+            m = self.moments[name] = _Moments.zeros(self.n_layers, d)
+        elif m.s.shape[1] != d:
+            raise MossaError(f"representation {name!r}: chunk has {d} features, earlier chunks had {m.s.shape[1]}")
+        for i, layer in enumerate(layers):
+            if not m.shifted[layer]:
+                m.shift[layer] = B[i, 0].numpy()
+                m.shifted[layer] = True
+        shift = torch.from_numpy(m.shift[layers])[:, None, :]
+        X = B.sub_(shift) if consume and B.data_ptr() == np.asarray(block).__array_interface__["data"][0] \
+            else B - shift  # [k, c, d] float32
+        a = torch.linalg.vector_norm(X, dim=2).square_()  # [k, c] squared row norms
+        a64 = a.double()
+        s, u = X.sum(dim=1).double().numpy(), torch.bmm(a[:, None, :], X)[:, 0].double().numpy()
+        for i, layer in enumerate(layers):
+            m.gram[layer] += (X[i].T @ X[i]).numpy()  # float32 products of this chunk, summed in float64
+            m.s[layer] += s[i]
+            m.u[layer] += u[i]
+            m.a1[layer] += float(a64[i].sum())
+            m.a2[layer] += float((a64[i] * a64[i]).sum())
+            m.n[layer] += c
+        m.flops += 2.0 * k * c * d * d
         return X, a
 
-    def _update_cross(self, pair, X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-        n_layers, c, d1 = X.shape
+    def _update_cross(self, pair, layers: list[int], X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor,
+                      b: torch.Tensor) -> None:
+        k, c, d1 = X.shape
         d2 = Y.shape[2]
         acc = self.cross.get(pair)
         if acc is None:
-            acc = _Cross(c=np.zeros((n_layers, d1, d2)), ab=np.zeros(n_layers), v_xy=np.zeros((n_layers, d1)),
-                         v_yx=np.zeros((n_layers, d2)))
-            self.cross[pair] = acc
-        for layer in range(n_layers):
-            acc.c[layer] += (X[layer].T @ Y[layer]).numpy()  # float32 products of this chunk
-        acc.ab += (a.double() * b.double()).sum(dim=1).numpy()
-        acc.v_xy += torch.bmm(b[:, None, :], X)[:, 0].numpy()
-        acc.v_yx += torch.bmm(a[:, None, :], Y)[:, 0].numpy()
-        self.moments[pair[0]].flops += 2.0 * n_layers * c * d1 * d2
+            L = self.n_layers
+            acc = self.cross[pair] = _Cross(c=np.zeros((L, d1, d2)), ab=np.zeros(L), v_xy=np.zeros((L, d1)),
+                                            v_yx=np.zeros((L, d2)))
+        ab = (a.double() * b.double()).sum(dim=1).numpy()
+        v_xy = torch.bmm(b[:, None, :], X)[:, 0].double().numpy()
+        v_yx = torch.bmm(a[:, None, :], Y)[:, 0].double().numpy()
+        for i, layer in enumerate(layers):
+            acc.c[layer] += (X[i].T @ Y[i]).numpy()
+            acc.ab[layer] += ab[i]
+            acc.v_xy[layer] += v_xy[i]
+            acc.v_yx[layer] += v_yx[i]
+        self.moments[pair[0]].flops += 2.0 * k * c * d1 * d2
 
     # ------------------------------------------------------------------------------------
     def _self_terms(self, name: str):
@@ -171,7 +198,7 @@ class StreamingLinearCKA:
 
     def _compute_self_terms(self, name: str):
         m = self.moments[name]
-        n = m.n
+        n = self.n
         biased, unbiased, scale, const = [], [], [], []
         for layer in range(len(m.a1)):
             g, s = m.gram[layer], m.s[layer]
