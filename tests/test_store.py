@@ -126,3 +126,21 @@ def test_lock_of_a_killed_process_is_not_stale(tmp_path):
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9  # died holding the lock
     with StudyDir(tmp_path).lock():  # the kernel released it
         pass
+
+
+def test_hash_check_is_skipped_only_for_an_unchanged_file(tmp_path, monkeypatch):
+    import mossa.store as store
+
+    study = StudyDir(tmp_path)
+    study.write_activations("base", "t", _acts(), inputs="fp")
+    calls = []
+    real = store._content_hash
+    monkeypatch.setattr(store, "_content_hash", lambda *a: calls.append(1) or real(*a))
+    study.activation_file("base", "t")
+    assert calls == []  # the writer's stamp holds
+    path = study.activation_dir("base", "t") / "acts.npy"
+    path.write_bytes(path.read_bytes())  # same bytes, rewritten: new mtime, so hashed again
+    study.activation_file("base", "t")
+    assert calls == [1]
+    study.activation_file("base", "t", verify=True)
+    assert len(calls) == 2  # a check begun right after a write is racy: hashed until a tick has passed

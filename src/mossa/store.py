@@ -204,10 +204,17 @@ class StudyDir:
                 raise RuntimeError(f"{final}: {missing} of {len(ids)} rows were never written")
             nll = writer.target_nll if writer.target_nll is not None else np.full(len(ids), np.nan)
             tokens = writer.target_tokens if writer.target_tokens is not None else np.zeros(len(ids), np.int64)
+            started = time.time_ns()
+            digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens)
+            # Nothing else writes our temp folder, so the hash just taken is the file's: date the
+            # file a second before it, and the stamp holds until anything writes the file again.
+            os.utime(tmp / ACTS_FILE, ns=(started - 1_000_000_000, started - 1_000_000_000))
             write_json(tmp / META_FILE, {
                 "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
                 "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
-                "sha256": _content_hash(tmp / ACTS_FILE, ids, nll, tokens), "meta": meta or {}})
+                "nonfinite_rows": [int(i) for i in np.flatnonzero(~writer.finite)],
+                "sha256": digest, "meta": meta or {}})
+            _stamp_verified(tmp, digest, started)
             shutil.rmtree(final, ignore_errors=True)
             _publish(tmp, final, 0o777)
         finally:
@@ -255,16 +262,9 @@ class StudyDir:
 
 
 def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray) -> str:
-    """The content hash of an activation folder (see `_scan_file`)."""
-    return _scan_file(acts_path, ids, nll, tokens)[0]
+    """sha256 over the .npy header, the sha256 of each layer's bytes, the ids and the losses.
 
-
-def _scan_file(acts_path: Path, ids, nll, tokens) -> tuple[str, np.ndarray]:
-    """Content hash and the mask of rows finite at every layer, in one read of the array file.
-
-    The hash is sha256 over the .npy header, the sha256 of each layer's bytes, the ids and the
-    losses; the layers are hashed (and checked for non-finite rows) by two threads at once,
-    since hashlib and numpy release the GIL on large buffers.
+    The layers are hashed by two threads at once (hashlib releases the GIL on large buffers).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -275,35 +275,63 @@ def _scan_file(acts_path: Path, ids, nll, tokens) -> tuple[str, np.ndarray]:
         offset = fh.tell()
         fh.seek(0)
         head = fh.read(offset)
-    n_layers, n, d = shape
-    layer_bytes = 4 * n * d
+    layer_bytes = 4 * int(np.prod(shape[1:]))
     fd = os.open(acts_path, os.O_RDONLY)
 
-    def layer(index: int) -> tuple[bytes, np.ndarray]:
-        digest, finite = hashlib.sha256(), np.ones(n, dtype=bool)
-        step = max(1, (1 << 23) // max(4 * d, 1))
-        for start in range(0, n, step):
-            want = 4 * d * min(step, n - start)
-            block = os.pread(fd, want, offset + index * layer_bytes + 4 * d * start)
+    def layer(index: int) -> bytes:
+        digest = hashlib.sha256()
+        for start in range(0, layer_bytes, 1 << 23):
+            want = min(1 << 23, layer_bytes - start)
+            block = os.pread(fd, want, offset + index * layer_bytes + start)
             if len(block) != want:
                 raise MossaError(f"{acts_path}: activation file ended early; rerun `mossa run` on this study")
             digest.update(block)
-            finite[start:start + want // (4 * d)] = np.isfinite(np.frombuffer(block, "<f4").reshape(-1, d)).all(1)
-        return digest.digest(), finite
+        return digest.digest()
 
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            parts = list(pool.map(layer, range(n_layers)))
+            parts = list(pool.map(layer, range(shape[0])))
     finally:
         os.close(fd)
     digest = hashlib.sha256(head)
-    for part, _ in parts:
+    for part in parts:
         digest.update(part)
     digest.update(json.dumps(list(ids)).encode())
     digest.update(np.asarray(nll, dtype=np.float64).tobytes())
     digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
-    finite = np.logical_and.reduce([f for _, f in parts]) if parts else np.ones(n, dtype=bool)
-    return digest.hexdigest(), finite
+    return digest.hexdigest()
+
+
+VERIFIED_FILE = ".verified.json"
+_RACY_NS = 50_000_000  # file timestamps come from a coarse clock (a few ms per tick)
+
+
+def _file_stamp(path: Path) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _hash_is_current(folder: Path, digest: str) -> bool:
+    """True when `folder`'s array file is unchanged since a hash check that began at least one
+    clock tick after the file's last write (git's rule against racily clean files): any later
+    write gives the file a newer mtime than the stamp holds."""
+    try:
+        stamp = json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8"))
+        current = _file_stamp(folder / ACTS_FILE)
+    except (OSError, ValueError):
+        return False
+    return (stamp.get("sha256") == digest and all(stamp.get(k) == v for k, v in current.items())
+            and stamp.get("started_ns", 0) - current["mtime_ns"] >= _RACY_NS)
+
+
+def _stamp_verified(folder: Path, digest: str, started_ns: int) -> None:
+    """Record that the array file, as it is now, matched `digest` in a check begun at
+    `started_ns` (best effort: a read-only study folder is just re-hashed next time)."""
+    try:
+        write_json(folder / VERIFIED_FILE, {**_file_stamp(folder / ACTS_FILE), "sha256": digest,
+                                            "started_ns": started_ns})
+    except (OSError, MossaError):
+        pass
 
 
 class ActivationWriter:
@@ -325,6 +353,7 @@ class ActivationWriter:
             fh.truncate(self.offset + 4 * int(np.prod(self.shape)))
         self.fd = os.open(path, os.O_WRONLY)
         self.written = np.zeros(len(ids), dtype=bool)
+        self.finite = np.ones(len(ids), dtype=bool)
         self.target_nll: np.ndarray | None = None
         self.target_tokens: np.ndarray | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-writer")
@@ -359,6 +388,7 @@ class ActivationWriter:
                 while data:
                     done = os.pwrite(self.fd, data, offset)
                     data, offset = data[done:], offset + done
+        self.finite[rows] = np.isfinite(states).all(axis=(0, 2))
         self.written[rows] = True
 
     def close(self) -> None:
@@ -393,6 +423,7 @@ class ActivationFile:
             self.target_tokens = np.asarray(info["target_tokens"], dtype=np.int64)
             self.meta: dict = dict(info.get("meta", {}))
             self._sha256 = info["sha256"]
+            self._nonfinite = np.asarray(info["nonfinite_rows"], dtype=np.int64)
             with open(self.folder / ACTS_FILE, "rb") as fh:
                 version = np.lib.format.read_magic(fh)
                 header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -409,27 +440,31 @@ class ActivationFile:
             raise MossaError(f"{self.folder}: activation file is truncated ({size} bytes); rerun `mossa run` on "
                              f"this study to recompute it")
         self.shape: tuple[int, int, int] = tuple(int(x) for x in shape)
-        self._finite: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return self.shape[1]
 
-    def verify(self) -> None:
+    def verify(self, *, full: bool = False) -> None:
         """Raise MossaError unless the content hash matches (catches flipped bytes anywhere).
 
-        The same read finds the rows that are finite at every layer (`finite_rows`).
+        A folder whose array file is unchanged since its hash was last checked (same size,
+        mtime and inode as the stamp the writer or the last check left, see `_hash_is_current`)
+        is not re-hashed unless `full`.
         """
-        digest, self._finite = _scan_file(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens)
-        if digest != self._sha256:
+        if not full and _hash_is_current(self.folder, self._sha256):
+            return
+        started = time.time_ns()
+        if _content_hash(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens) != self._sha256:
             raise MossaError(f"{self.folder}: content does not match its hash (corrupted or truncated); rerun "
                              f"`mossa run` on this study to recompute it")
+        _stamp_verified(self.folder, self._sha256, started)
 
     def finite_rows(self) -> np.ndarray:
-        """Mask [n] of examples whose states are finite at every layer."""
-        if self._finite is None:
-            self._finite = _scan_file(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens)[1]
-        return self._finite
+        """Mask [n] of examples whose states are finite at every layer (recorded by the writer)."""
+        mask = np.ones(self.n, dtype=bool)
+        mask[self._nonfinite] = False
+        return mask
 
     def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
         """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers.

@@ -6,6 +6,7 @@ Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_
 from mossa.models._loading import (
     LoadedModel,
     check_model_available,
+    cpu_name,
     load_model,
     materialize,
     pick_device,
@@ -22,7 +23,7 @@ from mossa.models._registry import (
 )
 
 __all__ = [
-    "EmbeddedModel", "LoadedModel", "ModelSource", "cache_root", "check_model_available", "load_model",
+    "EmbeddedModel", "LoadedModel", "ModelSource", "cache_root", "check_model_available", "cpu_name", "load_model",
     "materialize", "pick_device", "pick_dtype", "register_model", "registered_models", "resolve_model",
     "sha256_file",
 ]

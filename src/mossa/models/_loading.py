@@ -133,7 +133,8 @@ def materialize(source: ModelSource, *, progress=print) -> tuple[str, str]:
     return source.location, f"hub:{source.location}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name (for provenance and the dtype cache key)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -162,7 +163,7 @@ def cpu_bf16_speedup() -> float:
     Keeping it makes `dtype=auto` a stable choice on one machine, so a rerun never flips the
     dtype (and with it every fingerprint) because the machine was busy during a measurement.
     """
-    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = cache_root() / "cpu-dtype.json"
     try:
         known = json.loads(path.read_text())

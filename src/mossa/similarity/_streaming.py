@@ -40,6 +40,31 @@ from mossa.similarity._cka import (
 __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 
 
+_GRAM_PARTS = 4  # feature blocks: the upper triangle of 4 x 4 blocks is 10/16 of a full GEMM
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """X'X [d, d] float32 from the GEMMs of the upper triangle of feature blocks (the lower
+    blocks are their transposes): torch exposes no SYRK, and this does 5/8 of a full GEMM."""
+    d = X.shape[1]
+    edges = [d * k // _GRAM_PARTS for k in range(_GRAM_PARTS + 1)]
+    out = torch.empty(d, d)
+    for i in range(_GRAM_PARTS):
+        a, b = edges[i], edges[i + 1]
+        for j in range(i, _GRAM_PARTS):
+            c, e = edges[j], edges[j + 1]
+            out[a:b, c:e] = X[:, a:b].T @ X[:, c:e]
+            if j != i:
+                out[c:e, a:b] = out[a:b, c:e].T
+    return out
+
+
+def _gram_flops(c: int, d: int) -> float:
+    edges = [d * k // _GRAM_PARTS for k in range(_GRAM_PARTS + 1)]
+    widths = np.diff(edges)
+    return float(sum(2.0 * c * widths[i] * widths[j] for i in range(_GRAM_PARTS) for j in range(i, _GRAM_PARTS)))
+
+
 @dataclass
 class _Moments:
     """Per-layer float64 moments of one representation stack [layers, n, d]."""
@@ -111,7 +136,7 @@ class StreamingLinearCKA:
 
     @property
     def flops(self) -> float:
-        """Floating-point operations of the chunk products (GEMMs) so far."""
+        """Floating-point operations of the chunk products (GEMMs actually run) so far."""
         return sum(m.flops for m in self.moments.values())
 
     def update(self, chunk: Mapping[str, np.ndarray], layers=None, *, consume: bool = False) -> None:
@@ -161,13 +186,13 @@ class StreamingLinearCKA:
         a64 = a.double()
         s, u = X.sum(dim=1).double().numpy(), torch.bmm(a[:, None, :], X)[:, 0].double().numpy()
         for i, layer in enumerate(layers):
-            m.gram[layer] += (X[i].T @ X[i]).numpy()  # float32 products of this chunk, summed in float64
+            m.gram[layer] += _gram(X[i]).numpy()  # float32 products of this chunk, summed in float64
             m.s[layer] += s[i]
             m.u[layer] += u[i]
             m.a1[layer] += float(a64[i].sum())
             m.a2[layer] += float((a64[i] * a64[i]).sum())
             m.n[layer] += c
-        m.flops += 2.0 * k * c * d * d
+        m.flops += k * _gram_flops(c, d)
         return X, a
 
     def _update_cross(self, pair, layers: list[int], X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor,
@@ -199,19 +224,11 @@ class StreamingLinearCKA:
     def _compute_self_terms(self, name: str):
         m = self.moments[name]
         n = self.n
-        biased, unbiased, scale, const = [], [], [], []
-        for layer in range(len(m.a1)):
-            g, s = m.gram[layer], m.s[layer]
-            centred = g - np.outer(s, s) / n
-            biased.append(np.einsum("ij,ij->", centred, centred))
-            hsic, mag = _song(g, m.a2[layer], m.u[layer], m.u[layer], s, s, m.a1[layer], m.a1[layer], n)
-            unbiased.append(hsic)
-            scale.append(mag)
-            total = m.a1[layer] - s @ s / n  # trace of the centred Gram: sum of squared deviations
-            shift = m.shift[layer].astype(np.float64)
-            raw = m.a1[layer] + 2.0 * shift @ s + n * shift @ shift  # sum of squared raw entries
-            const.append(total <= (_CONSTANT_RTOL**2) * raw)
-        return np.array(biased), np.array(unbiased), np.array(scale), np.array(const)
+        biased, unbiased, scale = _hsic_terms(m.gram, m.a2, m.u, m.u, m.s, m.s, m.a1, m.a1, n)
+        total = m.a1 - np.einsum("li,li->l", m.s, m.s) / n  # trace of the centred Gram
+        shift = m.shift.astype(np.float64)
+        raw = m.a1 + 2.0 * np.einsum("li,li->l", shift, m.s) + n * np.einsum("li,li->l", shift, shift)
+        return biased, unbiased, scale, total <= (_CONSTANT_RTOL**2) * raw  # constant: no variation
 
     def results(self, x: str, y: str, *, debiased: bool, names: tuple[str, str] | None = None
                 ) -> list[SimilarityResult]:
@@ -227,33 +244,29 @@ class StreamingLinearCKA:
         mx, my, acc = self.moments[x], self.moments[y], self.cross[(x, y)]
         bx, ux, sx, cx = self._self_terms(x)
         by, uy, sy, cy = self._self_terms(y)
-        cross = np.empty(len(acc.ab))
-        for layer in range(len(cross)):
-            if debiased:
-                cross[layer] = _song(acc.c[layer], acc.ab[layer], acc.v_xy[layer], acc.v_yx[layer], mx.s[layer],
-                                     my.s[layer], mx.a1[layer], my.a1[layer], n)[0]
-            else:
-                centred = acc.c[layer] - np.outer(mx.s[layer], my.s[layer]) / n
-                cross[layer] = np.einsum("ij,ij->", centred, centred)
+        biased, unbiased, _ = _hsic_terms(acc.c, acc.ab, acc.v_xy, acc.v_yx, mx.s, my.s, mx.a1, my.a1, n)
         if debiased:
-            return _results(cross, ux, uy, cx, cy, ux <= _DEBIASED_RTOL * sx, uy <= _DEBIASED_RTOL * sy, n=n,
+            return _results(unbiased, ux, uy, cx, cy, ux <= _DEBIASED_RTOL * sx, uy <= _DEBIASED_RTOL * sy, n=n,
                             debiased=True, names=names)
-        return _results(cross, bx, by, cx, cy, bx <= 0.0, by <= 0.0, n=n, debiased=False, names=names)
+        return _results(biased, bx, by, cx, cy, bx <= 0.0, by <= 0.0, n=n, debiased=False, names=names)
 
 
-def _song(c, ab, v_xy, v_yx, s_x, s_y, a1_x, a1_y, n) -> tuple[float, float]:
-    """Song et al.'s unbiased HSIC times n(n-3), and the magnitude of its terms, from moments.
+def _hsic_terms(c, ab, v_xy, v_yx, s_x, s_y, a1_x, a1_y, n):
+    """Per layer, from moments ([L, ...] arrays): the biased HSIC of the centred features
+    |C - s_x s_y'/n|^2, Song et al.'s unbiased HSIC times n(n-3), and the magnitude of its terms.
 
     With K~, L~ the Grams with zeroed diagonals: tr(K~L~) = |X'Y|^2 - sum_i a_i b_i,
     1'K~1 = |s_x|^2 - sum_i a_i, and 1'K~L~1 = s_x' X'Y s_y - s_x' v_xy - s_y' v_yx + sum_i a_i b_i.
     """
-    trace = np.einsum("ij,ij->", c, c) - ab
-    ones_k = s_x @ s_x - a1_x
-    ones_l = s_y @ s_y - a1_y
-    ones_kl = s_x @ c @ s_y - s_x @ v_xy - s_y @ v_yx + ab
-    t2 = ones_k * ones_l / ((n - 1) * (n - 2))
+    frob = np.einsum("lij,lij->l", c, c)
+    s_c_s = np.einsum("li,li->l", s_x, np.einsum("lij,lj->li", c, s_y))
+    ss_x, ss_y = np.einsum("li,li->l", s_x, s_x), np.einsum("li,li->l", s_y, s_y)
+    biased = frob - 2.0 * s_c_s / n + ss_x * ss_y / n**2
+    trace = frob - ab
+    ones_kl = s_c_s - np.einsum("li,li->l", s_x, v_xy) - np.einsum("li,li->l", s_y, v_yx) + ab
+    t2 = (ss_x - a1_x) * (ss_y - a1_y) / ((n - 1) * (n - 2))
     t3 = 2.0 / (n - 2) * ones_kl
-    return float(trace + t2 - t3), float(abs(trace) + abs(t2) + abs(t3))
+    return biased, trace + t2 - t3, np.abs(trace) + np.abs(t2) + np.abs(t3)
 
 
 def stream_chunks(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
