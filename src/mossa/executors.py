@@ -21,6 +21,7 @@ same list. Ray is imported only when the ray executor is used.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import logging
 import os
@@ -45,7 +46,7 @@ class Unit:
     gpus: float = 0.0
 
 
-class Executor:
+class Executor(abc.ABC):
     """Runs lists of independent units; a context manager around its setup and teardown."""
 
     name: str = ""
@@ -69,9 +70,9 @@ class Executor:
         """What study.json records about where the units ran."""
         return {"name": self.name}
 
+    @abc.abstractmethod
     def map(self, units: list[Unit]) -> list[Any]:
         """Run `units` (no order between them) and return their results in the list's order."""
-        raise NotImplementedError
 
 
 EXECUTORS: dict[str, type[Executor]] = {}

@@ -90,7 +90,7 @@ def scan(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], pairs: list[tu
     Returns the accumulator and the mask of kept (finite) aligned rows. `chunk_rows` (default:
     32 MB of one layer per representation) sets the rows per block.
     """
-    finite = np.logical_and.reduce([runs[m].finite_rows()[rows[m]] for m in rows])
+    finite = joint_finite(runs, rows)
     kept = {m: r[finite] for m, r in rows.items()}
     n_layers, _, d = next(iter(runs.values())).shape
     acc = StreamingLinearCKA(pairs, n_layers=n_layers)
@@ -106,12 +106,14 @@ def align(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarray], in
     number of shared ids that were dropped for non-finite values. Reads everything into memory.
     """
     ids, rows = aligned_rows(runs)
-    picked = {name: runs[name].read(rows[name]) for name in runs}
-    finite = np.ones(len(ids), dtype=bool)
-    for acts in picked.values():
-        finite &= np.isfinite(acts).all(axis=(0, 2))
+    finite = joint_finite(runs, rows)
     kept = [i for i, ok in zip(ids, finite) if ok]
-    return kept, {name: acts[:, finite] for name, acts in picked.items()}, int((~finite).sum())
+    return kept, {name: runs[name].read(rows[name][finite]) for name in runs}, int((~finite).sum())
+
+
+def joint_finite(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Mask of aligned rows whose states are finite in every run at every layer."""
+    return np.logical_and.reduce([runs[m].finite_rows()[rows[m]] for m in rows])
 
 
 # The kernel CKAs: their bootstrap intervals come from indexing precomputed kernels, so the

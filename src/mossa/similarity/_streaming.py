@@ -6,16 +6,16 @@ Memory depends on the layer count and width, never on the number of examples.
 
 For each representation ``X`` (shifted by its first row, which changes neither estimator,
 removes the large common offsets of hidden states before float32 products, and leaves a
-constant layer exactly zero) it keeps, per layer, in float64: ``n``, the column sums ``s``, the feature-space
-Gram ``X'X``, the squared row norms' sum and sum of
-squares, and ``sum_i |x_i|^2 x_i``. Each compared pair adds ``X'Y``, ``sum_i |x_i|^2 |y_i|^2``
-and the two norm-weighted column sums. Those are all the terms of the biased HSIC of centred
-features and of Song et al.'s unbiased HSIC (which is invariant to shifting the features), so
-both estimators are exact for any n. A representation's statistics are computed once and
-serve every pair it is in (C_t's serve B vs C_t and E vs C_t).
+constant layer exactly zero) it keeps, per layer, in float64: ``n``, the column sums ``s``,
+the feature-space Gram ``X'X``, the squared row norms' sum and sum of squares, and
+``sum_i |x_i|^2 x_i``. Each compared pair adds ``X'Y``, ``sum_i |x_i|^2 |y_i|^2`` and the two
+norm-weighted column sums. Those are all the terms of the biased HSIC of centred features and
+of Song et al.'s unbiased HSIC (which is invariant to shifting the features), so both
+estimators are exact for any n. A representation's statistics are computed once and serve
+every pair it is in (C_t's serve B vs C_t and E vs C_t).
 
-Products and row sums of one chunk run in the activations' float32 (BLAS GEMM, the
-hardware's fast path); every sum across chunks, and everything after, is float64. With the shift, the
+Products and row sums of one chunk run in the activations' float32 (BLAS GEMM, the hardware's
+fast path); every sum across chunks, and everything after, is float64. With the shift, the
 statistics carry a relative error of about 1e-7, far below any difference CKA can resolve;
 ``bench/cka.py`` measures it against a float64 reference.
 """
