@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--baseline-pairs", type=int, default=None,
                         help="time the baseline on this many evenly spread pairs and scale (default: all)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mossa-bench-cka"))
+    parser.add_argument("--name", default="cka", help="result file: bench/results/<name>.json")
     args = parser.parse_args()
 
     rate = sgemm_rate()
@@ -155,7 +156,7 @@ def main() -> None:
     print(table([[r["n"], r["pairs"], r["mossa_seconds"], r["baseline_seconds"], r["speedup"],
                   f"{r['max_abs_difference']:.1e}", r["gemm_fraction"]] for r in results],
                 ["n", "pairs", "mossa s", "baseline s", "speedup", "max |diff|", "GEMM fraction"]))
-    print(f"wrote {write_result('cka', {'results': results})}")
+    print(f"wrote {write_result(args.name, {'results': results})}")
 
 
 if __name__ == "__main__":

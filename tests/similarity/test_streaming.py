@@ -92,9 +92,26 @@ def test_layer_by_layer_chunks_equal_all_layer_chunks():
     A, B = _pair(np.random.default_rng(6), layers=3)
     whole = _stream({"A": A, "B": B}, 300, [("A", "B")])
     acc = StreamingLinearCKA([("A", "B")], n_layers=3)
+    held = []
     for layer in (2, 0, 1):
         for start in range(0, 900, 250):
             acc.update({"A": A[[layer], start:start + 250], "B": B[[layer], start:start + 250]}, layers=[layer])
+            held.append(len(acc.moments["A"].gram.open) + len(acc.cross[("A", "B")].c.open))
+        acc.seal([layer])
+    assert max(held) == 2  # one d x d sum per representation and pair, whatever the layer count
     for debiased in (False, True):
         np.testing.assert_allclose([r.value for r in acc.results("A", "B", debiased=debiased)],
                                    [r.value for r in whole.results("A", "B", debiased=debiased)], atol=1e-7)
+
+
+def test_sealed_layers_take_no_more_rows():
+    A, B = _pair(np.random.default_rng(7), layers=2, n=50)
+    acc = StreamingLinearCKA([("A", "B")], n_layers=2)
+    acc.update({"A": A[[0]], "B": B[[0]]}, layers=[0])
+    acc.seal([0])
+    with pytest.raises(MossaError, match=r"layer\(s\) \[0\] are sealed"):
+        acc.update({"A": A[[0]], "B": B[[0]]}, layers=[0])
+    acc.update({"A": A[[1]], "B": B[[1]]}, layers=[1])  # an open layer still takes rows
+    acc.results("A", "B", debiased=False)  # reading results seals every layer
+    with pytest.raises(MossaError, match="sealed"):
+        acc.update({"A": A[[1]], "B": B[[1]]}, layers=[1])

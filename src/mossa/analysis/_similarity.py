@@ -94,8 +94,13 @@ def scan(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], pairs: list[tu
     kept = {m: r[finite] for m, r in rows.items()}
     n_layers, _, d = next(iter(runs.values())).shape
     acc = StreamingLinearCKA(pairs, n_layers=n_layers)
+    done: list[int] = []
     for layers, block in _read_chunks(runs, kept, chunk_rows or _block_rows(d), by_layer=True):
+        if layers != done:
+            acc.seal(done)  # the previous layer's rows are all in: free its d x d sums for this one
+            done = layers
         acc.update(block, layers=layers, consume=True)  # the blocks are our own read buffers
+    acc.seal()
     return acc, finite
 
 

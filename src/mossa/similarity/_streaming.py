@@ -12,12 +12,18 @@ the feature-space Gram ``X'X``, the squared row norms' sum and sum of squares, a
 norm-weighted column sums. Those are all the terms of the biased HSIC of centred features and
 of Song et al.'s unbiased HSIC (which is invariant to shifting the features), so both
 estimators are exact for any n. A representation's statistics are computed once and serve
-every pair it is in (C_t's serve B vs C_t and E vs C_t).
+every pair it is in (C_t's serve B vs C_t and E vs C_t). The d x d sums are needed only until
+their layer's rows are all in (see :meth:`StreamingLinearCKA.seal`); then two numbers of each
+are kept and the matrix is reused for the next layer.
 
-Products and row sums of one chunk run in the activations' float32 (BLAS GEMM, the hardware's
-fast path); every sum across chunks, and everything after, is float64. With the shift, the
-statistics carry a relative error of about 1e-7, far below any difference CKA can resolve;
-``bench/cka.py`` measures it against a float64 reference.
+Products and row sums of one chunk run in the activations' float32 (BLAS ``ssyrk`` for the
+Gram, half a GEMM's work, and ``sgemm``); every sum across chunks, and everything after, is
+float64. With the shift, the statistics carry a relative error of about 1e-7, far below any
+difference CKA can resolve; ``bench/cka.py`` measures it against a float64 reference.
+
+Every BLAS call here goes to SciPy's BLAS. NumPy's wheel bundles its own OpenBLAS, with its own
+thread pool: interleaving calls to the two pools, whose idle threads spin, made each call about
+twice as slow on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
-import torch
+from scipy.linalg.blas import ddot, dgemv, sgemm, ssyrk
 
 from mossa.errors import MossaError
 from mossa.similarity._cka import (
@@ -40,29 +46,80 @@ from mossa.similarity._cka import (
 __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 
 
-_GRAM_PARTS = 4  # feature blocks: the upper triangle of 4 x 4 blocks is 10/16 of a full GEMM
+def _blas_operand(A: np.ndarray) -> tuple[np.ndarray, int]:
+    """A as BLAS (column-major) sees it without a copy: (array, transpose flag)."""
+    if A.flags.f_contiguous:
+        return A, 0
+    if A.flags.c_contiguous:
+        return A.T, 1
+    return np.asfortranarray(A), 0
 
 
-def _gram(X: torch.Tensor) -> torch.Tensor:
-    """X'X [d, d] float32 from the GEMMs of the upper triangle of feature blocks (the lower
-    blocks are their transposes): torch exposes no SYRK, and this does 5/8 of a full GEMM."""
-    d = X.shape[1]
-    edges = [d * k // _GRAM_PARTS for k in range(_GRAM_PARTS + 1)]
-    out = torch.empty(d, d)
-    for i in range(_GRAM_PARTS):
-        a, b = edges[i], edges[i + 1]
-        for j in range(i, _GRAM_PARTS):
-            c, e = edges[j], edges[j + 1]
-            out[a:b, c:e] = X[:, a:b].T @ X[:, c:e]
-            if j != i:
-                out[c:e, a:b] = out[a:b, c:e].T
-    return out
+def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A @ B of float32 matrices by BLAS sgemm, transposes passed as flags rather than copied;
+    C-contiguous result (BLAS forms B'A' column-major, which is A @ B row-major)."""
+    (b, tb), (a, ta) = _blas_operand(B.T), _blas_operand(A.T)
+    return sgemm(1.0, b, a, trans_a=tb, trans_b=ta).T
 
 
-def _gram_flops(c: int, d: int) -> float:
-    edges = [d * k // _GRAM_PARTS for k in range(_GRAM_PARTS + 1)]
-    widths = np.diff(edges)
-    return float(sum(2.0 * c * widths[i] * widths[j] for i in range(_GRAM_PARTS) for j in range(i, _GRAM_PARTS)))
+def _syrk(X: np.ndarray) -> np.ndarray:
+    """The lower triangle of X'X (upper triangle zero), C-contiguous, for a C-contiguous float32
+    X [c, d], by BLAS ssyrk: half the work of a GEMM, which torch does not expose."""
+    return ssyrk(1.0, X.T).T
+
+
+class _Pool:
+    """Reused float64 matrices: a fresh multi-MB array costs page faults on every first touch,
+    which on a VM took longer than the products summed into it."""
+
+    def __init__(self):
+        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
+
+    def take(self, like: np.ndarray) -> np.ndarray:
+        """A float64 copy of `like`, in a reused array when one is free."""
+        free = self._free.get(like.shape)
+        out = free.pop() if free else np.empty(like.shape)
+        np.copyto(out, like)
+        return out
+
+    def give(self, array: np.ndarray) -> None:
+        self._free.setdefault(array.shape, []).append(array)
+
+
+@dataclass
+class _Products:
+    """Per-layer float64 sums of chunk products P (X'X or X'Y), held while their layer is open.
+
+    Sealing a layer keeps just the two numbers both CKA estimators need from P, |P|_F^2 and
+    s_x'P s_y, and returns the matrix to the pool for the next layer, so a layer-by-layer pass
+    holds one matrix per representation and pair whatever the layer count.
+    """
+
+    triangle: bool  # P is symmetric and held as its lower triangle (upper triangle zero)
+    frob: np.ndarray  # [L], |P|_F^2 of sealed layers
+    sps: np.ndarray  # [L], s_x'P s_y of sealed layers
+    open: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, n_layers: int, *, triangle: bool) -> "_Products":
+        return cls(triangle=triangle, frob=np.zeros(n_layers), sps=np.zeros(n_layers))
+
+    def add(self, layer: int, product: np.ndarray, pool: _Pool) -> None:
+        held = self.open.get(layer)
+        if held is None:
+            self.open[layer] = pool.take(product)
+        else:
+            held += product
+
+    def seal(self, layer: int, s_x: np.ndarray, s_y: np.ndarray, pool: _Pool) -> None:
+        P = self.open.pop(layer)
+        flat = P.reshape(-1)
+        self.frob[layer], self.sps[layer] = ddot(flat, flat), ddot(s_x, dgemv(1.0, P.T, s_y, trans=1))
+        if self.triangle:  # P + P' - diag(P)
+            diag = P.diagonal()
+            self.frob[layer] = 2.0 * self.frob[layer] - ddot(diag, diag)
+            self.sps[layer] = 2.0 * self.sps[layer] - ddot(diag * s_x, s_y)
+        pool.give(P)
 
 
 @dataclass
@@ -73,7 +130,7 @@ class _Moments:
     shifted: np.ndarray  # [L] bool: layer has its shift
     n: np.ndarray  # [L] rows seen per layer
     s: np.ndarray  # [L, d]
-    gram: np.ndarray  # [L, d, d], X'X
+    gram: _Products  # X'X
     a1: np.ndarray  # [L], sum_i |x_i|^2
     a2: np.ndarray  # [L], sum_i |x_i|^4
     u: np.ndarray  # [L, d], sum_i |x_i|^2 x_i
@@ -82,15 +139,16 @@ class _Moments:
     @classmethod
     def zeros(cls, n_layers: int, d: int) -> "_Moments":
         return cls(shift=np.zeros((n_layers, d), np.float32), shifted=np.zeros(n_layers, bool),
-                   n=np.zeros(n_layers, np.int64), s=np.zeros((n_layers, d)), gram=np.zeros((n_layers, d, d)),
-                   a1=np.zeros(n_layers), a2=np.zeros(n_layers), u=np.zeros((n_layers, d)))
+                   n=np.zeros(n_layers, np.int64), s=np.zeros((n_layers, d)),
+                   gram=_Products.zeros(n_layers, triangle=True), a1=np.zeros(n_layers), a2=np.zeros(n_layers),
+                   u=np.zeros((n_layers, d)))
 
 
 @dataclass
 class _Cross:
     """Per-layer float64 cross statistics of a pair (X, Y)."""
 
-    c: np.ndarray  # [L, d1, d2], X'Y
+    c: _Products  # X'Y
     ab: np.ndarray  # [L], sum_i |x_i|^2 |y_i|^2
     v_xy: np.ndarray  # [L, d1], sum_i |y_i|^2 x_i
     v_yx: np.ndarray  # [L, d2], sum_i |x_i|^2 y_i
@@ -125,6 +183,8 @@ class StreamingLinearCKA:
     moments: dict[str, _Moments] = field(default_factory=dict)
     cross: dict[tuple[str, str], _Cross] = field(default_factory=dict)
     _self_cache: dict = field(default_factory=dict, repr=False)
+    _sealed: set = field(default_factory=set, repr=False)
+    _pool: _Pool = field(default_factory=_Pool, repr=False)
 
     @property
     def n(self) -> int:
@@ -143,8 +203,8 @@ class StreamingLinearCKA:
         """Add a chunk: name -> float32 [k, c, d], the same c rows (same examples) for all names,
         holding layers `layers` (default: all layers, k = n_layers). With `consume`, the chunk's
         float32 arrays are shifted in place (no copy) and must not be used afterwards."""
-        names = {name for pair in self.pairs for name in pair}
-        missing = names - set(chunk)
+        names = list(dict.fromkeys(name for pair in self.pairs for name in pair))
+        missing = set(names) - set(chunk)
         if missing:
             raise MossaError(f"chunk lacks representation(s) {', '.join(sorted(missing))}")
         shapes = {name: np.shape(chunk[name]) for name in names}
@@ -157,19 +217,31 @@ class StreamingLinearCKA:
         layers = list(range(k)) if layers is None else [int(x) for x in layers]
         if len(layers) != k or any(not 0 <= x < self.n_layers for x in layers):
             raise MossaError(f"chunk of {k} layers does not match layers {layers} of {self.n_layers}")
+        if self._sealed.intersection(layers):
+            raise MossaError(f"layer(s) {sorted(self._sealed.intersection(layers))} are sealed: their results "
+                             f"were read, so no rows can be added to them")
         if next(iter(shapes.values()))[1] == 0:
             return
-        shifted, norms = {}, {}
-        for name in names:
-            shifted[name], norms[name] = self._update_moments(name, chunk[name], layers, consume)
-        for x, y in self.pairs:
-            self._update_cross((x, y), layers, shifted[x], shifted[y], norms[x], norms[y])
+        X = {name: self._shifted(name, chunk[name], layers, consume) for name in names}
+        norms = {name: np.einsum("kcd,kcd->kc", x, x) for name, x in X.items()}  # squared row norms, float32
+        # Per name, one pass over its rows gives the column sums, sum |x_i|^2 x_i and, for each
+        # partner p, sum |p_i|^2 x_i: the product of [1, |x_i|^2, |p_i|^2, ...] with X.
+        partners = {name: [y if x == name else x for x, y in self.pairs if name in (x, y)] for name in names}
+        for i, layer in enumerate(layers):
+            weighted = {}
+            for name in names:
+                w = np.stack([np.ones_like(norms[name][i]), norms[name][i]] + [norms[p][i] for p in partners[name]])
+                weighted[name] = dict(zip([None, name] + partners[name], _matmul(w, X[name][i]).astype(np.float64)))
+                self._add_moments(name, layer, X[name][i], norms[name][i], weighted[name])
+            for x, y in self.pairs:
+                self._add_cross((x, y), layer, X[x][i], X[y][i], norms[x][i], norms[y][i],
+                                weighted[x][y], weighted[y][x])
         self._self_cache.clear()
 
-    def _update_moments(self, name: str, block, layers: list[int], consume: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        B = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-        k, c, d = B.shape
+    def _shifted(self, name: str, block, layers: list[int], consume: bool) -> np.ndarray:
+        """The chunk of `name` minus its per-layer shift (the first row seen), float32 [k, c, d]."""
+        X = np.asarray(block)
+        d = X.shape[2]
         m = self.moments.get(name)
         if m is None:
             m = self.moments[name] = _Moments.zeros(self.n_layers, d)
@@ -177,46 +249,60 @@ class StreamingLinearCKA:
             raise MossaError(f"representation {name!r}: chunk has {d} features, earlier chunks had {m.s.shape[1]}")
         for i, layer in enumerate(layers):
             if not m.shifted[layer]:
-                m.shift[layer] = B[i, 0].numpy()
+                m.shift[layer] = X[i, 0]
                 m.shifted[layer] = True
-        shift = torch.from_numpy(m.shift[layers])[:, None, :]
-        X = B.sub_(shift) if consume and B.data_ptr() == np.asarray(block).__array_interface__["data"][0] \
-            else B - shift  # [k, c, d] float32
-        a = torch.linalg.vector_norm(X, dim=2).square_()  # [k, c] squared row norms
-        a64 = a.double()
-        s, u = X.sum(dim=1).double().numpy(), torch.bmm(a[:, None, :], X)[:, 0].double().numpy()
-        for i, layer in enumerate(layers):
-            m.gram[layer] += _gram(X[i]).numpy()  # float32 products of this chunk, summed in float64
-            m.s[layer] += s[i]
-            m.u[layer] += u[i]
-            m.a1[layer] += float(a64[i].sum())
-            m.a2[layer] += float((a64[i] * a64[i]).sum())
-            m.n[layer] += c
-        m.flops += k * _gram_flops(c, d)
-        return X, a
+        shift = m.shift[layers][:, None, :]
+        if consume and X.dtype == np.float32 and X.flags.c_contiguous and X.flags.writeable:
+            return np.subtract(X, shift, out=X)
+        return np.ascontiguousarray(X - shift, dtype=np.float32)
 
-    def _update_cross(self, pair, layers: list[int], X: torch.Tensor, Y: torch.Tensor, a: torch.Tensor,
-                      b: torch.Tensor) -> None:
-        k, c, d1 = X.shape
-        d2 = Y.shape[2]
+    def _add_moments(self, name: str, layer: int, X: np.ndarray, a: np.ndarray, weighted: dict) -> None:
+        m = self.moments[name]
+        c, d = X.shape
+        m.gram.add(layer, _syrk(X), self._pool)  # float32 products of this chunk, summed in float64
+        m.s[layer] += weighted[None]
+        m.u[layer] += weighted[name]
+        a64 = a.astype(np.float64)
+        m.a1[layer] += a64.sum()
+        m.a2[layer] += ddot(a64, a64)
+        m.n[layer] += c
+        m.flops += c * d * (d + 1.0)  # ssyrk: one triangle of a GEMM
+
+    def _add_cross(self, pair, layer: int, X: np.ndarray, Y: np.ndarray, a: np.ndarray, b: np.ndarray,
+                   v_xy: np.ndarray, v_yx: np.ndarray) -> None:
+        (c, d1), d2 = X.shape, Y.shape[1]
         acc = self.cross.get(pair)
         if acc is None:
             L = self.n_layers
-            acc = self.cross[pair] = _Cross(c=np.zeros((L, d1, d2)), ab=np.zeros(L), v_xy=np.zeros((L, d1)),
-                                            v_yx=np.zeros((L, d2)))
-        ab = (a.double() * b.double()).sum(dim=1).numpy()
-        v_xy = torch.bmm(b[:, None, :], X)[:, 0].double().numpy()
-        v_yx = torch.bmm(a[:, None, :], Y)[:, 0].double().numpy()
-        for i, layer in enumerate(layers):
-            acc.c[layer] += (X[i].T @ Y[i]).numpy()
-            acc.ab[layer] += ab[i]
-            acc.v_xy[layer] += v_xy[i]
-            acc.v_yx[layer] += v_yx[i]
-        self.moments[pair[0]].flops += 2.0 * k * c * d1 * d2
+            acc = self.cross[pair] = _Cross(c=_Products.zeros(L, triangle=False), ab=np.zeros(L),
+                                            v_xy=np.zeros((L, d1)), v_yx=np.zeros((L, d2)))
+        acc.c.add(layer, _matmul(X.T, Y), self._pool)
+        acc.ab[layer] += ddot(a.astype(np.float64), b.astype(np.float64))
+        acc.v_xy[layer] += v_xy
+        acc.v_yx[layer] += v_yx
+        self.moments[pair[0]].flops += 2.0 * c * d1 * d2
+
+    def seal(self, layers: Iterable[int] | None = None) -> None:
+        """Mark layers (default: all) complete: their d x d product sums are reduced to the
+        numbers CKA needs and their memory reused. Results seal every layer they read; a
+        layer-by-layer pass seals each layer when its rows are done, so it holds one d x d
+        matrix per representation and pair. Sealed layers accept no more rows."""
+        layers = range(self.n_layers or 0) if layers is None else layers
+        for layer in layers:
+            if layer in self._sealed:
+                continue
+            for m in self.moments.values():
+                if layer in m.gram.open:
+                    m.gram.seal(layer, m.s[layer], m.s[layer], self._pool)
+            for (x, y), acc in self.cross.items():
+                if layer in acc.c.open:
+                    acc.c.seal(layer, self.moments[x].s[layer], self.moments[y].s[layer], self._pool)
+            self._sealed.add(layer)
 
     # ------------------------------------------------------------------------------------
     def _self_terms(self, name: str):
         """Per-layer (biased self-HSIC, unbiased self-HSIC, its term scale, constant flag)."""
+        self.seal()
         if name not in self._self_cache:
             self._self_cache[name] = self._compute_self_terms(name)
         return self._self_cache[name]
@@ -224,7 +310,7 @@ class StreamingLinearCKA:
     def _compute_self_terms(self, name: str):
         m = self.moments[name]
         n = self.n
-        biased, unbiased, scale = _hsic_terms(m.gram, m.a2, m.u, m.u, m.s, m.s, m.a1, m.a1, n)
+        biased, unbiased, scale = _hsic_terms(m.gram.frob, m.gram.sps, m.a2, m.u, m.u, m.s, m.s, m.a1, m.a1, n)
         total = m.a1 - np.einsum("li,li->l", m.s, m.s) / n  # trace of the centred Gram
         shift = m.shift.astype(np.float64)
         raw = m.a1 + 2.0 * np.einsum("li,li->l", shift, m.s) + n * np.einsum("li,li->l", shift, shift)
@@ -244,22 +330,22 @@ class StreamingLinearCKA:
         mx, my, acc = self.moments[x], self.moments[y], self.cross[(x, y)]
         bx, ux, sx, cx = self._self_terms(x)
         by, uy, sy, cy = self._self_terms(y)
-        biased, unbiased, _ = _hsic_terms(acc.c, acc.ab, acc.v_xy, acc.v_yx, mx.s, my.s, mx.a1, my.a1, n)
+        biased, unbiased, _ = _hsic_terms(acc.c.frob, acc.c.sps, acc.ab, acc.v_xy, acc.v_yx, mx.s, my.s, mx.a1,
+                                          my.a1, n)
         if debiased:
             return _results(unbiased, ux, uy, cx, cy, ux <= _DEBIASED_RTOL * sx, uy <= _DEBIASED_RTOL * sy, n=n,
                             debiased=True, names=names)
         return _results(biased, bx, by, cx, cy, bx <= 0.0, by <= 0.0, n=n, debiased=False, names=names)
 
 
-def _hsic_terms(c, ab, v_xy, v_yx, s_x, s_y, a1_x, a1_y, n):
-    """Per layer, from moments ([L, ...] arrays): the biased HSIC of the centred features
-    |C - s_x s_y'/n|^2, Song et al.'s unbiased HSIC times n(n-3), and the magnitude of its terms.
+def _hsic_terms(frob, s_c_s, ab, v_xy, v_yx, s_x, s_y, a1_x, a1_y, n):
+    """Per layer, from moments ([L, ...] arrays) and C's terms `frob` = |C|_F^2 and `s_c_s` =
+    s_x'C s_y (C = X'Y): the biased HSIC of the centred features |C - s_x s_y'/n|^2, Song et
+    al.'s unbiased HSIC times n(n-3), and the magnitude of its terms.
 
     With K~, L~ the Grams with zeroed diagonals: tr(K~L~) = |X'Y|^2 - sum_i a_i b_i,
     1'K~1 = |s_x|^2 - sum_i a_i, and 1'K~L~1 = s_x' X'Y s_y - s_x' v_xy - s_y' v_yx + sum_i a_i b_i.
     """
-    frob = np.einsum("lij,lij->l", c, c)
-    s_c_s = np.einsum("li,li->l", s_x, np.einsum("lij,lj->li", c, s_y))
     ss_x, ss_y = np.einsum("li,li->l", s_x, s_x), np.einsum("li,li->l", s_y, s_y)
     biased = frob - 2.0 * s_c_s / n + ss_x * ss_y / n**2
     trace = frob - ab
@@ -302,9 +388,7 @@ def cross_layer_cka(acc: StreamingLinearCKA, x: str, y: str, chunks, *, budget_b
             X = np.ascontiguousarray(chunk[x][layers], dtype=np.float32) - mx.shift[layers, None, :]
             Y = np.ascontiguousarray(chunk[y], dtype=np.float32) - my.shift[:, None, :]
             c = X.shape[1]
-            xf = torch.from_numpy(np.ascontiguousarray(X.transpose(1, 0, 2).reshape(c, -1)))
-            yf = torch.from_numpy(np.ascontiguousarray(Y.transpose(1, 0, 2).reshape(c, -1)))
-            total += (xf.T @ yf).numpy()
+            total += _matmul(X.transpose(1, 0, 2).reshape(c, -1).T, Y.transpose(1, 0, 2).reshape(c, -1))
         for k, i in enumerate(layers):
             for j in range(ly):
                 if cx[i] or cy[j]:
