@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama with a tokenizer trained on the fly, tiny task folders.
+"""Shared fixtures: tiny random models (Llama and other families) with a tokenizer trained on the fly,
+tiny task folders.
 
 Nothing is downloaded: the hub is switched off for the whole session.
 """
@@ -47,11 +48,30 @@ def write_tiny_tasks(folder: Path, *, n_train: int = 24, n_test: int = 12, seed:
     return folder
 
 
-def build_tiny_model(folder: Path, *, n_layers: int = 2, hidden: int = 16, chat_template: str | None = None) -> Path:
-    """A random LlamaForCausalLM and a word-level tokenizer trained on the fly, saved as an HF folder."""
+def _ffn(hidden: int, kv_heads: int = 2) -> dict:
+    return {"intermediate_size": 2 * hidden, "num_key_value_heads": kv_heads}
+
+
+# config.model_type -> extra config fields for a tiny model of that family (beyond the shared sizes)
+TINY_FAMILIES = {
+    "llama": lambda h: _ffn(h),
+    "mistral": lambda h: _ffn(h, kv_heads=1),
+    "qwen2": lambda h: _ffn(h, kv_heads=1),
+    "gemma": lambda h: {**_ffn(h, kv_heads=1), "head_dim": h // 2},
+    "gemma3_text": lambda h: {**_ffn(h, kv_heads=1), "head_dim": h // 2, "query_pre_attn_scalar": h // 2,
+                              "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+    "gpt2": lambda h: {"n_inner": 2 * h},
+    "gpt_neox": lambda h: {"intermediate_size": 2 * h},
+}
+
+
+def build_tiny_model(folder: Path, *, family: str = "llama", n_layers: int = 2, hidden: int = 16,
+                     chat_template: str | None = None) -> Path:
+    """A random causal LM of one family (a `TINY_FAMILIES` key) and a word-level tokenizer trained on
+    the fly, saved as an HF folder."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -67,10 +87,10 @@ def build_tiny_model(folder: Path, *, n_layers: int = 2, hidden: int = 16, chat_
     if chat_template:
         fast.chat_template = chat_template
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=n_layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    config = AutoConfig.for_model(family, vocab_size=fast.vocab_size, hidden_size=hidden, num_hidden_layers=n_layers,
+                                  num_attention_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                                  eos_token_id=2, **TINY_FAMILIES[family](hidden))
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 

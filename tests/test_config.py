@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mossa.config import DEMO_TASKS, PRESETS, resolve_config
+from mossa.config import DEMO_TASKS, PRESETS, preset_tasks, resolve_config
 from mossa.errors import MossaError
 
 
@@ -18,7 +18,7 @@ def test_preset_then_file_then_flags(tmp_path):
 
 def test_demo_preset_covers_twelve_tasks():
     cfg = resolve_config({})
-    assert cfg.preset == "demo" and cfg.tasks == DEMO_TASKS and len(DEMO_TASKS) == 12
+    assert cfg.preset == "demo" and cfg.tasks is None and preset_tasks("demo") == DEMO_TASKS and len(DEMO_TASKS) == 12
     assert cfg.n_test >= 96
 
 
@@ -54,3 +54,19 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 def test_env_tasks_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("MOSSA_TASKS_DIR", str(tmp_path))
     assert resolve_config({}).tasks_dir == Path(tmp_path)
+
+
+def test_init_writes_a_commented_config_that_runs_the_preset(tmp_path, capsys):
+    from mossa.cli import main
+    from mossa.config import StudyConfig, read_config_file
+
+    path = tmp_path / "study.yaml"
+    assert main(["init", str(path)]) == 0
+    text = path.read_text()
+    assert "# Base model B" in text and "#   mossa run --config" in text
+    assert set(read_config_file(path)) == set(StudyConfig.model_fields)  # every setting is listed
+    assert resolve_config(config_file=path) == resolve_config({})  # and gives the demo preset exactly
+    assert main(["init", str(path)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    path.write_text("x")
+    assert main(["init", str(path), "--force"]) == 0 and path.read_text() == text

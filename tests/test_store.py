@@ -68,6 +68,8 @@ def test_streamed_blocks_in_any_order_equal_one_write(tmp_path):
     np.testing.assert_array_equal(file.read(rows, layers=[3, 1]), acts[[3, 1]][:, rows])
     np.testing.assert_array_equal(np.concatenate(list(file.chunks(16)), axis=1), acts)
     np.testing.assert_array_equal(np.load(file.folder / "acts.npy"), acts)  # a plain .npy file
+    file.prefetch(rows, [3, 1])  # readahead hint only: the reads are unchanged
+    np.testing.assert_array_equal(file.read(rows, layers=[3, 1]), acts[[3, 1]][:, rows])
 
 
 def test_unwritten_rows_or_a_failure_publish_nothing(tmp_path):

@@ -66,8 +66,13 @@ def _int_list(value: Optional[str], flag: str) -> Optional[list[int]]:
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with study settings."),
     model: Optional[str] = typer.Option(None, help="Base model: registered name, local HF dir, .gguf or hub id."),
-    tasks_dir: Optional[Path] = typer.Option(None, help="Folder of <task>.jsonl files (default: $MOSSA_TASKS_DIR "
-                                             "or ../shared/data/flan-mini)."),
+    tasks_dir: Optional[Path] = typer.Option(None, help="Task source: a folder of <task>.jsonl files or of "
+                                             "Super-NaturalInstructions task*.json files, or hub:flan2021 (online) "
+                                             "(default: $MOSSA_TASKS_DIR or ../shared/data/flan-mini)."),
+    task_file: Optional[list[Path]] = typer.Option(None, "--task-file", help="A custom task: one JSONL file "
+                                                   "(input, target; optional split, options, id). Repeatable."),
+    cluster: Optional[list[str]] = typer.Option(None, "--cluster", help="Cluster of each --task-file, in order "
+                                                "(one --cluster for all of them; default Custom). Repeatable."),
     tasks: Optional[str] = typer.Option(None, help="Comma-separated task names (default: the preset's)."),
     preset: Optional[str] = typer.Option(None, help="quick | demo | paper."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/<timestamp>)."),
@@ -93,6 +98,11 @@ def run(
     cpus_per_unit: Optional[float] = typer.Option(None, help="CPUs each unit asks Ray for (default: --threads)."),
     gpus_per_unit: Optional[float] = typer.Option(None, help="GPUs each training/extraction unit asks Ray for "
                                                   "(default: 1 on CUDA, else 0)."),
+    experimental: Optional[str] = typer.Option(None, "--experimental", help="Use this instruction-tuned model "
+                                               "(name, HF dir, .gguf, hub id, BASE+ADAPTER) or adapter folder as "
+                                               "E instead of training one."),
+    experimental_train: bool = typer.Option(False, "--experimental-train", help="Train E on the task mixture "
+                                            "(the default; overrides experimental_model of a --config file)."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -105,10 +115,47 @@ def run(
                           "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
                           "tsne_layers": _int_list(tsne_layers, "--tsne-layers"), "executor": executor,
                           "ray_address": ray_address, "ray_cpus": ray_cpus, "threads": threads,
-                          "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit},
-                         config_file=config)
+                          "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit,
+                          "experimental_model": _experimental(experimental, experimental_train),
+                          "task_files": _task_files(task_file, cluster)},
+                         config_file=config, unset=("experimental_model",) if experimental_train else ())
     result = run_study(cfg, reporter=Reporter(), wait=wait)
     _summary(result)
+
+
+def _task_files(paths: Optional[list[Path]], clusters: Optional[list[str]]) -> Optional[list[dict]]:
+    """--task-file/--cluster pairs: clusters in the files' order, or one cluster for every file."""
+    paths, clusters = paths or [], clusters or []
+    if clusters and not paths:
+        raise MossaError("--cluster: names the cluster of a --task-file; give the task file too")
+    if len(clusters) > 1 and len(clusters) != len(paths):
+        raise MossaError(f"--cluster: given {len(clusters)} times for {len(paths)} --task-file; give one per file "
+                         f"(in order) or one for all")
+    if not paths:
+        return None
+    clusters = clusters * len(paths) if len(clusters) == 1 else clusters or [None] * len(paths)
+    return [{"path": p, "cluster": c} for p, c in zip(paths, clusters)]
+
+
+def _experimental(given: Optional[str], train: bool) -> Optional[str]:
+    if given is not None and train:
+        raise MossaError("--experimental and --experimental-train exclude each other: E is either given or trained")
+    return given
+
+
+@app.command()
+def init(path: Path = typer.Argument(Path("study.yaml"), help="Where to write the example config."),
+         force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+    """Write a commented example study config: every setting, its default and what it does."""
+    from mossa.config import example_config
+
+    if path.exists() and not force:
+        raise MossaError(f"{path}: exists; pass --force to overwrite it or choose another path")
+    from mossa.store import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(example_config(), encoding="utf-8")
+    out.print(f"wrote {path}; run it with `mossa run --config {path}`")
 
 
 @app.command()
@@ -229,7 +276,8 @@ def models_list() -> None:
         table.add_row(m.name, m.description, "instruct" if m.is_instruct else "base", m.package,
                       "yes" if installed else "no")
     out.print(table)
-    out.print("Also accepted: a local Hugging Face model folder, a .gguf file, or a hub id (org/name, online).")
+    out.print("Also accepted: a local Hugging Face model folder, a .gguf file, a hub id (org/name, online), or "
+              "BASE+ADAPTER (a peft adapter folder merged into any of these).")
 
 
 def main(argv: list[str] | None = None) -> int:

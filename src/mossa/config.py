@@ -9,7 +9,9 @@ one real task per Flan cluster) and `paper` (the paper's hyperparameters, for GP
 
 from __future__ import annotations
 
+import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +31,16 @@ class LoraSettings(BaseModel):
     rank: int = Field(8, gt=0, description="LoRA rank r.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    targets: list[str] = Field(["q_proj", "v_proj"], min_length=1, description="Module names to adapt.")
+    targets: list[str] | Literal["auto"] = Field("auto", description="Module names to adapt; auto = the "
+                                                 "attention query and value projections of the model's family "
+                                                 "(q_proj/v_proj, GPT-2's c_attn, GPT-NeoX's query_key_value).")
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("name at least one module, or 'auto'")
+        return v
 
 
 class TrainSettings(BaseModel):
@@ -47,6 +58,15 @@ class TrainSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 
 
+class TaskFile(BaseModel):
+    """A custom task: one JSONL file (its name is the file's stem) and its cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="The task's JSONL file.")
+    cluster: str | None = Field(None, min_length=1, description="Its cluster; None = 'Custom'.")
+
+
 class StudyConfig(BaseModel):
     """Everything a study depends on. Field descriptions double as CLI/YAML help."""
 
@@ -54,8 +74,14 @@ class StudyConfig(BaseModel):
 
     preset: PresetName = Field("demo", description="Named defaults the other fields override.")
     model: str = Field("gemma-3-270m", description="Base model B: a registered name, a local HF dir or a hub id.")
-    tasks_dir: Path | None = Field(None, description="Folder of <task>.jsonl files (flan-mini format).")
-    tasks: list[str] | None = Field(None, description="Task names to study; None = the preset's choice.")
+    tasks_dir: Path | None = Field(None, description="Task source: a folder of <task>.jsonl files (flan-mini "
+                                   "format) or of Super-NaturalInstructions task*.json files, or hub:flan2021 (the "
+                                   "Flan 2021 collection from the Hugging Face hub; online, needs `datasets`). None = "
+                                   "../shared/data/flan-mini, or no folder when task_files are given.")
+    task_files: list[TaskFile] = Field([], description="Custom tasks, one JSONL file each (fields input, target; "
+                                       "optional split, options, id), added to the task source's.")
+    tasks: list[str] | None = Field(None, description="Task names to study; None = the preset's choice when the "
+                                    "task source has all of them, else every task it offers.")
     out: Path | None = Field(None, description="Study dir; default runs/<timestamp>.")
     seed: int = Field(0, ge=0, description="Seed for sampling, LoRA init and data order.")
     n_train: int = Field(500, gt=0, description="Training examples per task (control and mixture), sampled.")
@@ -95,9 +121,14 @@ class StudyConfig(BaseModel):
     cpus_per_unit: float | None = Field(None, gt=0, description="CPUs a unit asks Ray for; None = threads.")
     gpus_per_unit: float | None = Field(None, ge=0, description="GPUs a training or extraction unit asks Ray "
                                         "for; None = 1 when the device is CUDA, else 0.")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    control: TrainSettings = Field(default_factory=TrainSettings)
-    experimental: TrainSettings = Field(default_factory=TrainSettings)
+    experimental_model: str | None = Field(
+        None, description="E given instead of trained: a released instruction-tuned model (registered name, "
+        "local HF dir, .gguf, hub id or BASE+ADAPTER) or a peft adapter folder applied to B. None = train E "
+        "(LoRA on the mixture of all tasks). A given E has no E' (nothing to hold tasks out of).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters of C_t, E and E'.")
+    control: TrainSettings = Field(default_factory=TrainSettings, description="Training of each control C_t.")
+    experimental: TrainSettings = Field(default_factory=TrainSettings, description="Training of E and E' (unused "
+                                        "when experimental_model gives E).")
 
     @field_validator("holdout", mode="before")
     @classmethod
@@ -122,6 +153,16 @@ class StudyConfig(BaseModel):
             raise ValueError("only used with executor 'ray' (--executor ray)")
         if v is not None and info.field_name == "ray_cpus" and info.data.get("ray_address"):
             raise ValueError("sizes the local Ray instance; a cluster given by ray_address has its own CPUs")
+        return v
+
+    @field_validator("experimental_model")
+    @classmethod
+    def _given_experimental(cls, v: str | None, info) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("name a model or adapter folder, or leave it unset to train E")
+        if v is not None and isinstance(info.data.get("holdout"), list):
+            raise ValueError("a given E cannot have tasks held out of its training; drop 'holdout' (or set it "
+                             "to 'none') or train E")
         return v
 
     @field_validator("tasks")
@@ -204,8 +245,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None) -> StudyConfig:
-    """Build the study config: preset defaults < config file < explicit overrides (flags).
+def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path | None = None,
+                   unset: tuple[str, ...] = ()) -> StudyConfig:
+    """Build the study config: preset defaults < config file < explicit overrides (flags); the
+    fields in `unset` are returned to their defaults whatever the file says.
 
     Raises
     ------
@@ -217,7 +260,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path
     preset = overrides.get("preset", file_values.get("preset", "demo"))
     if preset not in PRESETS:
         raise MossaError(f"field 'preset': unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    merged = _merge(_merge(PRESETS[preset], file_values), overrides)
+    file_values = {k: v for k, v in file_values.items() if k not in unset}
+    preset_values = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}  # see preset_tasks
+    merged = _merge(_merge(preset_values, file_values), overrides)
     merged["preset"] = preset
     if merged.get("tasks_dir") is None and os.environ.get("MOSSA_TASKS_DIR"):
         merged["tasks_dir"] = os.environ["MOSSA_TASKS_DIR"]
@@ -228,5 +273,36 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path
         raise MossaError(_format_validation_error(err, source)) from None
 
 
-__all__ = ["DEMO_TASKS", "PRESETS", "LoraSettings", "StudyConfig", "TrainSettings", "read_config_file",
-           "resolve_config"]
+def preset_tasks(preset: str) -> list[str] | None:
+    """The tasks a preset studies when `tasks` is not given and the task source has them all
+    (flan-mini names); None = every task of the source."""
+    return PRESETS[preset].get("tasks")
+
+
+def example_config(preset: str = "demo") -> str:
+    """A study config in YAML holding every setting with its value under `preset` and, above it,
+    its description as a comment: `mossa run --config` on it runs exactly that preset."""
+    values = json.loads(resolve_config({"preset": preset}).model_dump_json())
+    lines = ["# mossa study config, written by `mossa init`. Every setting is listed with its value under the",
+             f"# '{preset}' preset; edit any of them, delete the ones you keep as they are, then run",
+             "#   mossa run --config <this file>",
+             "# Command-line flags override this file; this file overrides the preset.", ""]
+
+    def emit(model: type[BaseModel], data: dict[str, Any], indent: int) -> None:
+        pad = " " * indent
+        for name, info in model.model_fields.items():
+            lines.extend(f"{pad}# {ln}" for ln in textwrap.wrap(info.description or "", 110 - indent))
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                lines.append(f"{pad}{name}:")
+                emit(info.annotation, data[name], indent + 2)
+            else:
+                lines.append(f"{pad}{name}: {json.dumps(data[name])}")  # JSON values are YAML flow values
+            if indent == 0:
+                lines.append("")
+
+    emit(StudyConfig, values, 0)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+__all__ = ["DEMO_TASKS", "PRESETS", "LoraSettings", "StudyConfig", "TaskFile", "TrainSettings", "example_config",
+           "preset_tasks", "read_config_file", "resolve_config"]

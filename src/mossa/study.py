@@ -40,15 +40,25 @@ from mossa.analysis import (
     find_sections,
     median_over_tasks,
     default_tsne_layers,
+    depth_map,
+    on_grid,
     readability,
     spectral_table,
     tsne_of_runs,
 )
-from mossa.config import StudyConfig
+from mossa.config import StudyConfig, preset_tasks
 from mossa.errors import MossaError
 from mossa.executors import Unit, check_executor, make_executor
 from mossa.extraction import extract
-from mossa.models import check_model_available, load_model, resolve_model
+from mossa.models import (
+    adapter_digest,
+    check_model_available,
+    linear_module_names,
+    load_model,
+    materialize,
+    resolve_lora_targets,
+    resolve_model,
+)
 from mossa.models._adapters import AdapterHost
 from mossa.progress import Reporter
 from mossa.report import (
@@ -61,7 +71,7 @@ from mossa.report import (
 )
 from mossa.report.html import write_report
 from mossa.store import StudyDir, atomic_path, read_json, write_json
-from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, resolve_tasks_dir, sample_split
+from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, resolve_tasks_dir, sample_split, task_catalog
 from mossa.training import mixture, n_steps, train_adapter
 
 EXPERIMENTAL = "experimental"
@@ -97,7 +107,7 @@ def resolve_holdout(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
     """The tasks held out of E': named ones, none, or one seeded task from each of up to 7 clusters
     (never all tasks, so E' always has something to learn from)."""
     names = [t.name for t in tasks]
-    if cfg.holdout == "none":
+    if cfg.holdout == "none" or cfg.experimental_model is not None:  # a given E has no E'
         return ()
     if cfg.holdout == "auto":
         rng = np.random.default_rng(cfg.seed)
@@ -117,6 +127,31 @@ def resolve_holdout(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
     return tuple(n for n in names if n in cfg.holdout)
 
 
+def study_tasks(cfg: StudyConfig) -> list[TaskSpec]:
+    """The study's tasks: `cfg.tasks` when given; else the preset's choice when the task source offers
+    all of it, else every task the source offers; custom task files are always in."""
+    files = [(f.path, f.cluster) for f in cfg.task_files]
+    names = cfg.tasks
+    if names is None:
+        picked = preset_tasks(cfg.preset)
+        offered, _ = task_catalog(cfg.tasks_dir, files)
+        own = [Path(path).stem for path, _ in files]
+        if picked and set(picked) <= set(offered):
+            names = list(picked) + [name for name in own if name not in picked]
+    return load_tasks(cfg.tasks_dir, names, task_files=files)
+
+
+def experimental_source(spec: str | None) -> tuple[str, object] | None:
+    """What E is: None when it is trained here, ("adapter", folder) for a peft adapter folder applied
+    to B, or ("model", ModelSource) for a model of its own (resolved, not loaded)."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return "adapter", path.resolve()
+    return "model", resolve_model(spec)
+
+
 def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     """Everything checkable without loading a model: tasks, splits, model name, hub reach.
 
@@ -127,13 +162,16 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     """
     check_measures(tuple(cfg.measures or DEFAULT_MEASURES))
     check_executor(cfg.executor)
-    tasks = load_tasks(cfg.tasks_dir, cfg.tasks)
+    tasks = study_tasks(cfg)
     for task in tasks:
         sample_split(task, "train", 1, cfg.seed)
         sample_split(task, "test", 1, cfg.seed)
     resolve_holdout(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
+    given = experimental_source(cfg.experimental_model)
+    if given is not None and given[0] == "model":
+        check_model_available(given[1])
     return tasks, source
 
 
@@ -171,9 +209,8 @@ def check_lora_targets(model, targets: list[str]) -> None:
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in leaves]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise MossaError(f"field 'lora.targets': {', '.join(missing)} not found in the model; its linear "
-                         f"modules are {', '.join(linear)}")
+                         f"modules are {', '.join(linear_module_names(model))}")
 
 
 class _Study:
@@ -192,9 +229,10 @@ class _Study:
         self.train = {t.name: self.builder.build_all(t, sample_split(t, "train", cfg.n_train, cfg.seed)) for t in tasks}
         self.test = {t.name: self.builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in tasks}
         self.task_fp = {t.name: t.fingerprint for t in tasks}
-        prompts = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, self.builder.mode, cfg.seed,
-                        cfg.n_train, cfg.n_test)
-        self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, prompts)
+        self.prompt_key = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, cfg.use_chat_template,
+                                cfg.seed, cfg.n_train, cfg.n_test)
+        self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, self.builder.mode,
+                              self.prompt_key)
         self.heldout_tasks = resolve_holdout(cfg, tasks)
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
@@ -222,6 +260,8 @@ class _Study:
                                "properties": self.properties(t)}
                       for t in self.tasks},
             "heldout_tasks": list(self.heldout_tasks),
+            "experimental": {"mode": "trained"} if cfg.experimental_model is None
+            else {"mode": "given", "spec": cfg.experimental_model},
             "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -251,16 +291,20 @@ class _Study:
         self.rep.log(f"{unit}: {log['steps']} steps, loss {log['train_loss'][0]:.3f} -> "
                      f"{log['train_loss'][-1]:.3f}, {log['tokens_per_second']:.0f} tokens/s")
 
-    def _extract(self, label: str, adapter: str | None, task: str, inputs: str) -> None:
+    def _extract(self, label: str, adapter: str | None, task: str, inputs: str, *, host: AdapterHost | None = None,
+                 test: dict | None = None) -> None:
+        """States of `label` on `task`'s test prompts: B + `adapter` by default, or another model's
+        `host` with its own `test` prompts (a given E)."""
         if self.study.activations_done(label, task, inputs):
             return
         t0 = time.perf_counter()
-        prompts, loaded = self.test[task], self.loaded
+        host, test = host or self.host, test or self.test
+        prompts, loaded = test[task], host.loaded
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
                                           hidden=loaded.hidden_size, inputs=inputs,
                                           meta={"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers}
                                           ) as sink:
-            extract(self.host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
+            extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
                     last_layer=self.cfg.last_layer, sink=sink)
         self.seconds["extract"] += time.perf_counter() - t0
 
@@ -279,8 +323,38 @@ class _Study:
         self.host.remove(unit)
 
     def experimental(self) -> None:
-        """E: LoRA on the capped mixture of all tasks, then its states on every task."""
-        self._mixture_unit(EXPERIMENTAL, [t.name for t in self.tasks], [t.name for t in self.tasks])
+        """E: LoRA on the capped mixture of all tasks (or the given model), then its states on every task."""
+        if self.cfg.experimental_model is None:
+            self._mixture_unit(EXPERIMENTAL, [t.name for t in self.tasks], [t.name for t in self.tasks])
+        else:
+            self._given_experimental()
+
+    def _given_experimental(self) -> None:
+        """E given, not trained: an adapter folder applied to B, or a model of its own that reads the
+        same test examples through its own tokenizer and chat template."""
+        kind, where = experimental_source(self.cfg.experimental_model)
+        if kind == "adapter":
+            key = _hash(self.base_key, "given adapter", adapter_digest(where))
+            keys = {t: _hash(key, fp) for t, fp in self.task_fp.items()}
+            if not all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
+                self.host.load(EXPERIMENTAL, where)
+                self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
+                self.host.remove(EXPERIMENTAL)
+            return
+        _, fingerprint = materialize(where, progress=self.rep.log)
+        key = _hash(fingerprint, self.cfg.dtype, self.cfg.last_layer, self.prompt_key, "given model")
+        keys = {t: _hash(key, fp) for t, fp in self.task_fp.items()}
+        if all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
+            return
+        loaded = load_model(where, dtype=self.cfg.dtype, device=self.cfg.device, progress=self.rep.log)
+        self.rep.log(f"experimental E given: {loaded.name}, {loaded.n_layers} layers, d={loaded.hidden_size}")
+        cfg = self.cfg
+        builder = PromptBuilder(loaded.tokenizer, cue=cfg.cue, max_prompt_tokens=cfg.max_prompt_tokens,
+                                max_target_tokens=cfg.max_target_tokens, use_chat_template=cfg.use_chat_template)
+        test = {t.name: builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in self.tasks}
+        self._extract_tasks(EXPERIMENTAL, None, keys, host=AdapterHost(loaded), test=test)
+        del loaded
+        gc.collect()
 
     def heldout(self) -> None:
         """E': the same recipe without the held-out tasks, then its states on the held-out tasks."""
@@ -308,10 +382,11 @@ class _Study:
         """B: the plain base model's states on every task."""
         self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp) for t, fp in self.task_fp.items()})
 
-    def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str]) -> None:
+    def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
+                       host: AdapterHost | None = None, test: dict | None = None) -> None:
         with self.rep.bar(f"extract {label}", total=sum(len(self.test[t]) for t in keys)) as advance:
             for task, key in keys.items():
-                self._extract(label, adapter, task, key)
+                self._extract(label, adapter, task, key, host=host, test=test)
                 advance(len(self.test[task]), info=task)
 
 
@@ -320,7 +395,9 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
     t0 = time.perf_counter()
     loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
     timings["load_model"] = time.perf_counter() - t0
-    check_lora_targets(loaded.model, cfg.lora.targets)
+    targets = resolve_lora_targets(cfg.lora.targets, loaded.model)  # pinned: provenance, reruns and units
+    cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"targets": targets})})
+    check_lora_targets(loaded.model, targets)
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
     t0 = time.perf_counter()
@@ -365,13 +442,35 @@ def unit_config(cfg: StudyConfig, tasks: list[TaskSpec], loaded) -> StudyConfig:
     source = resolve_model(cfg.model)
     return cfg.model_copy(update={
         "out": Path(cfg.out).resolve(),
-        "tasks_dir": resolve_tasks_dir(cfg.tasks_dir).resolve(),
+        "tasks_dir": _pinned_tasks_dir(cfg),
+        "task_files": [f.model_copy(update={"path": Path(f.path).resolve()}) for f in cfg.task_files],
         "tasks": [t.name for t in tasks],
-        "model": source.location if source.kind in ("hf_dir", "gguf") else cfg.model,
+        "model": source.location if source.kind in ("hf_dir", "gguf", "adapter") else cfg.model,
+        "experimental_model": _pinned(cfg.experimental_model),
         "dtype": _DTYPE_NAMES[loaded.dtype],
         "device": loaded.device.type,  # a Ray worker sees the GPU it was given as cuda:0
         "threads": cfg.threads or torch.get_num_threads(),
     })
+
+
+def _pinned_tasks_dir(cfg: StudyConfig) -> Path | None:
+    """The task source as every unit must see it: a named source as it is, a folder made absolute."""
+    if cfg.tasks_dir is not None and str(cfg.tasks_dir).startswith("hub:"):
+        return cfg.tasks_dir
+    if cfg.tasks_dir is None and cfg.task_files:
+        return None
+    return resolve_tasks_dir(cfg.tasks_dir).resolve()
+
+
+def _pinned(spec: str | None) -> str | None:
+    """A given E's spec with local paths made absolute (units may run in other working directories)."""
+    given = experimental_source(spec)
+    if given is None:
+        return None
+    kind, where = given
+    if kind == "adapter":
+        return str(where)
+    return where.location if where.kind in ("hf_dir", "gguf", "adapter") else spec
 
 
 def _gpus_per_unit(cfg: StudyConfig) -> float:
@@ -401,7 +500,7 @@ def _open_study(cfg: StudyConfig, root: Path) -> _Study:
     if key not in _OPEN:
         _OPEN.clear()  # a worker keeps one study at a time
         rep = Reporter(enabled=False)
-        tasks = load_tasks(cfg.tasks_dir, cfg.tasks)
+        tasks = study_tasks(cfg)
         loaded = load_model(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, progress=rep.log)
         _OPEN[key] = _Study(cfg, StudyDir(root), tasks, loaded, rep)
     return _OPEN[key]
@@ -451,6 +550,7 @@ def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict,
         run = _OPEN.get(_study_key(cfg))
         rep = run.rep if run is not None else Reporter(enabled=False)
         study = StudyDir(root)
+        provenance = {**provenance, "experimental": experimental_info(study, provenance)}
         analysis = analyze_study(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
                                  tsne_layers=cfg.tsne_layers, provenance=provenance, reporter=rep)
         timings = {**timings, **analysis.timings, "total": time.time() - started}
@@ -460,6 +560,20 @@ def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict,
         write_report(root)
         return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
                            timings=timings)
+
+
+def experimental_info(study: StudyDir, provenance: dict) -> dict:
+    """How E came to be (trained, or given), with a given E's depth and width as stored and, when its
+    depth differs from B's, the relative-depth map of B's states onto E's that the analysis uses."""
+    info = dict(provenance.get("experimental") or {"mode": "trained"})
+    if info["mode"] != "given":
+        return info
+    n_grid = int(provenance["model"]["n_layers"]) + 1
+    shape = study.activation_file(EXPERIMENTAL, next(iter(provenance["tasks"])), verify=False).shape
+    info.update(n_layers=shape[0] - 1, hidden_size=shape[2])
+    if shape[0] != n_grid:
+        info["layer_map"] = depth_map(shape[0], n_grid)
+    return info
 
 
 def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int, seed: int) -> dict:
@@ -477,7 +591,7 @@ def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int,
 
 def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Per-layer medians with intervals over a subset of tasks (e.g. the held-out ones)."""
-    return median_over_tasks(sim, n_boot=max(n_boot, 1), seed=seed, by_cluster=False)
+    return median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=False)
 
 
 def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
@@ -531,7 +645,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                 HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
-    runs = {m: {t: study.activation_file(m, t, verify=False) for t in clusters} for m in ("base", EXPERIMENTAL)}
+    runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
+            for m in ("base", EXPERIMENTAL)}
     tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed)
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
         tsne.to_csv(tmp, index=False)
@@ -555,5 +670,5 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)
 
 
-__all__ = ["StudyResult", "analyze_study", "finish_study", "run_study", "run_unit", "study_units", "unit_config",
-           "validate"]
+__all__ = ["StudyResult", "analyze_study", "experimental_info", "experimental_source", "finish_study", "run_study",
+           "run_unit", "study_units", "unit_config", "validate"]

@@ -90,3 +90,5 @@ def test_median_over_tasks_and_one_task_clusters():
     per = median_over_tasks(sim, n_boot=500, seed=0, by_cluster=True).set_index("group")
     assert per.loc["B", "ci_source"] == "examples" and per.loc["B", "ci_low"] == 0.4
     assert per.loc["A", "median"] == 0.4
+    none = median_over_tasks(sim, n_boot=0, seed=0, by_cluster=False).iloc[0]  # no resamples: no interval
+    assert none["median"] == overall["median"] and np.isnan(none["ci_low"]) and none["ci_source"] == "none"

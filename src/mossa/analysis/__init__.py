@@ -14,17 +14,20 @@ from mossa.analysis._similarity import (
     DEFAULT_MEASURES,
     HELDOUT,
     SIMILARITY_COLUMNS,
+    DepthMapped,
     align,
     aligned_rows,
     analyze,
     check_measures,
+    depth_map,
     mean_loss,
+    on_grid,
     scan,
     task_cross_layer,
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "align", "aligned_rows",
-           "analyze", "check_measures", "correlations", "default_tsne_layers", "find_sections", "mean_loss",
-           "median_over_tasks", "readability", "scan", "spectral_table",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "align",
+           "aligned_rows", "analyze", "check_measures", "correlations", "default_tsne_layers", "depth_map",
+           "find_sections", "mean_loss", "median_over_tasks", "on_grid", "readability", "scan", "spectral_table",
            "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

@@ -126,7 +126,8 @@ def median_over_tasks(sim: pd.DataFrame, *, n_boot: int, seed: int, by_cluster: 
     """Per-layer median over tasks with a bootstrap-over-tasks 95% interval.
 
     With `by_cluster`, one median per cluster; a cluster of one task has no spread over tasks,
-    so its interval is that task's example-bootstrap interval (`ci_source` says which).
+    so its interval is that task's example-bootstrap interval (`ci_source` says which). With
+    `n_boot` 0 there are no intervals (NaN, `ci_source` "none").
     """
     rng = np.random.default_rng(seed)
     keys = ["measure", "model", "layer"] + (["cluster"] if by_cluster else [])
@@ -143,6 +144,9 @@ def median_over_tasks(sim: pd.DataFrame, *, n_boot: int, seed: int, by_cluster: 
             only = group[np.isfinite(values)].iloc[0]
             rows.append({**row, "median": median, "ci_low": only.get("ci_low", np.nan),
                          "ci_high": only.get("ci_high", np.nan), "ci_source": "examples"})
+            continue
+        if n_boot == 0:
+            rows.append({**row, "median": median, "ci_low": np.nan, "ci_high": np.nan, "ci_source": "none"})
             continue
         draws = np.median(finite[rng.integers(0, len(finite), size=(n_boot, len(finite)))], axis=1)
         lo, hi = np.percentile(draws, [2.5, 97.5])

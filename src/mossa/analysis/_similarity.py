@@ -28,7 +28,7 @@ from mossa.similarity import (
 )
 from mossa.store import ActivationFile, Activations, StudyDir, atomic_path
 
-Run = Union[Activations, ActivationFile]  # anything with .ids, .shape and .read(rows, layers)
+Run = Union[Activations, ActivationFile]  # .ids, .shape, .read(rows, layers), .finite_rows(), .prefetch(rows, layers)
 
 COMPARED = ("base", "experimental")
 HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
@@ -37,6 +37,41 @@ SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "
 
 
 BOOT_MAX_N = 2000  # example-bootstrap resamples index n x n kernels; above this, an m-out-of-n bootstrap
+
+
+def depth_map(n_states: int, n_grid: int) -> list[int]:
+    """For each state of a grid of `n_grid` states (embeddings + layers), the state at the same
+    relative depth in a model with `n_states`: round(j (n_states-1) / (n_grid-1)). The embeddings
+    and the last layers map onto each other."""
+    if n_grid < 2 or n_states < 2:
+        raise MossaError(f"depth map needs at least 2 states on each side, got {n_states} and {n_grid}")
+    return [int(np.floor(j * (n_states - 1) / (n_grid - 1) + 0.5)) for j in range(n_grid)]
+
+
+class DepthMapped:
+    """A run read on another model's layer grid (E given with a depth other than B's): state j of
+    the grid is the run's state ``depth_map(...)[j]``; everything else is the run's own."""
+
+    def __init__(self, run: Run, n_grid: int):
+        self.run, self.layer_map = run, depth_map(run.shape[0], n_grid)
+        self.ids, self.n = run.ids, run.shape[1]
+        self.shape = (n_grid, *run.shape[1:])
+        self.target_nll, self.target_tokens = run.target_nll, run.target_tokens
+
+    def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
+        layers = range(self.shape[0]) if layers is None else layers
+        return self.run.read(rows, [self.layer_map[int(j)] for j in layers], out=out)
+
+    def finite_rows(self) -> np.ndarray:
+        return self.run.finite_rows()
+
+    def prefetch(self, rows, layers) -> None:
+        self.run.prefetch(rows, [self.layer_map[int(j)] for j in layers])
+
+
+def on_grid(runs: Mapping[str, Run], n_grid: int) -> dict[str, Run]:
+    """The runs, each whose depth differs from `n_grid` states read through `DepthMapped`."""
+    return {m: run if run.shape[0] == n_grid else DepthMapped(run, n_grid) for m, run in runs.items()}
 
 
 def aligned_rows(runs: Mapping[str, Run]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -61,13 +96,17 @@ def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: 
     or with `by_layer` one layer at a time (larger row blocks for the same memory).
 
     Blocks are read into one reused buffer per run, so a yielded block is valid until the next
-    one. Reads stay in this thread: a reader thread beside torch's compute threads on the same
-    cores made the chunk products twice as slow in our measurements.
+    one. Reads stay in this thread: a reader thread beside the compute threads on the same cores
+    made the chunk products twice as slow in our measurements. Layer by layer, the next layer is
+    handed to the kernel's readahead (`prefetch`) first, so disk reads overlap the products.
     """
     n = len(next(iter(rows.values())))
     n_layers = next(iter(runs.values())).shape[0]
     buffers: dict[str, np.ndarray] = {}
     for layers in ([[layer] for layer in range(n_layers)] if by_layer else [None]):
+        if layers is not None and layers[0] + 1 < n_layers:  # the kernel reads the next layer meanwhile
+            for m in rows:
+                runs[m].prefetch(rows[m], [layers[0] + 1])
         for start in range(0, n, size):
             block = {}
             for m in rows:
@@ -293,6 +332,7 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED)}
         if task in heldout:
             runs[HELDOUT] = study.activation_file(HELDOUT, task)
+        runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
         data = _TaskData(runs, chunk_rows)
         sim_rows += task_similarity(task, cluster, runs, measures, n_boot=n_boot, seed=seed, data=data)
         cross_rows += task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
@@ -305,9 +345,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     controls = pd.DataFrame(control_rows)
     controls["control_better"] = controls["control"] < controls["base"]
     cross = pd.DataFrame(cross_rows)
-    boot = max(n_boot, 1)
-    medians = pd.concat([median_over_tasks(sim, n_boot=boot, seed=seed, by_cluster=False),
-                         median_over_tasks(sim, n_boot=boot, seed=seed, by_cluster=True)], ignore_index=True)
+    medians = pd.concat([median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=False),
+                         median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=True)], ignore_index=True)
     write_table(sim, study.path("results", "similarity"))
     with atomic_path(study.path("results", "medians.csv")) as tmp:
         medians.to_csv(tmp, index=False)
@@ -318,5 +357,6 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     return sim, controls, cross, medians
 
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "align", "aligned_rows", "analyze", "scan",
-           "check_measures", "mean_loss", "task_cross_layer", "task_similarity"]
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "DepthMapped", "align", "aligned_rows",
+           "analyze", "check_measures", "depth_map", "mean_loss", "on_grid", "scan", "task_cross_layer",
+           "task_similarity"]

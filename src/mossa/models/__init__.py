@@ -1,10 +1,13 @@
-"""Models: the registry of embedded models, source resolution, conversion and loading.
+"""Models: the registry of embedded models, source resolution (BASE+ADAPTER included), conversion,
+loading, and per-family defaults (LoRA targets).
 
 Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_CACHE`).
 """
 
+from mossa.models._families import default_lora_targets, linear_module_names, resolve_lora_targets
 from mossa.models._loading import (
     LoadedModel,
+    adapter_digest,
     check_model_available,
     cpu_name,
     load_model,
@@ -23,7 +26,7 @@ from mossa.models._registry import (
 )
 
 __all__ = [
-    "EmbeddedModel", "LoadedModel", "ModelSource", "cache_root", "check_model_available", "cpu_name", "load_model",
-    "materialize", "pick_device", "pick_dtype", "register_model", "registered_models", "resolve_model",
-    "sha256_file",
+    "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "cache_root", "check_model_available",
+    "cpu_name", "default_lora_targets", "linear_module_names", "load_model", "materialize", "pick_device",
+    "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "sha256_file",
 ]

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
 
 from mossa.config import LoraSettings
 from mossa.errors import MossaError
-from mossa.models._loading import LoadedModel
-
-
-@contextlib.contextmanager
-def _quiet():
-    """peft reads a transformers property deprecated in 5.x; its FutureWarning is not ours to show."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
+from mossa.models._families import resolve_lora_targets
+from mossa.models._loading import LoadedModel, quiet_peft
 
 
 class AdapterHost:
@@ -39,7 +31,7 @@ class AdapterHost:
     def _attach(self, name: str, config) -> None:
         from peft import get_peft_model
 
-        with _quiet():
+        with quiet_peft():
             if self.peft is None:
                 self.peft = get_peft_model(self.loaded.model, config, adapter_name=name)
             else:
@@ -52,7 +44,8 @@ class AdapterHost:
         if name in self.names:
             self.remove(name)
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.targets), task_type="CAUSAL_LM")
+                            target_modules=resolve_lora_targets(lora.targets, self.loaded.model),
+                            task_type="CAUSAL_LM")
         torch.manual_seed(seed)
         try:
             self._attach(name, config)
@@ -66,7 +59,7 @@ class AdapterHost:
 
         if name in self.names:
             self.remove(name)
-        with _quiet():
+        with quiet_peft():
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.loaded.model, str(path), adapter_name=name)
             else:

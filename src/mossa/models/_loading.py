@@ -1,26 +1,30 @@
-"""Loading a base model: GGUF -> safetensors conversion cache, HF dirs, hub ids; dtype choice.
+"""Loading a base model: GGUF -> safetensors conversion cache, HF dirs, hub ids, merged adapters;
+dtype choice.
 
 Embedded GGUF models are dequantized once (tens of seconds) into `<cache>/models/<name>-<hash>`
 and reloaded from safetensors afterwards (under a second). The conversion is written to a
 temporary folder and renamed into place, so a killed conversion never leaves a usable-looking
-half entry.
+half entry. A `BASE+ADAPTER` source loads its base and merges the peft adapter into the
+weights, so the result is a plain model like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mossa.errors import MossaError
-from mossa.models._registry import ModelSource, cache_root
+from mossa.models._registry import ADAPTER_WEIGHTS, ModelSource, cache_root
 
 _MARKER = "mossa-converted.json"
 _NORM_NAMES = ("norm", "final_norm", "ln_f", "final_layer_norm", "norm_f")
@@ -32,6 +36,62 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """Silence peft warnings that are not the user's to act on: a transformers property deprecated
+    in 5.x, and GPT-2's Conv1D layers switching `fan_in_fan_out` on (peft does the right thing)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out is set to False.*", category=UserWarning)
+        yield
+
+
+def adapter_digest(folder: Path) -> str:
+    """sha256 of a peft adapter's weights and config.
+
+    The config is hashed without `base_model_name_or_path` (a machine-specific path), so one
+    adapter has one fingerprint wherever it is loaded.
+    """
+    path = folder / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise MossaError(f"{path}: not valid JSON ({exc}); save the adapter again with peft's "
+                         f"save_pretrained") from None
+    config.pop("base_model_name_or_path", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in ADAPTER_WEIGHTS:
+        if (folder / name).is_file():
+            digest.update(name.encode())
+            digest.update(sha256_file(folder / name).encode())
+    return digest.hexdigest()
+
+
+def _adapter_chain(source: ModelSource) -> tuple[ModelSource, list[Path]]:
+    """The innermost base of a source and the adapter folders to merge into it, in order."""
+    folders: list[Path] = []
+    while source.kind == "adapter":
+        folders.append(Path(source.adapter))
+        source = source.base
+    return source, folders[::-1]
+
+
+def _merge_adapter(model: torch.nn.Module, folder: Path, spec: str) -> torch.nn.Module:
+    """`model` with the peft adapter at `folder` merged into its weights: a plain model again, so
+    mossa's own LoRA adapters attach on top of it as on any base."""
+    from peft import PeftModel
+
+    try:
+        with quiet_peft():
+            return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        why = " ".join(str(exc).split())
+        why = why[why.find("size mismatch"):] if "size mismatch" in why else why  # the first mismatch says it
+        why = why.split(". ")[0].rstrip(".")[:300] or type(exc).__name__
+        raise MossaError(f"model {spec!r}: adapter {folder} does not fit its base model ({why}); pass the base "
+                         f"model the adapter was trained on") from None
 
 
 @dataclass
@@ -101,7 +161,14 @@ def _convert_gguf(gguf: Path, dest: Path, fingerprint: str) -> None:
 
 
 def materialize(source: ModelSource, *, progress=print) -> tuple[str, str]:
-    """Return (loadable path or hub id, fingerprint) for a model source, converting if needed."""
+    """Return (loadable path or hub id, fingerprint) for a model source, converting if needed.
+
+    For an 'adapter' source the path is its base's (`load_model` merges the adapter in) and the
+    fingerprint is the base's, '+', the adapter's `adapter_digest`.
+    """
+    if source.kind == "adapter":
+        location, fingerprint = materialize(source.base, progress=progress)
+        return location, f"{fingerprint}+{adapter_digest(Path(source.adapter))}"
     if source.kind in ("embedded", "gguf"):
         root = cache_root()
         if source.kind == "embedded":
@@ -216,21 +283,25 @@ def _hub_error(source: ModelSource, exc: Exception) -> MossaError:
 
 
 def load_model(source: ModelSource, *, dtype: str = "auto", device: str = "auto", progress=print) -> LoadedModel:
-    """Load a base model (fp32 master weights) and its tokenizer, padded on the left."""
+    """Load a base model (fp32 master weights, any adapters of the source merged in) and its
+    tokenizer, padded on the left."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     location, fingerprint = materialize(source, progress=progress)
+    root, adapters = _adapter_chain(source)
     dev = pick_device(device)
     compute, reason = pick_dtype(dtype, dev)
     try:
         tok = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
     except OSError as exc:
-        if source.kind == "hub":
-            raise _hub_error(source, exc) from None
+        if root.kind == "hub":
+            raise _hub_error(root, exc) from None
         raise MossaError(f"{location}: cannot load model ({exc})") from None
+    for folder in adapters:
+        model = _merge_adapter(model, folder, source.location)
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -240,7 +311,8 @@ def load_model(source: ModelSource, *, dtype: str = "auto", device: str = "auto"
 
 
 def check_model_available(source: ModelSource) -> None:
-    """Fail early (before any work) when a hub model cannot be reached."""
+    """Fail early (before any work) when a hub model (or an adapter's hub base) cannot be reached."""
+    source, _ = _adapter_chain(source)
     if source.kind != "hub":
         return
     from transformers import AutoConfig

@@ -1,4 +1,5 @@
-"""The model registry: embedded offline models by name, plus local dirs, GGUF files and hub ids.
+"""The model registry: embedded offline models by name, plus local dirs, GGUF files and hub ids,
+and `BASE+ADAPTER` specs (any of those with a peft adapter folder merged in).
 
 Resolution never loads weights, so a bad model name fails before any work starts.
 """
@@ -29,12 +30,19 @@ class EmbeddedModel:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model's weights come from: kind is 'embedded', 'hf_dir', 'gguf' or 'hub'."""
+    """Where a model's weights come from: kind is 'embedded', 'hf_dir', 'gguf', 'hub' or 'adapter'.
+
+    An 'adapter' source is `base` with the peft adapter folder `adapter` merged in; its
+    `location` is the spec `<base location>+<absolute adapter folder>`, which resolves to the
+    same source from any working directory.
+    """
 
     name: str
     kind: str
     location: str
     embedded: EmbeddedModel | None = None
+    base: ModelSource | None = None
+    adapter: str | None = None
 
 
 _REGISTRY: dict[str, EmbeddedModel] = {}
@@ -98,14 +106,20 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 def resolve_model(name: str) -> ModelSource:
     """Classify a model name without loading it.
 
+    `BASE+ADAPTER` (BASE any of the other forms) names BASE with a peft adapter folder merged
+    in; a name that is an existing path is always that path, even when it contains '+'.
+
     Raises
     ------
     MossaError
-        For a name that is neither registered, an existing path, nor a hub id.
+        For a name that is neither registered, an existing path, a hub id, nor BASE+ADAPTER
+        with an existing adapter folder.
     """
     if name in _REGISTRY:
         return ModelSource(name=name, kind="embedded", location=name, embedded=_REGISTRY[name])
     path = Path(name).expanduser()
+    if "+" in name and not path.exists():
+        return _resolve_adapter(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MossaError(f"{path}: not a Hugging Face model folder (no config.json)")
@@ -117,7 +131,32 @@ def resolve_model(name: str) -> ModelSource:
     if _HUB_ID.match(name) and not path.exists():
         return ModelSource(name=name.replace("/", "--"), kind="hub", location=name)
     err = unknown_name_error("model", name, sorted(_REGISTRY), "the model registry")
-    raise MossaError(f"{err}; or pass a local model folder, a .gguf file, or a hub id org/name")
+    raise MossaError(f"{err}; or pass a local model folder, a .gguf file, a hub id org/name, or BASE+ADAPTER")
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _resolve_adapter(spec: str) -> ModelSource:
+    """`BASE+ADAPTER`: split at the last '+' whose right side exists (paths may contain '+')."""
+    cuts = [i for i, c in enumerate(spec) if c == "+"]
+    cut = next((i for i in reversed(cuts) if Path(spec[i + 1:]).expanduser().exists()), cuts[-1])
+    base_spec, folder = spec[:cut], Path(spec[cut + 1:]).expanduser()
+    if not base_spec or not spec[cut + 1:]:
+        raise MossaError(f"model {spec!r}: expected BASE+ADAPTER (a model, '+', a peft adapter folder)")
+    if not folder.is_dir():
+        raise MossaError(f"model {spec!r}: adapter folder {folder} not found; after the '+' pass a peft adapter "
+                         f"folder such as <study>/adapters/<unit>")
+    if not (folder / "adapter_config.json").is_file():
+        raise MossaError(f"{folder}: not a peft adapter folder (no adapter_config.json); pass a folder such as "
+                         f"<study>/adapters/<unit>")
+    if not any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
+        raise MossaError(f"{folder}: adapter weights missing (no {' or '.join(ADAPTER_WEIGHTS)}); save the "
+                         f"adapter again with peft's save_pretrained")
+    base = resolve_model(base_spec)
+    folder = folder.resolve()
+    return ModelSource(name=f"{base.name}+{folder.name}", kind="adapter", location=f"{base.location}+{folder}",
+                       base=base, adapter=str(folder))
 
 
 def cache_root() -> Path:

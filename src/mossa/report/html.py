@@ -83,6 +83,20 @@ def load_results(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
     return (read_json(needed[0]), pd.read_parquet(needed[1]), pd.read_csv(needed[2]), read_json(needed[3]))
 
 
+def _experimental_row(study: dict, cfg: dict) -> tuple[str, str]:
+    """The set-up line for E: its training, or the given model and how its layers were matched to B's."""
+    info = study.get("experimental") or {"mode": "trained"}
+    if info["mode"] != "given":
+        return ("experimental E (and E'), trained", ", ".join(f"{k} {v}" for k, v in cfg["experimental"].items())
+                + f", cluster cap {cfg['cluster_cap']}")
+    text = f"{info['spec']}, not trained here"
+    if "n_layers" in info:
+        text += f" ({info['n_layers']} layers, d={info['hidden_size']}"
+        text += (f"; its states matched to B's {len(info['layer_map'])} by relative depth: "
+                 f"{info['layer_map']})" if "layer_map" in info else ")")
+    return "experimental E, given", text
+
+
 def write_report(root: Path) -> Path:
     """Write `<root>/report.html` from the study's tables and figures; returns its path."""
     root = Path(root)
@@ -102,8 +116,7 @@ def write_report(root: Path) -> Path:
              ("examples per task", f"{cfg['n_train']} train (at most), {cfg['n_test']} test"),
              ("LoRA", ", ".join(f"{k} {v}" for k, v in cfg["lora"].items())),
              ("controls C_t", ", ".join(f"{k} {v}" for k, v in cfg["control"].items())),
-             ("experimental E (and E')", ", ".join(f"{k} {v}" for k, v in cfg["experimental"].items())
-              + f", cluster cap {cfg['cluster_cap']}"),
+             _experimental_row(study, cfg),
              ("held out of E'", ", ".join(heldout) or "none"),
              ("measures / bootstrap", f"{', '.join(sorted(sim['measure'].unique()))} / {cfg.get('n_boot')} resamples"),
              ("last layer", cfg["last_layer"])]
@@ -129,7 +142,9 @@ def write_report(root: Path) -> Path:
         task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
         cluster_table=_table(_cluster_table(summary, sim)),
         controls_table=_table(controls), rerun=f"mossa run --config {root / 'config.yaml'}",
-        provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False))
+        provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False),
+        given=(study.get("experimental") or {}).get("mode") == "given",
+        given_spec=(study.get("experimental") or {}).get("spec", ""))
     out = root / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(html, encoding="utf-8")

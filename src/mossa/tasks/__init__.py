@@ -1,23 +1,40 @@
-"""Tasks: the registry of task files, our instruction templates, and prompt rendering.
+"""Tasks: the task sources (flan-mini folders, SNI folders, custom task files, the Flan 2021
+collection on the hub), our instruction templates, and prompt rendering.
 
-Stage: tasks (reads task folders and the shipped templates; writes nothing).
+Stage: tasks (reads task folders, task files, the shipped templates and hub table, and hub data
+sets through `datasets`; writes nothing but the `datasets` download cache).
 """
 
-from mossa.tasks._loader import read_task_file
+from mossa.tasks._hub import HubTask, convert_row, hub_table, load_hub_task
+from mossa.tasks._loader import assign_splits, parse_row, read_task_file
 from mossa.tasks._prompts import Prompt, PromptBuilder, render_body, render_options, sample_split
 from mossa.tasks._registry import (
+    build_task,
     default_tasks_dir,
     load_task,
-    load_tasks,
+    load_task_file,
     read_manifest,
     resolve_tasks_dir,
     scan_tasks_dir,
+)
+from mossa.tasks._sni import load_sni_task, sni_task_files
+from mossa.tasks._sources import (
+    TASK_SOURCES,
+    TaskEntry,
+    TaskSource,
+    load_tasks,
+    register_task_source,
+    resolve_source,
+    task_catalog,
 )
 from mossa.tasks._spec import Example, TaskSpec, Template
 from mossa.tasks._templates import builtin_templates, generic_template, placeholders
 
 __all__ = [
-    "Example", "Prompt", "PromptBuilder", "TaskSpec", "Template", "builtin_templates", "default_tasks_dir",
-    "generic_template", "load_task", "load_tasks", "placeholders", "read_manifest", "read_task_file",
-    "render_body", "render_options", "resolve_tasks_dir", "sample_split", "scan_tasks_dir",
+    "TASK_SOURCES", "Example", "HubTask", "Prompt", "PromptBuilder", "TaskEntry", "TaskSource", "TaskSpec",
+    "Template", "assign_splits", "build_task", "builtin_templates", "convert_row", "default_tasks_dir",
+    "generic_template", "hub_table", "load_hub_task", "load_sni_task", "load_task", "load_task_file", "load_tasks",
+    "parse_row", "placeholders", "read_manifest", "read_task_file", "register_task_source", "render_body",
+    "render_options", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
+    "task_catalog",
 ]

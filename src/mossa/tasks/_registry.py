@@ -1,21 +1,24 @@
-"""The task registry: scans a task folder in sorted order and loads tasks by name.
+"""Task folders and task building: scans a flan-mini format folder in sorted order, reads
+single custom task files, and validates and fingerprints every task (`build_task`).
 
 A task is a file `<name>.jsonl` in the folder; `MANIFEST.json` beside them, when present,
-maps task names to Flan clusters. Unknown names fail with the closest available names.
+maps task names to Flan clusters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from mossa.errors import MossaError, unknown_name_error
-from mossa.tasks._loader import read_task_file
-from mossa.tasks._spec import TaskSpec
+from mossa.errors import MossaError
+from mossa.tasks._loader import SPLIT_RULE, TEST_FRACTION, read_task_file
+from mossa.tasks._spec import Example, TaskSpec, Template
 from mossa.tasks._templates import TEMPLATE_VERSION, placeholders, template_for
 
 UNCLUSTERED = "Unclustered"
+CUSTOM = "Custom"
 
 
 def default_tasks_dir() -> Path | None:
@@ -35,7 +38,8 @@ def resolve_tasks_dir(tasks_dir: Path | None) -> Path:
                              "pass --tasks-dir DIR or set MOSSA_TASKS_DIR")
     tasks_dir = Path(tasks_dir)
     if not tasks_dir.is_dir():
-        raise MossaError(f"{tasks_dir}: task folder not found; pass --tasks-dir with a folder of <task>.jsonl files")
+        raise MossaError(f"{tasks_dir}: task folder not found; pass --tasks-dir with a folder of <task>.jsonl "
+                         "files or Super-NaturalInstructions task*.json files")
     return tasks_dir
 
 
@@ -61,40 +65,57 @@ def read_manifest(tasks_dir: Path) -> dict[str, str]:
         raise MossaError(f"{path}: expected {{\"tasks\": {{name: {{\"cluster\": ...}}}}}}") from None
 
 
-def load_task(name: str, path: Path, cluster: str) -> TaskSpec:
-    """Read, validate and fingerprint one task."""
-    splits = read_task_file(path, name)
+def build_task(name: str, cluster: str, path: Path, splits: dict[str, list[Example]], digest,
+               *, template: Template | None = None, locate: Callable[[Example], str] | None = None) -> TaskSpec:
+    """Check every example against the task's template and fingerprint the task.
+
+    Shared by every task source. `digest` is a hashlib object already fed with what identifies
+    the data (file bytes, or the converted rows of a hub data set); the template is added here.
+    `template` defaults to the written template of `name`, else the generic one; `locate` names
+    an example in errors (default `path:line`, the line being the tail of the example id).
+    """
     first = next(iter(splits.values()))[0]
-    template = template_for(name, first)
-    needed = placeholders(template.text) - {"options"}
+    template = template or template_for(name, first)
+    names = placeholders(template.text)
+    needed = names - {"options"}
+    locate = locate or (lambda ex: f"{path}:{ex.id.rsplit(':', 1)[-1]}")
     for examples in splits.values():
         for ex in examples:
             missing = needed - ex.fields.keys()
             if missing:
-                line = ex.id.rsplit(":", 1)[-1]
-                raise MossaError(f"{path}:{line}: field 'input.{sorted(missing)[0]}' is missing; the template "
+                raise MossaError(f"{locate(ex)}: field 'input.{min(missing)}' is missing; the template "
                                  f"({template.origin}) needs {', '.join(sorted(needed))}")
-            if "options" in placeholders(template.text) and not ex.options:
+            if "options" in names and not ex.options:
                 raise MossaError(f"{path}: example {ex.id} has no 'input.options' but the template lists options")
-    digest = hashlib.sha256(path.read_bytes())
     digest.update(f"template-v{TEMPLATE_VERSION}:{template.text}:{template.truncate}".encode())
     return TaskSpec(name=name, cluster=cluster, path=path, template=template,
                     fingerprint=digest.hexdigest()[:16], examples=splits)
 
 
-def load_tasks(tasks_dir: Path | None, names: list[str] | None = None) -> list[TaskSpec]:
-    """Load the named tasks (all tasks when `names` is None) from a task folder.
+def load_task(name: str, path: Path, cluster: str) -> TaskSpec:
+    """Read, validate and fingerprint one task of a flan-mini format folder."""
+    splits = read_task_file(path, name)
+    return build_task(name, cluster, path, splits, hashlib.sha256(path.read_bytes()))
+
+
+def load_task_file(path: Path, cluster: str = CUSTOM) -> TaskSpec:
+    """One custom task from a single JSONL file; the task name is the file stem.
+
+    Rows are in the flan-mini format (`input` object or string, `target`) with optional `split`,
+    `options` (top level or in `input`) and `id`. Rows without a split are put in train or test
+    by `assign_splits` (about 20% test, by a SHA-256 of the row's `id`, else of its input), so
+    the assignment never changes between runs. The template is the written one for a task of
+    that name, else the generic template over the row's fields.
 
     Raises
     ------
     MossaError
-        For a missing folder, an unknown task name or a malformed task file.
+        For a missing file or a malformed row (naming file, line and field).
     """
-    folder = resolve_tasks_dir(tasks_dir)
-    available = scan_tasks_dir(folder)
-    clusters = read_manifest(folder)
-    chosen = list(available) if names is None else names
-    for name in chosen:
-        if name not in available:
-            raise unknown_name_error("task", name, list(available), str(folder))
-    return [load_task(name, available[name], clusters.get(name, UNCLUSTERED)) for name in chosen]
+    path = Path(path)
+    if not path.is_file():
+        raise MossaError(f"{path}: task file not found; pass a .jsonl file of task rows")
+    splits = read_task_file(path, path.stem, assign_missing_split=True)
+    digest = hashlib.sha256(path.read_bytes())
+    digest.update(f"split-rule:{SPLIT_RULE}:{TEST_FRACTION}".encode())
+    return build_task(path.stem, cluster, path, splits, digest)

@@ -1,0 +1,226 @@
+import copy
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mossa.errors import MossaError
+from mossa.tasks import TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, placeholders, render_body
+from mossa.tasks._hub import CLUSTERS, table_placeholders
+from tests.conftest import FLAN_MINI
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROWS = json.loads((FIXTURES / "hub_rows.json").read_text())
+
+# The task names of the FLAN code (google-research/FLAN, flan/task_splits.py).
+FLAN_2021 = """
+aeslc cnn_dailymail gigaword multi_news newsroom samsum xsum ag_news_subset opinion_abstracts_rotten_tomatoes
+opinion_abstracts_idebate wiki_lingua_english_en web_nlg_en common_gen e2e_nlg dart squad_v1 squad_v2 drop multirc
+openbookqa bool_q trivia_qa natural_questions arc_challenge arc_easy glue_mrpc glue_qqp paws_wiki stsb imdb_reviews
+sentiment140 yelp_polarity_reviews sst2 true_case fix_punct word_segment copa hellaswag story_cloze piqa
+para_crawl_enes wmt14_enfr wmt16_translate_deen wmt16_translate_tren wmt16_translate_csen wmt16_translate_fien
+wmt16_translate_roen wmt16_translate_ruen definite_pronoun_resolution winogrande wsc anli_r1 anli_r2 anli_r3 cb rte
+mnli_matched mnli_mismatched qnli wnli snli math_dataset quac coqa wic cola trec record cosmos_qa
+""".split()
+# Tasks per cluster in the FLAN paper's figure, with ANLI, MNLI, ARC, SQuAD split into their task names
+# and the FLAN code's true_case and word_segment in Misc beside fix_punct.
+PAPER_CLUSTER_SIZES = {
+    "Natural language inference": 10, "Reading comprehension": 6, "Closed-book QA": 4, "Commonsense reasoning": 4,
+    "Coreference": 3, "Sentiment": 4, "Paraphrase detection": 4, "Struct-to-text": 4, "Translation": 8,
+    "Summarization": 11, "Reading comprehension with commonsense": 2, "Misc": 9,
+}
+UNAVAILABLE = {"story_cloze", "newsroom", "opinion_abstracts_idebate", "opinion_abstracts_rotten_tomatoes"}
+
+
+@pytest.fixture()
+def hub_rows(monkeypatch):
+    """`datasets.load_dataset` answering from the fixture rows; returns (rows to edit, calls seen)."""
+    datasets = pytest.importorskip("datasets")
+    rows, calls = copy.deepcopy(ROWS), []
+
+    def load_dataset(path, name=None, split=None, **kwargs):
+        calls.append({"path": path, "name": name, "split": split, **kwargs})
+        found = rows[f"{path}|{name or ''}"]
+        parts = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in found.items()})
+        return parts if split is None else parts[split]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return rows, calls
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+def test_table_covers_flan_2021_in_the_paper_clusters():
+    table = hub_table()
+    flan = [name for name, task in table.items() if task.flan2021]
+    assert len(flan) == 69 and sorted(flan) == sorted(FLAN_2021)
+    assert Counter(table[name].cluster for name in flan) == PAPER_CLUSTER_SIZES
+    assert {name for name, task in table.items() if not task.flan2021} == {
+        f"tatoeba_translate_{p}en" for p in ("cs", "de", "fi", "fr", "ro", "ru", "tr")}
+    assert {name for name in flan if table[name].unavailable} == UNAVAILABLE
+
+
+def test_every_entry_is_complete_and_matches_its_template():
+    templates = builtin_templates()
+    for name, task in hub_table().items():
+        assert task.cluster in CLUSTERS, name
+        if task.unavailable:
+            assert len(task.unavailable) > 40, name
+        if "fields" not in task.entry:
+            assert task.unavailable, name
+            continue
+        assert task.dataset and task.entry["train"] and task.entry["test"], name
+        assert name in templates, f"{name} has no written template"
+        assert placeholders(templates[name].text) == table_placeholders(task), name
+        if task.entry.get("revision") == "refs/convert/parquet":
+            assert task.entry.get("data_dir") and not task.entry.get("config"), name
+
+
+@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
+def test_every_flan_mini_task_is_in_the_table_with_its_cluster_and_fields():
+    manifest = json.loads((FLAN_MINI / "MANIFEST.json").read_text())["tasks"]
+    table = hub_table()
+    for name, info in manifest.items():
+        assert table[name].cluster == info["cluster"], name
+        if not table[name].unavailable:
+            assert set(info["input_fields"]) == set(table[name].entry["fields"]), name
+            assert ("options" in table[name].entry) == info["has_options"], name
+
+
+def test_default_hub_tasks_leave_out_what_cannot_be_downloaded():
+    catalog = TASK_SOURCES["hub:flan2021"].catalog("hub:flan2021")
+    assert {name for name, entry in catalog.items() if entry.default} == set(FLAN_2021) - UNAVAILABLE
+    with pytest.raises(MossaError, match=r"^flan2021 task 'newsroom' cannot be downloaded: Newsroom is given out "
+                                         r"only after a request form .*local task folder$"):
+        load_tasks("hub:flan2021", ["newsroom"])
+
+
+# --- converting rows ------------------------------------------------------------------------------
+
+def _convert(name, row):
+    return convert_row(hub_table()[name], row)
+
+
+@pytest.mark.parametrize("name, row, expected", [
+    ("sentiment140", {"text": "love it", "sentiment": 4, "query": "NO_QUERY"},
+     {"input": {"text": "love it", "options": ["negative", "positive"]}, "target": "positive"}),
+    ("sentiment140", {"text": "meh", "sentiment": 2, "query": "NO_QUERY"}, None),
+    ("stsb", {"sentence1": "a", "sentence2": "b", "label": 3.8, "idx": 0},
+     {"input": {"sentence1": "a", "sentence2": "b", "options": ["0", "1", "2", "3", "4", "5"]}, "target": "4"}),
+    ("bool_q", {"question": "is persian spoken in iran", "passage": "Persian language -- Persian is spoken in Iran.",
+                "idx": 0, "label": 1},
+     {"input": {"title": "Persian language", "text": "Persian is spoken in Iran.", "question": "is persian spoken "
+                "in iran", "options": ["no", "yes"]}, "target": "yes"}),
+    ("fix_punct", {"translation": {"en": "Hello, world!", "ro": "Salut, lume!"}},
+     {"input": {"no_punct": "Hello world"}, "target": "Hello, world!"}),
+    ("fix_punct", {"translation": {"en": "Hello world", "ro": "Salut lume"}}, None),
+    ("word_segment", {"translation": {"en": "Resumption of the session", "ro": "x"}},
+     {"input": {"no_space": "Resumptionofthesession"}, "target": "Resumption of the session"}),
+    ("hellaswag", {"ctx": "A man sits.", "endings": ["a", "b", "c", "d"], "label": ""}, None),
+    ("hellaswag", {"ctx": "A man sits.", "endings": ["a", "b", "c", "d"], "label": "2"},
+     {"input": {"context": "A man sits.", "options": ["a", "b", "c", "d"]}, "target": "c"}),
+    ("trec", {"text": "How far is it?", "coarse_label": 5, "fine_label": 40},
+     {"input": {"text": "How far is it?", "options": ["abbreviation", "description", "entity", "human", "location",
+                                                       "numeric"]}, "target": "numeric"}),
+    ("squad_v2", {"id": "x", "title": "T", "context": "C", "question": "Q", "answers": {"text": [],
+                                                                                      "answer_start": []}},
+     {"input": {"title": "T", "context": "C", "question": "Q"}, "target": "unanswerable"}),
+    ("coqa", {"source": "wiki", "story": "S", "questions": ["Q1", "Q2"],
+              "answers": {"input_text": ["A1", "A2"], "answer_start": [0, 1], "answer_end": [1, 2]}},
+     {"input": {"story": "S", "questions": ["Q1", "Q2"]}, "target": "A1; A2"}),
+    ("record", {"passage": "P", "query": "@placeholder won", "entities": ["Ann", "Bob", "Ann"], "entity_spans": {},
+                "answers": ["Bob"], "idx": {}},
+     {"input": {"passage": "P", "query": "@placeholder won", "options": ["Ann", "Bob"]}, "target": "Bob"}),
+    ("ag_news_subset", {"label": 3, "title": "Stocks up", "description": "Markets rallied."},
+     {"input": {"title": "Stocks up", "text": "Markets rallied.", "options": ["World", "Sports", "Business",
+                                                                              "Sci/Tech"]}, "target": "Business"}),
+    ("story_cloze", {"story_id": "s", "input_sentence_1": "A.", "input_sentence_2": "B.", "input_sentence_3": "C.",
+                     "input_sentence_4": "D.", "sentence_quiz1": "E1.", "sentence_quiz2": "E2.",
+                     "answer_right_ending": 2},
+     {"input": {"context": "A. B. C. D.", "options": ["E1.", "E2."]}, "target": "E2."}),
+    ("openbookqa", {"id": "7-980", "question_stem": "The sun is", "choices": {"text": ["hot", "cold"],
+                                                                              "label": ["A", "B"]},
+                    "answerKey": "B"},
+     {"input": {"question": "The sun is", "options": ["hot", "cold"]}, "target": "cold"}),
+    ("openbookqa", {"id": "7-981", "question_stem": "Q", "choices": {"text": ["x", "y"], "label": ["A", "B"]},
+                    "answerKey": "E"}, None),
+])
+def test_convert_row(name, row, expected):
+    assert _convert(name, row) == expected
+
+
+def test_hub_tasks_convert_from_real_row_layouts(hub_rows, monkeypatch, tmp_path):
+    monkeypatch.setenv("MOSSA_CACHE", str(tmp_path))
+    _, calls = hub_rows
+    names = ["sst2", "snli", "squad_v1", "e2e_nlg", "arc_easy", "winogrande", "wmt16_translate_deen", "dart"]
+    tasks = {t.name: t for t in load_tasks("hub:flan2021", names)}
+    assert list(tasks) == names
+    assert all(c["cache_dir"] == str(tmp_path / "datasets") for c in calls)
+    assert {(c["path"], c["name"], c["split"]) for c in calls if c["path"] != "stanfordnlp/sst2"} >= {
+        ("allenai/ai2_arc", "ARC-Easy", "train"), ("allenai/winogrande", "winogrande_xl", "validation")}
+
+    sst2 = tasks["sst2"]
+    assert sst2.cluster == "Sentiment" and sst2.template.origin.endswith("tasks.sst2")
+    assert [e.target for e in sst2.split("train")] == ["negative", "negative", "positive"]
+    assert [e.target for e in sst2.split("test")] == ["positive", "negative"]
+    assert sst2.split("train")[0].fields == {"sentence": "hide new secretions from the parental units"}
+    assert sst2.split("train")[0].options == ("negative", "positive") and sst2.split("train")[0].id == "sst2:train:0"
+    assert [e.id for e in tasks["snli"].split("train")] == ["snli:train:0", "snli:train:1", "snli:train:2"]
+    assert tasks["squad_v1"].split("test")[0].target == "Denver Broncos"
+    assert tasks["e2e_nlg"].split("test")[0].target == "A coffee shop in the city centre area called Blue Spice."
+    arc = tasks["arc_easy"].split("train")[0]
+    assert arc.target == "a bacterial population in the bloodstream" and len(arc.options) == 4
+    assert tasks["winogrande"].split("train")[0].target == "Dennis"
+    assert tasks["winogrande"].split("test")[0].target == "Sarah"
+    wmt = tasks["wmt16_translate_deen"]
+    assert wmt.split("train")[0].target == "Wiederaufnahme der Sitzungsperiode"
+    assert render_body(wmt, wmt.split("train")[0]) == ("English: Resumption of the session\n"
+                                                       "Translate this sentence from English to German.")
+    dart = tasks["dart"]
+    assert dart.split("train")[0].fields["tripleset"] == ("Mars Hill College | JOINED | 1973; Mars Hill College | "
+                                                          "LOCATION | Mars Hill, North Carolina")
+    assert dart.split("test")[0].target == "The Aarhus is the airport of Aarhus, Denmark."
+    for task in tasks.values():
+        for ex in task.split("test"):
+            assert render_body(task, ex)
+
+
+def test_hub_fingerprint_follows_the_data(hub_rows):
+    rows, _ = hub_rows
+    first = load_tasks("hub:flan2021", ["sst2", "e2e_nlg"])
+    assert [t.fingerprint for t in first] == [t.fingerprint for t in load_tasks("hub:flan2021", ["sst2", "e2e_nlg"])]
+    assert first[0].fingerprint != first[1].fingerprint
+    assert first[0].path.name == "flan2021.yaml"
+    rows["stanfordnlp/sst2|"]["validation"][0]["sentence"] = "a different review"
+    assert load_tasks("hub:flan2021", ["sst2"])[0].fingerprint != first[0].fingerprint
+
+
+def test_hub_columns_that_do_not_match_the_table_are_named(hub_rows):
+    rows, _ = hub_rows
+    for split in rows["stanfordnlp/sst2|"].values():
+        for row in split:
+            row["text"] = row.pop("sentence")
+    with pytest.raises(MossaError, match=r"tasks\.sst2: column 'sentence' is not in stanfordnlp/sst2\[train\] .*"
+                                         r"\(columns: idx, label, text\)"):
+        load_tasks("hub:flan2021", ["sst2"])
+
+
+# --- failing without the hub ----------------------------------------------------------------------
+
+def test_offline_without_cache_is_one_clear_line(monkeypatch, tmp_path):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MOSSA_CACHE", str(tmp_path))
+    with pytest.raises(MossaError) as info:
+        load_tasks("hub:flan2021", ["sst2"])
+    assert str(info.value) == ("flan2021 task 'sst2' needs the hub dataset 'stanfordnlp/sst2': HF_HUB_OFFLINE is set "
+                               "and it is not in the cache; go online, or use a local task folder with --tasks-dir")
+
+
+def test_without_the_datasets_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(MossaError, match=r"^flan2021 task 'sst2' needs the hub dataset 'stanfordnlp/sst2' and the "
+                                         r"`datasets` package, which is not installed: pip install datasets"):
+        load_tasks("hub:flan2021", ["sst2"])
