@@ -81,6 +81,10 @@ def _fmt(x: float) -> str:
     return "undefined" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
 
+def _signed(x: float) -> str:
+    return "undefined" if x is None or not np.isfinite(x) else f"{x:+.2f}"
+
+
 def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
     if not sec.get("transition_found"):
         return f"For {who}, the data show no clear transition section: {sec.get('reason', 'no reason recorded')}."
@@ -103,12 +107,17 @@ def summary_sentences(s: StudySummary) -> list[str]:
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
     out.append(_section_sentence(s.sections, "E"))
     ranked = sorted(s.base_upper_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-9))
-    top = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[:3])
-    low = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[-3:])
-    out.append(f"B already matches its controls best in {top}, and least in {low} (median CKA over {up}).")
+    k = min(3, len(ranked) // 2)  # the best and the worst clusters never overlap
+    if k:
+        top = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[:k])
+        low = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[-k:])
+        out.append(f"B already matches its controls best in {top}, and least in {low} (median CKA over {up}).")
+    elif ranked:
+        out.append(f"B matches its controls at {_fmt(ranked[0][1])} in its one cluster, {ranked[0][0]} (median CKA "
+                   f"over {up}).")
     gains = sorted(s.gain_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1][0], nan=-9))
-    out.append("E gains most over B in " + ", ".join(
-        f"{c} (+{_fmt(g)} at layer {layer})" for c, (g, layer) in gains[:3]) + ".")
+    out.append("E's largest gains over B: " + ", ".join(
+        f"{c} ({_signed(g)} at layer {layer})" for c, (g, layer) in gains[:3]) + ".")
     if s.heldout:
         h = s.heldout
         out.append(f"On the {len(h['tasks'])} tasks held out of E' ({', '.join(h['tasks'])}), E' reaches "
