@@ -96,6 +96,13 @@ class Activations:
     def prefetch(self, rows, layers) -> None:
         """Nothing to do: the states are in memory (the same interface as `ActivationFile`)."""
 
+    def view(self, rows, layer: int) -> np.ndarray | None:
+        """One layer's rows without a copy when they are one ascending run of float32, else None."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows) or np.any(np.diff(rows) != 1) or self.acts.dtype != np.float32:
+            return None
+        return self.acts[int(layer), rows[0]:rows[-1] + 1]
+
     def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
         """The same reads as `ActivationFile.read`, from memory (`out` is not needed here)."""
         out = self.acts if layers is None else self.acts[list(layers)]
@@ -503,6 +510,17 @@ class ActivationFile:
         if block is not out:
             out[:, order] = block
         return out
+
+    def view(self, rows, layer: int) -> np.ndarray | None:
+        """One layer's rows [len(rows), d] as a read-only memory map when they are one ascending run
+        (the usual case), else None. Nothing is copied: the array reads the page cache in place, and
+        the mapping goes with the array, so resident memory stays at the layers in use."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows) or np.any(np.diff(rows) != 1):
+            return None
+        d = self.shape[2]
+        offset = self.offset + (int(layer) * self.n + int(rows[0])) * 4 * d
+        return np.memmap(self.folder / ACTS_FILE, dtype="<f4", mode="r", offset=offset, shape=(len(rows), d))
 
     def prefetch(self, rows, layers) -> None:
         """Ask the kernel to start reading these rows' span of these layers into the page cache, so a

@@ -28,7 +28,7 @@ from mossa.similarity import (
 )
 from mossa.store import ActivationFile, Activations, StudyDir, atomic_path
 
-Run = Union[Activations, ActivationFile]  # .ids, .shape, .read(rows, layers), .finite_rows(), .prefetch(rows, layers)
+Run = Union[Activations, ActivationFile]  # .ids .shape .read() .view() .finite_rows() .prefetch()
 
 COMPARED = ("base", "experimental")
 HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
@@ -68,6 +68,9 @@ class DepthMapped:
     def prefetch(self, rows, layers) -> None:
         self.run.prefetch(rows, [self.layer_map[int(j)] for j in layers])
 
+    def view(self, rows, layer: int) -> np.ndarray | None:
+        return self.run.view(rows, self.layer_map[int(layer)])
+
 
 def on_grid(runs: Mapping[str, Run], n_grid: int) -> dict[str, Run]:
     """The runs, each whose depth differs from `n_grid` states read through `DepthMapped`."""
@@ -95,8 +98,9 @@ def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: 
     """Yield (layers, name -> [k, c, d] float32) blocks of the aligned rows: all layers per block,
     or with `by_layer` one layer at a time (larger row blocks for the same memory).
 
-    Blocks are read into one reused buffer per run, so a yielded block is valid until the next
-    one. Reads stay in this thread: a reader thread beside the compute threads on the same cores
+    Layer by layer, a block whose rows are one ascending run is a read-only view of the stored
+    states (`view`); other blocks are read into one reused buffer per run. Either way a yielded
+    block is valid until the next one. Reads stay in this thread: a reader thread beside the compute threads on the same cores
     made the chunk products twice as slow in our measurements. Layer by layer, the next layer is
     handed to the kernel's readahead (`prefetch`) first, so disk reads overlap the products.
     """
@@ -110,6 +114,10 @@ def _read_chunks(runs: Mapping[str, Run], rows: Mapping[str, np.ndarray], size: 
         for start in range(0, n, size):
             block = {}
             for m in rows:
+                view = runs[m].view(rows[m][start:start + size], layers[0]) if layers is not None else None
+                if view is not None:  # one run of rows: read in place, no copy
+                    block[m] = view[None]
+                    continue
                 block[m] = runs[m].read(rows[m][start:start + size], layers=layers, out=buffers.get(m))
                 if buffers.get(m) is None or buffers[m].size < block[m].size:
                     buffers[m] = block[m]

@@ -16,23 +16,25 @@ every pair it is in (C_t's serve B vs C_t and E vs C_t). The d x d sums are need
 their layer's rows are all in (see :meth:`StreamingLinearCKA.seal`); then two numbers of each
 are kept and the matrix is reused for the next layer.
 
-Products and row sums of one chunk run in the activations' float32 (BLAS ``ssyrk`` for the
-Gram, half a GEMM's work, and ``sgemm``); every sum across chunks, and everything after, is
-float64. With the shift, the statistics carry a relative error of about 1e-7, far below any
-difference CKA can resolve; ``bench/cka.py`` measures it against a float64 reference.
+Products and row sums of one chunk run in the activations' float32 (GEMMs; the Gram from two
+blocks, 3/4 of a GEMM's work); every sum across chunks, and everything after, is float64. With
+the shift, the statistics carry a relative error of about 1e-7, far below any difference CKA can
+resolve; ``bench/cka.py`` measures it against a float64 reference.
 
-Every BLAS call here goes to SciPy's BLAS. NumPy's wheel bundles its own OpenBLAS, with its own
-thread pool: interleaving calls to the two pools, whose idle threads spin, made each call about
-twice as slow on a 2-core machine.
+Every product and elementwise pass here runs in torch (MKL and its OpenMP threads). NumPy's and
+SciPy's wheels each bundle an OpenBLAS with its own thread pool: interleaving calls to two
+pools, whose idle threads spin, made each call about twice as slow on a 2-core machine, and
+torch's GEMMs were faster than OpenBLAS's at these shapes (SYRK included).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
-from scipy.linalg.blas import ddot, dgemv, sgemm, ssyrk
+import torch
 
 from mossa.errors import MossaError
 from mossa.similarity._cka import (
@@ -46,26 +48,27 @@ from mossa.similarity._cka import (
 __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 
 
-def _blas_operand(A: np.ndarray) -> tuple[np.ndarray, int]:
-    """A as BLAS (column-major) sees it without a copy: (array, transpose flag)."""
-    if A.flags.f_contiguous:
-        return A, 0
-    if A.flags.c_contiguous:
-        return A.T, 1
-    return np.asfortranarray(A), 0
-
-
 def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """A @ B of float32 matrices by BLAS sgemm, transposes passed as flags rather than copied;
-    C-contiguous result (BLAS forms B'A' column-major, which is A @ B row-major)."""
-    (b, tb), (a, ta) = _blas_operand(B.T), _blas_operand(A.T)
-    return sgemm(1.0, b, a, trans_a=tb, trans_b=ta).T
+    """A @ B of float32 matrices (torch's BLAS; transposed views are passed as such, not copied)."""
+    return torch.mm(torch.from_numpy(A), torch.from_numpy(B)).numpy()
 
 
-def _syrk(X: np.ndarray) -> np.ndarray:
-    """The lower triangle of X'X (upper triangle zero), C-contiguous, for a C-contiguous float32
-    X [c, d], by BLAS ssyrk: half the work of a GEMM, which torch does not expose."""
-    return ssyrk(1.0, X.T).T
+def _gram(X: np.ndarray) -> np.ndarray:
+    """X'X, float32 [d, d], from two GEMMs over halves of the features, [X1 X2]'[X1 X2] =
+    [[X1'X, .], [X2'X1, X2'X2]], the lower left block copied from the upper right: 3/4 of a
+    full GEMM's work (torch exposes no SYRK; finer blocks made GEMMs too thin to gain)."""
+    T = torch.from_numpy(X)
+    d, h = T.shape[1], T.shape[1] // 2
+    out = torch.empty(d, d)
+    torch.mm(T[:, :h].T, T, out=out[:h])
+    torch.mm(T[:, h:].T, T[:, h:], out=out[h:, h:])
+    out[h:, :h] = out[:h, h:].T
+    return out.numpy()
+
+
+def _gram_flops(c: int, d: int) -> float:
+    h = d // 2
+    return 2.0 * c * (h * d + (d - h) ** 2)
 
 
 class _Pool:
@@ -95,14 +98,13 @@ class _Products:
     holds one matrix per representation and pair whatever the layer count.
     """
 
-    triangle: bool  # P is symmetric and held as its lower triangle (upper triangle zero)
     frob: np.ndarray  # [L], |P|_F^2 of sealed layers
     sps: np.ndarray  # [L], s_x'P s_y of sealed layers
     open: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def zeros(cls, n_layers: int, *, triangle: bool) -> "_Products":
-        return cls(triangle=triangle, frob=np.zeros(n_layers), sps=np.zeros(n_layers))
+    def zeros(cls, n_layers: int) -> "_Products":
+        return cls(frob=np.zeros(n_layers), sps=np.zeros(n_layers))
 
     def add(self, layer: int, product: np.ndarray, pool: _Pool) -> None:
         held = self.open.get(layer)
@@ -113,12 +115,9 @@ class _Products:
 
     def seal(self, layer: int, s_x: np.ndarray, s_y: np.ndarray, pool: _Pool) -> None:
         P = self.open.pop(layer)
-        flat = P.reshape(-1)
-        self.frob[layer], self.sps[layer] = ddot(flat, flat), ddot(s_x, dgemv(1.0, P.T, s_y, trans=1))
-        if self.triangle:  # P + P' - diag(P)
-            diag = P.diagonal()
-            self.frob[layer] = 2.0 * self.frob[layer] - ddot(diag, diag)
-            self.sps[layer] = 2.0 * self.sps[layer] - ddot(diag * s_x, s_y)
+        T = torch.from_numpy(P)
+        self.frob[layer] = float(torch.dot(T.reshape(-1), T.reshape(-1)))
+        self.sps[layer] = float(torch.dot(torch.from_numpy(s_x), T.mv(torch.from_numpy(s_y))))
         pool.give(P)
 
 
@@ -140,7 +139,7 @@ class _Moments:
     def zeros(cls, n_layers: int, d: int) -> "_Moments":
         return cls(shift=np.zeros((n_layers, d), np.float32), shifted=np.zeros(n_layers, bool),
                    n=np.zeros(n_layers, np.int64), s=np.zeros((n_layers, d)),
-                   gram=_Products.zeros(n_layers, triangle=True), a1=np.zeros(n_layers), a2=np.zeros(n_layers),
+                   gram=_Products.zeros(n_layers), a1=np.zeros(n_layers), a2=np.zeros(n_layers),
                    u=np.zeros((n_layers, d)))
 
 
@@ -185,6 +184,7 @@ class StreamingLinearCKA:
     _self_cache: dict = field(default_factory=dict, repr=False)
     _sealed: set = field(default_factory=set, repr=False)
     _pool: _Pool = field(default_factory=_Pool, repr=False)
+    _scratch: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -223,7 +223,8 @@ class StreamingLinearCKA:
         if next(iter(shapes.values()))[1] == 0:
             return
         X = {name: self._shifted(name, chunk[name], layers, consume) for name in names}
-        norms = {name: np.einsum("kcd,kcd->kc", x, x) for name, x in X.items()}  # squared row norms, float32
+        norms = {name: torch.linalg.vector_norm(torch.from_numpy(x), dim=2).square_().numpy()
+                 for name, x in X.items()}  # squared row norms, float32
         # Per name, one pass over its rows gives the column sums, sum |x_i|^2 x_i and, for each
         # partner p, sum |p_i|^2 x_i: the product of [1, |x_i|^2, |p_i|^2, ...] with X.
         partners = {name: [y if x == name else x for x, y in self.pairs if name in (x, y)] for name in names}
@@ -251,22 +252,30 @@ class StreamingLinearCKA:
             if not m.shifted[layer]:
                 m.shift[layer] = X[i, 0]
                 m.shifted[layer] = True
-        shift = m.shift[layers][:, None, :]
+        shift = torch.from_numpy(m.shift[layers][:, None, :])
         if consume and X.dtype == np.float32 and X.flags.c_contiguous and X.flags.writeable:
-            return np.subtract(X, shift, out=X)
-        return np.ascontiguousarray(X - shift, dtype=np.float32)
+            return torch.from_numpy(X).sub_(shift).numpy()
+        scratch = self._scratch.get(name)  # reused: fresh pages per chunk cost more than the subtraction
+        if scratch is None or scratch.shape != X.shape:
+            scratch = self._scratch[name] = np.empty(X.shape, dtype=np.float32)
+        if X.dtype == np.float32 and X.flags.c_contiguous:  # read-only views too: torch only reads X
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+                source = torch.from_numpy(X)
+            return torch.sub(source, shift, out=torch.from_numpy(scratch)).numpy()
+        return np.subtract(X, m.shift[layers][:, None, :], out=scratch, dtype=np.float32)
 
     def _add_moments(self, name: str, layer: int, X: np.ndarray, a: np.ndarray, weighted: dict) -> None:
         m = self.moments[name]
         c, d = X.shape
-        m.gram.add(layer, _syrk(X), self._pool)  # float32 products of this chunk, summed in float64
+        m.gram.add(layer, _gram(X), self._pool)  # float32 products of this chunk, summed in float64
         m.s[layer] += weighted[None]
         m.u[layer] += weighted[name]
         a64 = a.astype(np.float64)
         m.a1[layer] += a64.sum()
-        m.a2[layer] += ddot(a64, a64)
+        m.a2[layer] += float(a64 @ a64)
         m.n[layer] += c
-        m.flops += c * d * (d + 1.0)  # ssyrk: one triangle of a GEMM
+        m.flops += _gram_flops(c, d)
 
     def _add_cross(self, pair, layer: int, X: np.ndarray, Y: np.ndarray, a: np.ndarray, b: np.ndarray,
                    v_xy: np.ndarray, v_yx: np.ndarray) -> None:
@@ -274,10 +283,10 @@ class StreamingLinearCKA:
         acc = self.cross.get(pair)
         if acc is None:
             L = self.n_layers
-            acc = self.cross[pair] = _Cross(c=_Products.zeros(L, triangle=False), ab=np.zeros(L),
+            acc = self.cross[pair] = _Cross(c=_Products.zeros(L), ab=np.zeros(L),
                                             v_xy=np.zeros((L, d1)), v_yx=np.zeros((L, d2)))
         acc.c.add(layer, _matmul(X.T, Y), self._pool)
-        acc.ab[layer] += ddot(a.astype(np.float64), b.astype(np.float64))
+        acc.ab[layer] += float(np.dot(a.astype(np.float64), b.astype(np.float64)))
         acc.v_xy[layer] += v_xy
         acc.v_yx[layer] += v_yx
         self.moments[pair[0]].flops += 2.0 * c * d1 * d2
