@@ -70,6 +70,22 @@ def test_adapter_folder_as_experimental(tiny_model, tiny_tasks, tmp_path):
     np.testing.assert_allclose(sim.loc[("tiny_sentiment", "experimental")].iloc[1:], 1.0, atol=1e-6)
 
 
+def test_base_plus_adapter_of_an_earlier_study_is_a_model(tiny_model, tiny_tasks, tmp_path):
+    """`BASE+ADAPTER` merges an adapter mossa wrote into B: as E it gives the control's own states
+    (CKA 1 with C_t on that task), and as B it starts a study of its own."""
+    first = tmp_path / "first"
+    assert _run(tiny_model, tiny_tasks, first) == 0
+    spec = f"{tiny_model}+{first / 'adapters' / 'control-tiny_sentiment'}"
+    out = tmp_path / "merged-e"
+    assert _run(tiny_model, tiny_tasks, out, "--experimental", spec) == 0
+    sim = pd.read_parquet(out / "results/similarity.parquet").set_index(["task", "model", "layer"])["value"]
+    np.testing.assert_allclose(sim.loc[("tiny_sentiment", "experimental")].iloc[1:], 1.0, atol=1e-5)
+    out = tmp_path / "merged-b"
+    assert _run(spec, tiny_tasks, out) == 0
+    model = json.loads((out / "study.json").read_text())["model"]
+    assert model["kind"] == "adapter" and model["name"] == "tiny-llama0+control-tiny_sentiment"
+
+
 def test_given_and_trained_exclude_each_other(tiny_model, tiny_tasks, tmp_path, capsys):
     assert _run(tiny_model, tiny_tasks, tmp_path / "a", "--experimental", str(tiny_model),
                 "--experimental-train") == 2
