@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from mossa.errors import MossaError, unknown_name_error
+from mossa.registry import register_unique
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,12 @@ class ModelSource:
 
 
 _REGISTRY: dict[str, EmbeddedModel] = {}
-_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
 
 def register_model(entry: EmbeddedModel) -> EmbeddedModel:
     """Add an embedded model; names are lower-case and unique."""
-    if not _NAME.match(entry.name):
-        raise ValueError(f"model name {entry.name!r} must be lower-case letters, digits, '.' and '-'")
-    if entry.name in _REGISTRY:
-        raise ValueError(f"model {entry.name!r} is registered already")
-    _REGISTRY[entry.name] = entry
-    return entry
+    return register_unique(_REGISTRY, entry.name, entry, kind="model", pattern=r"[a-z0-9][a-z0-9.\-]*",
+                           allowed="lower-case letters, digits, '.' and '-'")
 
 
 def registered_models() -> dict[str, EmbeddedModel]:

@@ -10,13 +10,13 @@ on top of either.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from mossa.errors import MossaError, unknown_name_error
+from mossa.registry import register_unique
 from mossa.tasks._hub import COLLECTION, hub_table, load_hub_task
 from mossa.tasks._registry import (
     CUSTOM,
@@ -67,17 +67,12 @@ class TaskSource:
 
 
 TASK_SOURCES: dict[str, TaskSource] = {}
-_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9:\-]*$")
 
 
 def register_task_source(source: TaskSource) -> TaskSource:
     """Add a task source; names are lower-case (letters, digits, ':' and '-') and unique."""
-    if not _SOURCE_NAME.match(source.name):
-        raise ValueError(f"task source name {source.name!r} must be lower-case letters, digits, ':' and '-'")
-    if source.name in TASK_SOURCES:
-        raise ValueError(f"task source {source.name!r} is registered already")
-    TASK_SOURCES[source.name] = source
-    return source
+    return register_unique(TASK_SOURCES, source.name, source, kind="task source", pattern=r"[a-z0-9][a-z0-9:\-]*",
+                           allowed="lower-case letters, digits, ':' and '-'")
 
 
 def _jsonl_catalog(folder: Path) -> dict[str, TaskEntry]:
