@@ -288,15 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     except MossaError as exc:
         if os.environ.get("MOSSA_DEBUG"):
             raise
-        err.print(f"mossa: error: {exc}", highlight=False, soft_wrap=True)
+        _print_error(err, str(exc))
         return 2
     except (click.exceptions.Abort, typer.Abort):
         err.print("mossa: aborted")
         return 130
     except _CLICK_ERRORS as exc:
-        err.print(f"mossa: error: {exc.format_message()}", highlight=False, soft_wrap=True)
+        _print_error(err, exc.format_message())
         return exc.exit_code
     return 0
+
+
+def _print_error(err: Console, message: str) -> None:
+    """`mossa: error: ...` as one line, printed verbatim (no rich markup or emoji codes in user paths)."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(f"mossa: error: {text}", highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,43 @@ class StudyConfig(BaseModel):
                              "to 'none') or train E")
         return v
 
+    @field_validator("out")
+    @classmethod
+    def _out_creatable(cls, v: Path | None) -> Path | None:
+        """Refuse up front a study folder that exists as a file or would lie under one (creates nothing)."""
+        if v is None:
+            return v
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} exists and is not a folder; choose another --out")
+        above = next((p for p in v.parents if p.exists()), None)
+        if not v.exists() and above is not None and not above.is_dir():
+            raise ValueError(f"{v} cannot be created: {above} is a file, not a folder; choose another --out")
+        return v
+
+    @field_validator("tsne_layers")
+    @classmethod
+    def _tsne_layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("name at least one layer, or leave it unset for 5 spread over the depth")
+            if any(layer < 0 for layer in v):
+                raise ValueError(f"layers are 0 (embeddings) or more, got {v}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"names a layer twice: {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        if v != "auto":
+            import torch
+
+            try:
+                torch.device(v)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+        return v
+
     @field_validator("tasks")
     @classmethod
     def _tasks_unique(cls, v: list[str] | None) -> list[str] | None:
@@ -218,11 +255,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
     got = first.get("input")
-    got_txt = f" (got {got!r})" if not isinstance(got, dict) else ""
+    said = first["type"] == "value_error" and (repr(got) in first["msg"]  # the validator's message names it
+                                               or isinstance(got, Path) and str(got) in first["msg"])
+    got_txt = "" if isinstance(got, dict) or said else f" (got {_short(repr(got))})"
     more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
     return f"{source}: field '{field}': {first['msg']}{got_txt}{more}"
 
@@ -233,8 +276,14 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MossaError(f"{path}: config file not found; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise MossaError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise MossaError(f"{path}: not valid UTF-8 (byte {exc.start}); save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
         raise MossaError(f"{where}: not valid YAML ({type(exc).__name__}); fix the syntax") from None
@@ -258,8 +307,9 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path
     file_values = read_config_file(config_file) if config_file is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     preset = overrides.get("preset", file_values.get("preset", "demo"))
-    if preset not in PRESETS:
-        raise MossaError(f"field 'preset': unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        where = f"{config_file}: " if "preset" not in overrides and config_file is not None else ""
+        raise MossaError(f"{where}field 'preset': unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     file_values = {k: v for k, v in file_values.items() if k not in unset}
     preset_values = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}  # see preset_tasks
     merged = _merge(_merge(preset_values, file_values), overrides)

@@ -220,7 +220,7 @@ class RayExecutor(Executor):
                 ray.cancel(ref)  # units write atomically: an interrupted one leaves nothing half-written
             cause = getattr(exc, "cause", None)
             if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, MossaError):
-                raise MossaError(str(cause)) from None
+                raise type(cause)(str(cause)) from None  # a StorageError stays one
             raise
         return results
 

@@ -12,16 +12,20 @@ Layout::
     results/                            similarity.parquet|csv, controls.csv
     figures/                            cka_by_layer.png
 
-Every file is written under a temporary name and renamed into place, so a killed run never
-leaves a half-written artifact under its final name.
+Every file and folder is written under a temporary name (`is_temporary`) and renamed into place,
+so a killed run never leaves a half-written artifact under its final name; the next run removes
+what a killed one left (`StudyDir.sweep_temporaries`). A write that fails for lack of space or
+permission raises `StorageError`, one line naming the path and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -31,10 +35,68 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mossa.errors import MossaError
+from mossa.errors import MossaError, StorageError
 
 MARKER = "done.json"
 ACTS_FILE, META_FILE = "acts.npy", "meta.json"
+
+# Every temporary file or folder in a study dir is named by `_temp_file`/`_temp_dir`:
+# '.<final name>.<8 random characters of tempfile's alphabet>.tmp'.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+# errno -> what the user can do about it; any other OSError is not a storage problem and propagates.
+_STORAGE_FIXES = {
+    errno.ENOSPC: "free some space and rerun the same command (finished units are kept)",
+    errno.EDQUOT: "free some space or raise the quota and rerun the same command (finished units are kept)",
+    errno.EROFS: "choose a writable --out",
+    errno.EACCES: "make it writable or choose another --out",
+    errno.EPERM: "make it writable or choose another --out",
+}
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary file or folder that this module creates."""
+    return bool(_TEMPORARY.match(name))
+
+
+def _storage_errno(exc: BaseException) -> int | None:
+    """The errno of a failed write for lack of space or permission, else None.
+
+    safetensors (peft's adapter writer) raises its own error type, whose message ends with the OS
+    error as '(os error N)'.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in _STORAGE_FIXES else None
+    if type(exc).__module__.startswith("safetensors"):
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        if found and int(found.group(1)) in _STORAGE_FIXES:
+            return int(found.group(1))
+    return None
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path):
+    """Turn a failed write for lack of space or permission in the block into a `StorageError` naming `path`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        code = _storage_errno(exc)
+        if code is None:
+            raise
+        raise StorageError(f"{path}: cannot write: {os.strerror(code)} ({errno.errorcode[code]}); "
+                           f"{_STORAGE_FIXES[code]}") from None
+
+
+def _temp_file(final: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _temp_dir(final: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
 
 
 def _umask() -> int:
@@ -49,19 +111,37 @@ def _publish(tmp: Path, final: Path, mode: int) -> None:
     os.replace(tmp, final)
 
 
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Put a finished temp folder in place of `final` by renames only: the old folder is first renamed
+    to a temporary name, so a kill at any moment leaves under the final name either the old folder or
+    the new one, each complete, or nothing; never a folder half deleted."""
+    old = None
+    if final.exists():
+        old = _temp_dir(final)
+        os.replace(final, old)  # a folder may replace an empty folder
+    _publish(tmp, final, 0o777)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; rename it into place when the block succeeds."""
+    """Yield a temporary path beside `path`; rename it into place when the block succeeds.
+
+    Raises
+    ------
+    StorageError
+        When creating, writing (in the block) or renaming fails for lack of space or permission.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _publish(Path(tmp), path, 0o666)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_file(path)
+        try:
+            yield tmp
+            _publish(tmp, path, 0o666)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -135,12 +215,18 @@ class StudyDir:
         return self.path("adapters", unit)
 
     def unit_done(self, unit: str, inputs: str) -> dict | None:
-        """The marker of a finished adapter unit whose input fingerprint matches, else None."""
+        """The marker of a finished adapter unit whose input fingerprint matches, else None.
+
+        An unreadable marker or weights that do not match its hash make the unit not done, so it is redone.
+        """
         marker = self.adapter_dir(unit) / MARKER
         if not marker.is_file():
             return None
-        data = read_json(marker)
-        if data.get("inputs") != inputs:
+        try:
+            data = read_json(marker)
+        except MossaError:
+            return None
+        if not isinstance(data, dict) or data.get("inputs") != inputs:
             return None
         weights = self.adapter_dir(unit) / "adapter_model.safetensors"
         if data.get("sha256") and (not weights.is_file()
@@ -150,16 +236,25 @@ class StudyDir:
 
     @contextlib.contextmanager
     def adapter_writer(self, unit: str):
-        """Yield a temp folder to save an adapter into; it replaces the unit's folder on success."""
+        """Yield a temp folder to save an adapter into; it replaces the unit's folder on success.
+
+        The block writes the marker (`MARKER`) last; the folder appears under its final name only
+        whole, so a marker is never seen without the weights it names.
+
+        Raises
+        ------
+        StorageError
+            When a write fails for lack of space or permission (nothing is published).
+        """
         final = self.adapter_dir(unit)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{unit}.", dir=final.parent))
-        try:
-            yield tmp
-            shutil.rmtree(final, ignore_errors=True)
-            _publish(tmp, final, 0o777)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _storage_errors(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_dir(final)
+            try:
+                yield tmp
+                _publish_dir(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     # activations ------------------------------------------------------------------------
     def activation_dir(self, model: str, task: str) -> Path:
@@ -197,39 +292,47 @@ class StudyDir:
         """Yield an `ActivationWriter` that streams rows to disk; the folder is published on success.
 
         Nothing appears under the final name unless every row was written and the block
-        succeeded; a failed or killed write leaves at most a hidden temp folder that the next
-        write of the same unit removes.
+        succeeded; a failed write leaves nothing, a killed one at most a temporary folder that
+        the next run's `sweep_temporaries` removes. meta.json, which holds the content hash, is
+        written after the array.
+
+        Raises
+        ------
+        StorageError
+            When a write fails for lack of space or permission (nothing is published).
         """
         final = self.activation_dir(model, task)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(f".{task}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", suffix=".tmp", dir=final.parent))
-        writer = ActivationWriter(tmp / ACTS_FILE, ids, n_states, hidden)
-        try:
-            yield writer
-            writer.close()
-            missing = int((~writer.written).sum())
-            if missing:
-                raise RuntimeError(f"{final}: {missing} of {len(ids)} rows were never written")
-            nll = writer.target_nll if writer.target_nll is not None else np.full(len(ids), np.nan)
-            tokens = writer.target_tokens if writer.target_tokens is not None else np.zeros(len(ids), np.int64)
-            started = time.time_ns()
-            digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens)
-            # Nothing else writes our temp folder, so the hash just taken is the file's: date the
-            # file a second before it, and the stamp holds until anything writes the file again.
-            os.utime(tmp / ACTS_FILE, ns=(started - 1_000_000_000, started - 1_000_000_000))
-            write_json(tmp / META_FILE, {
-                "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
-                "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
-                "nonfinite_rows": [int(i) for i in np.flatnonzero(~writer.finite)],
-                "sha256": digest, "meta": meta or {}})
-            _stamp_verified(tmp, digest, started)
-            shutil.rmtree(final, ignore_errors=True)
-            _publish(tmp, final, 0o777)
-        finally:
-            writer.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _storage_errors(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_dir(final)
+            writer = None
+            try:
+                writer = ActivationWriter(tmp / ACTS_FILE, ids, n_states, hidden)
+                yield writer
+                writer.close()
+                missing = int((~writer.written).sum())
+                if missing:
+                    raise RuntimeError(f"{final}: {missing} of {len(ids)} rows were never written")
+                nll = writer.target_nll if writer.target_nll is not None else np.full(len(ids), np.nan)
+                tokens = (writer.target_tokens if writer.target_tokens is not None
+                          else np.zeros(len(ids), np.int64))
+                started = time.time_ns()
+                digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens)
+                # Nothing else writes our temp folder, so the hash just taken is the file's: date the
+                # file a second before it, and the stamp holds until anything writes the file again.
+                os.utime(tmp / ACTS_FILE, ns=(started - 1_000_000_000, started - 1_000_000_000))
+                # A plain write: the folder is private until it is published whole.
+                (tmp / META_FILE).write_text(json.dumps({
+                    "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
+                    "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
+                    "nonfinite_rows": [int(i) for i in np.flatnonzero(~writer.finite)],
+                    "sha256": digest, "meta": meta or {}}, indent=2, default=str) + "\n", encoding="utf-8")
+                _stamp_verified(tmp, digest, started)
+                _publish_dir(tmp, final)
+            finally:
+                if writer is not None:
+                    writer.abort()
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def write_activations(self, model: str, task: str, acts: Activations, inputs: str) -> None:
         """Write in-memory activations (one block) through the streaming writer."""
@@ -264,11 +367,36 @@ class StudyDir:
             raise MossaError(f"{self.root}: another mossa run is using this study folder ({who}); wait for it, "
                              f"pass --wait, or choose another --out") from None
         try:
-            holder.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
+            with _storage_errors(holder):
+                holder.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
             yield
         finally:
             holder.unlink(missing_ok=True)
             lock.release()
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove every temporary file and folder (`is_temporary`) under the study dir; return them.
+
+        Only killed processes leave any: a write that fails removes its own. Call it holding the
+        lock and before any unit runs: the lock keeps other runs out of this folder, and this
+        run's own writers (in this process or its Ray workers) have not started yet, so nothing
+        removed is in use. (A Ray worker of a killed run that outlives its driver only ever
+        publishes whole units, which the fingerprints then accept or redo.) Temporaries of the
+        model-conversion cache (MOSSA_CACHE, '<name>.tmp-<pid>') live outside the study dir and
+        are not touched.
+        """
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            for name in [*files, *dirs]:
+                if is_temporary(name):
+                    found.append(Path(folder, name))
+            dirs[:] = [d for d in dirs if not is_temporary(d)]
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
 
 
 def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray) -> str:

@@ -39,6 +39,7 @@ from mossa.analysis import (
     correlations,
     find_sections,
     median_over_tasks,
+    check_tsne_layers,
     default_tsne_layers,
     depth_map,
     on_grid,
@@ -47,7 +48,7 @@ from mossa.analysis import (
     tsne_of_runs,
 )
 from mossa.config import StudyConfig, preset_tasks
-from mossa.errors import MossaError
+from mossa.errors import MossaError, StorageError
 from mossa.executors import Unit, check_executor, make_executor
 from mossa.extraction import extract
 from mossa.models import (
@@ -56,6 +57,7 @@ from mossa.models import (
     linear_module_names,
     load_model,
     materialize,
+    pick_device,
     resolve_lora_targets,
     resolve_model,
 )
@@ -70,7 +72,7 @@ from mossa.report import (
     plot_variance_dims,
 )
 from mossa.report.html import write_report
-from mossa.store import StudyDir, atomic_path, read_json, write_json
+from mossa.store import MARKER, StudyDir, atomic_path, read_json, write_json
 from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, resolve_tasks_dir, sample_split, task_catalog
 from mossa.training import mixture, n_steps, train_adapter
 
@@ -169,6 +171,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     resolve_holdout(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
+    pick_device(cfg.device)
     given = experimental_source(cfg.experimental_model)
     if given is not None and given[0] == "model":
         check_model_available(given[1])
@@ -187,7 +190,6 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
     tasks, source = validate(cfg)
     root = cfg.out or default_out()
     cfg = cfg.model_copy(update={"out": root})
-    rep.log(f"study {root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, model {cfg.model}")
 
     study = StudyDir(root)
     created = not root.exists()
@@ -195,11 +197,15 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
     try:
         # The lock before the model loads (a busy folder fails at once); this process holds it for
         # the whole run, Ray workers included: they write only their own unit's files.
-        with study.lock(wait=wait), make_executor(cfg.executor, address=cfg.ray_address, num_cpus=cfg.ray_cpus,
-                                                  log=rep.log) as executor:
-            return _run(cfg, study, tasks, source, executor, rep, timings, started)
-    except MossaError:
-        if created:
+        with study.lock(wait=wait):
+            swept = study.sweep_temporaries()  # what killed runs left; no unit has started yet
+            if swept:
+                rep.log(f"removed {len(swept)} temporary files or folders left by an interrupted run")
+            with make_executor(cfg.executor, address=cfg.ray_address, num_cpus=cfg.ray_cpus,
+                               log=rep.log) as executor:
+                return _run(cfg, study, tasks, source, executor, rep, timings, started)
+    except MossaError as exc:
+        if created and not isinstance(exc, StorageError):  # a full disk keeps the finished units
             shutil.rmtree(root, ignore_errors=True)
         raise
 
@@ -282,10 +288,11 @@ class _Study:
         with self.rep.bar(f"train {unit}", total=n_steps(len(prompts), settings)) as advance:
             log = train_adapter(self.host, unit, prompts, settings=settings, lora=self.cfg.lora, seed=self.cfg.seed,
                                 on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
-        with self.study.adapter_writer(unit) as tmp:
+        with self.study.adapter_writer(unit) as tmp:  # the marker last; the folder is published whole
             self.host.save(unit, tmp)
             weights = hashlib.sha256((tmp / "adapter_model.safetensors").read_bytes()).hexdigest()
-            write_json(tmp / "done.json", {"inputs": inputs, "sha256": weights, "log": log})
+            (tmp / MARKER).write_text(json.dumps({"inputs": inputs, "sha256": weights, "log": log}, indent=2,
+                                                 default=str) + "\n", encoding="utf-8")
         self.train_logs[unit] = log
         self.seconds["train"] += time.perf_counter() - t0
         self.rep.log(f"{unit}: {log['steps']} steps, loss {log['train_loss'][0]:.3f} -> "
@@ -398,6 +405,11 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
     targets = resolve_lora_targets(cfg.lora.targets, loaded.model)  # pinned: provenance, reruns and units
     cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"targets": targets})})
     check_lora_targets(loaded.model, targets)
+    if cfg.tsne_layers:
+        check_tsne_layers(cfg.tsne_layers, loaded.n_layers)
+    # Logged only now: every check that needs the model has passed, so a user error stays one line.
+    rep.log(f"study {study.root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, "
+            f"model {cfg.model}")
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
     t0 = time.perf_counter()
@@ -629,6 +641,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                          f"file") from None
     if n_boot < 0:
         raise MossaError(f"--n-boot must be 0 or more, got {n_boot}")
+    check_tsne_layers(list(tsne_layers), n_layers, where="--tsne-layers")  # before any table is recomputed
     timings = {}
     t0 = time.perf_counter()
     sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,

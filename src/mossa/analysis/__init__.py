@@ -8,7 +8,7 @@ from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
 from mossa.analysis._spectra import spectral_table
-from mossa.analysis._tsne import default_tsne_layers, tsne_embeddings, tsne_of_runs
+from mossa.analysis._tsne import check_tsne_layers, default_tsne_layers, tsne_embeddings, tsne_of_runs
 from mossa.analysis._similarity import (
     COMPARED,
     DEFAULT_MEASURES,
@@ -28,6 +28,6 @@ from mossa.analysis._similarity import (
 )
 
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "align",
-           "aligned_rows", "analyze", "check_measures", "correlations", "default_tsne_layers", "depth_map",
-           "find_sections", "mean_loss", "median_over_tasks", "on_grid", "readability", "scan", "spectral_table",
-           "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]
+           "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "correlations", "default_tsne_layers",
+           "depth_map", "find_sections", "mean_loss", "median_over_tasks", "on_grid", "readability", "scan",
+           "spectral_table", "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

@@ -101,6 +101,27 @@ def default_tsne_layers(n_layers: int, k: int = 5) -> list[int]:
     return sorted({int(v) for v in spread})
 
 
+def check_tsne_layers(layers, n_layers: int, where: str = "field 'tsne_layers'") -> list[int]:
+    """The t-SNE layers as ints, checked against a model of ``n_layers`` transformer layers
+    (states 0..n_layers, 0 = embeddings) before any work is done.
+
+    Raises
+    ------
+    MossaError
+        For an empty list, a non-integer, a repeated layer, or a layer outside 0..n_layers.
+    """
+    if (not isinstance(layers, (list, tuple, np.ndarray)) or len(layers) == 0
+            or any(isinstance(v, bool) or not isinstance(v, Integral) for v in layers)):
+        raise MossaError(f"{where}: expected a non-empty list of layer numbers, got {layers!r}")
+    bad = [int(v) for v in layers if not 0 <= v <= n_layers]
+    if bad:
+        raise MossaError(f"{where}: layer(s) {', '.join(map(str, bad))} out of range; the model has layers "
+                         f"0..{n_layers} (0 = embeddings)")
+    if len({int(v) for v in layers}) != len(layers):
+        raise MossaError(f"{where}: names a layer twice: {list(layers)}")
+    return [int(v) for v in layers]
+
+
 def _check_inputs(reps, clusters, layers, seed, per_task, pca_dims, perplexity, max_iter):
     """Validate at the door; return {model: {task: float32 array}} in canonical order, and n_layers+1."""
     where = "tsne_embeddings"
@@ -322,7 +343,8 @@ def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, see
     ``example`` in the result is the row index within the task's stored activations, as in
     :func:`tsne_embeddings` with the same ``per_task``.
     """
-    layers = [int(v) for v in layers]
+    first = next(iter(next(iter(runs.values())).values()))
+    layers = check_tsne_layers(list(layers), first.shape[0] - 1, where="t-SNE layers")
     names = sorted(next(iter(runs.values())))
     keep = {t: _subsample(next(iter(runs.values()))[t].n, per_task, seed, i) for i, t in enumerate(names)}
     reps = {m: {t: tasks[t].read(rows=keep[t], layers=layers) for t in names} for m, tasks in runs.items()}
@@ -335,4 +357,5 @@ def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, see
     return df
 
 
-__all__ = ["TSNE_COLUMNS", "TSNE_PER_TASK", "default_tsne_layers", "tsne_embeddings", "tsne_of_runs"]
+__all__ = ["TSNE_COLUMNS", "TSNE_PER_TASK", "check_tsne_layers", "default_tsne_layers", "tsne_embeddings",
+           "tsne_of_runs"]

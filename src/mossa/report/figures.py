@@ -63,9 +63,9 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
                          & medians["layer"].isin([round(p - (k - 0.5) * width) for p in positions])]
             ci = ci.set_index("layer").reindex([round(p - (k - 0.5) * width) for p in positions])
             beside = [p + width * 0.55 for p in positions]  # next to the box, not over its whiskers
-            ax.errorbar(beside, ci["median"], yerr=[ci["median"] - ci["ci_low"], ci["ci_high"] - ci["median"]],
-                        fmt="_", color="#b2182b", ecolor="#b2182b", elinewidth=1.3, capsize=0, markersize=4,
-                        zorder=5)
+            # the interval as drawn from its ends: a percentile interval of few draws may miss the median
+            ax.vlines(beside, ci["ci_low"], ci["ci_high"], color="#b2182b", linewidth=1.3, zorder=5)
+            ax.plot(beside, ci["median"], "_", color="#b2182b", markersize=4, zorder=5)
     ax.set_xticks(layers)
     ax.set_xticklabels([str(layer) for layer in layers])
     ax.set_xlabel("layer (0 = embedding output)")

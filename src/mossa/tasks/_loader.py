@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from mossa.errors import MossaError
@@ -17,6 +18,7 @@ SPLITS = ("train", "validation", "test")
 TEST_FRACTION = 0.2
 SPLIT_RULE = "sha256-v1"  # names the rule below; part of the fingerprint of every task that uses it
 _SALT = b"mossa-split-v1:"
+FIELD_NAME = re.compile(r"[^\W\d][\w\- ]*")  # usable as a str.format placeholder of the generic template
 
 
 def _fail(where: Path | str, line: int, msg: str) -> MossaError:
@@ -106,11 +108,16 @@ def parse_row(where: Path | str, lineno: int, row: object, task: str, *, split: 
     for key, value in raw.items():
         if key == "options":
             continue
+        if not FIELD_NAME.fullmatch(key):
+            raise _fail(where, lineno, f"field 'input.{key}': name input fields with letters, digits, '_', '-' or "
+                        f"spaces, starting with a letter or '_' (each name is a template placeholder)")
         text = field_text(value)
         if text is None:
             raise _fail(where, lineno, f"field 'input.{key}' must be a string, a number, or a list of strings "
                         f"(or of string lists, e.g. triples), got {type(value).__name__}")
         fields[key] = text
+    if not fields:
+        raise _fail(where, lineno, "field 'input' holds only 'options'; give at least one input field to show")
     own_id = row.get("id")
     if own_id is not None and (isinstance(own_id, bool) or not isinstance(own_id, (str, int))):
         raise _fail(where, lineno, f"field 'id' must be a string or integer, got {type(own_id).__name__}")
@@ -135,7 +142,12 @@ def _read_rows(path: Path) -> list[tuple[int, object]]:
         try:
             rows.append((lineno, json.loads(text)))
         except json.JSONDecodeError as exc:
-            raise _fail(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            where = exc.msg if exc.msg.endswith(" at") else f"{exc.msg} at"  # "Unterminated string starting at"
+            raise _fail(path, lineno, f"not valid JSON ({where} column {exc.colno})") from None
+        except RecursionError:
+            raise _fail(path, lineno, "not valid JSON here (nested too deeply)") from None
+        except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+            raise _fail(path, lineno, f"not valid JSON here ({exc})") from None
     return rows
 
 

@@ -57,10 +57,13 @@ def read_manifest(tasks_dir: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise MossaError(f"{path}: cannot read ({exc.strerror})") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, nesting or integers beyond the parser's limits
+        raise MossaError(f"{path}: not valid JSON ({exc or type(exc).__name__})") from None
+    try:
         return {name: str(entry["cluster"]) for name, entry in data["tasks"].items()}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MossaError(f"{path}: not valid JSON ({exc})") from None
     except (KeyError, TypeError, AttributeError):
         raise MossaError(f"{path}: expected {{\"tasks\": {{name: {{\"cluster\": ...}}}}}}") from None
 

@@ -84,8 +84,8 @@ def load_sni_task(name: str, path: Path) -> TaskSpec:
         data = json.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise MossaError(f"{path}: cannot read task file ({exc.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MossaError(f"{path}: not a valid UTF-8 JSON file ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, nesting or integers beyond the parser's limits
+        raise MossaError(f"{path}: not a valid UTF-8 JSON file ({exc or type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise MossaError(f"{path}: expected a JSON object with 'Definition', 'Categories' and 'Instances'")
     definition = "\n".join(_text_list(data, "Definition", path))
