@@ -40,7 +40,7 @@ def _fill(text: str, places: dict[str, str]) -> str:
 
 
 def _setup(case: dict, tmp: Path, model: Path) -> list[str]:
-    """Write the case's inputs into `tmp`; return its argv with the placeholders filled."""
+    """Write the case's inputs into `tmp`; return its argv with the template fields filled."""
     args = ([] if case.get("prefix") is False else MANIFEST["prefix"]) + case["args"]
     places = {"model": str(model), "out": str(tmp / "out"), "tasks": str(tmp / "tasks"), "tmp": str(tmp)}
     if any("{tasks}" in a for a in args):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mossa.errors import MossaError
-from mossa.tasks import TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, placeholders, render_body
-from mossa.tasks._hub import CLUSTERS, table_placeholders
+from mossa.tasks import TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, template_fields, render_body
+from mossa.tasks._hub import CLUSTERS, table_template_fields
 from tests.conftest import FLAN_MINI
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,7 +73,7 @@ def test_every_entry_is_complete_and_matches_its_template():
             continue
         assert task.dataset and task.entry["train"] and task.entry["test"], name
         assert name in templates, f"{name} has no written template"
-        assert placeholders(templates[name].text) == table_placeholders(task), name
+        assert template_fields(templates[name].text) == table_template_fields(task), name
         if task.entry.get("revision") == "refs/convert/parquet":
             assert task.entry.get("data_dir") and not task.entry.get("config"), name
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mossa.tasks import builtin_templates, load_tasks, placeholders, render_body
+from mossa.tasks import builtin_templates, load_tasks, template_fields, render_body
 from tests.conftest import FLAN_MINI
 
 needs_flan = pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
@@ -15,7 +15,7 @@ def test_every_flan_mini_task_has_a_template_that_renders_every_row():
     assert set(manifest) <= set(templates)
     for task in load_tasks(FLAN_MINI):
         assert task.template.origin.endswith(f"tasks.{task.name}")
-        names = placeholders(task.template.text)
+        names = template_fields(task.template.text)
         assert ("options" in names) == manifest[task.name]["has_options"], task.name
         assert set(manifest[task.name]["input_fields"]) <= names, task.name
         for examples in task.examples.values():

@@ -28,13 +28,13 @@ from mossa.tasks._sources import (
     task_catalog,
 )
 from mossa.tasks._spec import Example, TaskSpec, Template
-from mossa.tasks._templates import builtin_templates, generic_template, placeholders
+from mossa.tasks._templates import builtin_templates, generic_template, template_fields
 
 __all__ = [
     "TASK_SOURCES", "Example", "HubTask", "Prompt", "PromptBuilder", "TaskEntry", "TaskSource", "TaskSpec",
     "Template", "assign_splits", "build_task", "builtin_templates", "convert_row", "default_tasks_dir",
     "generic_template", "hub_table", "load_hub_task", "load_sni_task", "load_task", "load_task_file", "load_tasks",
-    "parse_row", "placeholders", "read_manifest", "read_task_file", "register_task_source", "render_body",
+    "parse_row", "template_fields", "read_manifest", "read_task_file", "register_task_source", "render_body",
     "render_options", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
     "task_catalog",
 ]

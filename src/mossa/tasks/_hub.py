@@ -364,7 +364,7 @@ def source_columns(task: HubTask) -> set[str]:
     return {p.split(".", 1)[0] for p in paths}
 
 
-def table_placeholders(task: HubTask) -> set[str]:
+def table_template_fields(task: HubTask) -> set[str]:
     """The input fields a hub task's rows carry, plus 'options' for classification tasks."""
     names = set(task.entry.get("fields", {}))
     return names | ({"options"} if task.entry.get("options") is not None else set())

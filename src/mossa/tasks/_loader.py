@@ -18,7 +18,7 @@ SPLITS = ("train", "validation", "test")
 TEST_FRACTION = 0.2
 SPLIT_RULE = "sha256-v1"  # names the rule below; part of the fingerprint of every task that uses it
 _SALT = b"mossa-split-v1:"
-FIELD_NAME = re.compile(r"[^\W\d][\w\- ]*")  # usable as a str.format placeholder of the generic template
+FIELD_NAME = re.compile(r"[^\W\d][\w\- ]*")  # usable as a str.format field name in the generic template
 
 
 def _fail(where: Path | str, line: int, msg: str) -> MossaError:
@@ -110,7 +110,7 @@ def parse_row(where: Path | str, lineno: int, row: object, task: str, *, split: 
             continue
         if not FIELD_NAME.fullmatch(key):
             raise _fail(where, lineno, f"field 'input.{key}': name input fields with letters, digits, '_', '-' or "
-                        f"spaces, starting with a letter or '_' (each name is a template placeholder)")
+                        f"spaces, starting with a letter or '_' (each name is a field of the template)")
         text = field_text(value)
         if text is None:
             raise _fail(where, lineno, f"field 'input.{key}' must be a string, a number, or a list of strings "

@@ -15,7 +15,7 @@ from pathlib import Path
 from mossa.errors import MossaError
 from mossa.tasks._loader import SPLIT_RULE, TEST_FRACTION, read_task_file
 from mossa.tasks._spec import Example, TaskSpec, Template
-from mossa.tasks._templates import TEMPLATE_VERSION, placeholders, template_for
+from mossa.tasks._templates import TEMPLATE_VERSION, template_fields, template_for
 
 UNCLUSTERED = "Unclustered"
 CUSTOM = "Custom"
@@ -79,7 +79,7 @@ def build_task(name: str, cluster: str, path: Path, splits: dict[str, list[Examp
     """
     first = next(iter(splits.values()))[0]
     template = template or template_for(name, first)
-    names = placeholders(template.text)
+    names = template_fields(template.text)
     needed = names - {"options"}
     locate = locate or (lambda ex: f"{path}:{ex.id.rsplit(':', 1)[-1]}")
     for examples in splits.values():

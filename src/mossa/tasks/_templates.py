@@ -21,8 +21,8 @@ from mossa.tasks._spec import Example, Template
 TEMPLATE_VERSION = 1
 
 
-def placeholders(text: str) -> set[str]:
-    """Names of the `{field}` placeholders in a template."""
+def template_fields(text: str) -> set[str]:
+    """Names of the `{field}` fields of a template."""
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
@@ -38,8 +38,8 @@ def _parse_file(path: Path, text: str) -> dict[str, Template]:
         if not isinstance(entry, dict) or not isinstance(entry.get("template"), str) \
                 or not isinstance(entry.get("truncate"), str):
             raise MossaError(f"{path}: tasks.{name}: needs string keys 'template' and 'truncate'")
-        if entry["truncate"] not in placeholders(entry["template"]):
-            raise MossaError(f"{path}: tasks.{name}.truncate: {entry['truncate']!r} is not a placeholder "
+        if entry["truncate"] not in template_fields(entry["template"]):
+            raise MossaError(f"{path}: tasks.{name}.truncate: {entry['truncate']!r} is not a template field "
                              f"of its template")
         out[name] = Template(text=entry["template"], truncate=entry["truncate"], origin=f"{path}:tasks.{name}")
     return out
