@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TASKS_DIR ?= ../shared/data/flan-mini
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mossa run --preset demo --tasks-dir $(TASKS_DIR) --out runs/demo
 
-test: $(STAMP)
+# The report test opens report.html in real headless Chromium (Debian's package), so the test
+# command installs it when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

@@ -80,13 +80,16 @@ def load(model: str, dtype: str, device: str):
 
 def prompts(loaded, tasks: list[str], split: str, n_per_task: int, *, tasks_dir: str | None,
             max_prompt_tokens: int, max_target_tokens: int, seed: int = 0) -> dict[str, list]:
-    """Real flan-mini prompts per task, built exactly as the study builds them (chat template, cue, cuts)."""
-    from mossa.tasks import PromptBuilder, load_tasks, sample_split
+    """Real flan-mini prompts per task, drawn exactly as the study draws them (its default format,
+    templates, cuts and replacements)."""
+    from mossa.tasks import PromptBuilder, load_tasks, resolve_format
 
-    builder = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=max_prompt_tokens,
-                            max_target_tokens=max_target_tokens, use_chat_template=True)
+    fmt = resolve_format("auto", cue="Answer:", template=None, system_prompt=None,
+                         own_template=getattr(loaded.tokenizer, "chat_template", None))
+    builder = PromptBuilder(loaded.tokenizer, fmt, max_prompt_tokens=max_prompt_tokens,
+                            max_target_tokens=max_target_tokens)
     specs = load_tasks(Path(tasks_dir) if tasks_dir else None, tasks)
-    return {t.name: builder.build_all(t, sample_split(t, split, n_per_task, seed)) for t in specs}
+    return {t.name: builder.draw(t, split, n_per_task, seed, templates="all").prompts for t in specs}
 
 
 def _stat_busy() -> float:

@@ -61,7 +61,7 @@ def main() -> None:
 
     from mossa.config import LoraSettings, TrainSettings
     from mossa.models._forward import body_forward, collate, target_nll
-    from mossa.training import _batches, train_adapter, unit_seed
+    from mossa.training import _batches, examples_seen, train_adapter, unit_seed
 
     loaded, host, by_task = common.setup(args, "train", args.n_train)
     prompts = [p for ps in by_task.values() for p in ps]
@@ -77,8 +77,8 @@ def main() -> None:
 
     def same_batches(steps: int):
         """The batches train_adapter draws for UNIT, in order."""
-        gen = _batches(prompts, args.batch_size, np.random.default_rng(s))
-        return [next(gen) for _ in range(steps * args.grad_accum)]
+        return _batches(prompts, args.batch_size, examples_seen(len(prompts), settings(steps)),
+                        np.random.default_rng(s))
 
     def finish(params) -> None:
         model.eval()

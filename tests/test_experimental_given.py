@@ -20,7 +20,8 @@ def deeper_model(tmp_path_factory):
 
 def _run(tiny_model, tiny_tasks, out, *extra):
     return main(["run", "--model", str(tiny_model), "--tasks-dir", str(tiny_tasks), "--preset", "quick",
-                 "--tasks", "tiny_sentiment,tiny_struct", "--out", str(out), "--measures", "linear_cka", *extra])
+                 "--tasks", "tiny_sentiment,tiny_struct", "--out", str(out), "--measures", "linear_cka",
+                 "--dtype", "float32", *extra])  # fp32: a merged adapter equals the live one to 1e-5
 
 
 def test_depth_map_matches_relative_depth():
@@ -48,7 +49,8 @@ def test_released_model_as_experimental(tiny_model, tiny_tasks, deeper_model, tm
     assert sim[(sim["layer"] > 0)]["value"].between(0, 1).all()
     study = json.loads((out / "study.json").read_text())
     assert study["experimental"] == {"mode": "given", "spec": str(deeper_model), "n_layers": 3, "hidden_size": 24,
-                                     "layer_map": [0, 2, 3]}
+                                     "layer_map": [0, 2, 3], "prompt_format": study["prompt_format"]}
+    assert study["prompt_format"]["mode"] == "plain"  # B has no chat template: E reads B's plain prompts
     assert "experimental" not in study["training"] and study["heldout_tasks"] == []
     assert (out / "activations/experimental/tiny_sentiment/acts.npy").is_file()
     report = (out / "report.html").read_text()
@@ -64,7 +66,8 @@ def test_adapter_folder_as_experimental(tiny_model, tiny_tasks, tmp_path):
     out = tmp_path / "second"
     assert _run(tiny_model, tiny_tasks, out, "--experimental", str(adapter)) == 0
     study = json.loads((out / "study.json").read_text())
-    assert study["experimental"] == {"mode": "given", "spec": str(adapter), "n_layers": 2, "hidden_size": 16}
+    assert study["experimental"] == {"mode": "given", "spec": str(adapter), "n_layers": 2, "hidden_size": 16,
+                                     "prompt_format": study["prompt_format"]}
     sim = pd.read_parquet(out / "results/similarity.parquet").set_index(["task", "model", "layer"])["value"]
     # E is B + the sentiment control's adapter, so E's states on that task are C_t's: CKA 1.
     np.testing.assert_allclose(sim.loc[("tiny_sentiment", "experimental")].iloc[1:], 1.0, atol=1e-6)

@@ -82,6 +82,14 @@ def run(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
+    prompt_format: Optional[str] = typer.Option(None, help="One prompt format for every model: auto | plain | "
+                                                "chat (default auto: chat when B has a chat template)."),
+    chat_template: Optional[str] = typer.Option(None, help="Chat format in chat mode: llama-2 (the paper's) | "
+                                                "chatml | model (B's own) | a Jinja file."),
+    system_prompt: Optional[str] = typer.Option(None, help="System prompt before every instruction ('' = none; "
+                                                "default: the chat template's own)."),
+    templates: Optional[str] = typer.Option(None, help="Instruction templates: all (one drawn per example) | "
+                                            "first."),
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
                                            "linear_cka, debiased_cka, rbf_cka)."),
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
@@ -111,7 +119,9 @@ def run(
 
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
-                          "device": device, "last_layer": last_layer, "measures": _split_list(measures, "--measures"),
+                          "device": device, "last_layer": last_layer, "prompt_format": prompt_format,
+                          "chat_template": chat_template, "system_prompt": system_prompt, "templates": templates,
+                          "measures": _split_list(measures, "--measures"),
                           "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
                           "tsne_layers": _int_list(tsne_layers, "--tsne-layers"), "executor": executor,
                           "ray_address": ray_address, "ray_cpus": ray_cpus, "threads": threads,
@@ -255,11 +265,11 @@ def tasks_list(tasks_dir: Optional[Path] = typer.Option(None, help="Folder of <t
     if tasks_dir is None and os.environ.get("MOSSA_TASKS_DIR"):
         tasks_dir = Path(os.environ["MOSSA_TASKS_DIR"])
     table = Table()
-    for col in ("task", "cluster", "train", "test", "options", "template"):
+    for col in ("task", "cluster", "train", "test", "options", "templates"):
         table.add_column(col)
     for t in load_tasks(tasks_dir):
         table.add_row(t.name, t.cluster, str(len(t.split("train"))), str(len(t.split("test"))),
-                      "yes" if t.has_options else "no", t.template.origin.rsplit("/", 1)[-1])
+                      "yes" if t.has_options else "no", t.template_note.rsplit("/", 1)[-1])
     out.print(table)
 
 

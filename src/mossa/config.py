@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mossa.errors import MossaError
 
@@ -85,12 +85,35 @@ class StudyConfig(BaseModel):
     out: Path | None = Field(None, description="Study dir; default runs/<timestamp>.")
     seed: int = Field(0, ge=0, description="Seed for sampling, LoRA init and data order.")
     n_train: int = Field(500, gt=0, description="Training examples per task (control and mixture), sampled.")
-    n_test: int = Field(96, gt=0, description="Test prompts per task, sampled.")
+    n_test: int = Field(96, ge=4, description="Test prompts per task, sampled (at least 4: debiased CKA needs 4).")
     cluster_cap: int = Field(50_000, gt=0, description="Max training examples per cluster in E's mixture.")
-    max_prompt_tokens: int = Field(128, ge=16, description="Prompts longer than this are shortened in their long input field.")
+    experimental_budget: Literal["parity", "settings"] = Field(
+        "parity", description="How long E and E' train: 'parity' = each task's training examples as often as its "
+        "control sees them (E's epochs and max_steps are then unused), 'settings' = E's own epochs/max_steps.")
+    max_prompt_tokens: int = Field(128, ge=16, description="Prompts longer than this are shortened in their "
+                                   "template's truncatable fields (a shared budget; options and instructions are "
+                                   "never cut).")
+    truncation_floor: float = Field(0.5, gt=0, le=1, description="Share of its tokens a cut field keeps at least; a "
+                                    "prompt that cannot fit above it is left out and replaced by the next sampled "
+                                    "example (counted in study.json and the report).")
     max_target_tokens: int = Field(32, gt=0, description="Targets are cut to this many tokens (training and test loss).")
+    templates: Literal["first", "all"] = Field("all", description="Instruction templates per task: 'all' draws one "
+                                               "of the task's templates per example (by seed and example id, the same "
+                                               "for every model), 'first' uses its first template only.")
+    prompt_format: Literal["auto", "plain", "chat"] = Field(
+        "auto", description="One prompt format for every model of the study, base included: 'plain' (instruction, "
+        "then the cue), 'chat' (chat_template around the instruction), 'auto' = chat when B has a chat template "
+        "of its own, else plain.")
+    chat_template: str | None = Field(None, description="Chat format in chat mode: a registered name ('llama-2', as "
+                                      "in the paper, with its default system prompt; 'chatml'), a Jinja file, or "
+                                      "'model' (B's own); None = B's own.")
+    system_prompt: str | None = Field(None, description="System prompt put before every instruction (a system turn "
+                                      "in chat mode, a paragraph in plain mode); None = the chat template's default "
+                                      "(Llama-2's for 'llama-2'), none in plain mode; '' = none.")
+    experimental_prompt_format: Literal["study", "own"] = Field(
+        "study", description="Prompt format of a given E: 'study' (the same text B and C_t read) or 'own' (the same "
+        "instructions wrapped in E's own chat template).")
     cue: str = Field("Answer:", min_length=1, description="Answer cue appended to plain-text prompts.")
-    use_chat_template: bool = Field(True, description="Wrap prompts in the model's chat template when it has one.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype; auto = bf16 on GPU, the faster of fp32/bf16 (measured) on CPU."
     )
@@ -108,6 +131,10 @@ class StudyConfig(BaseModel):
     variance_threshold: float = Field(0.99, gt=0, le=1, description="Variance share for the spectral analysis.")
     n_boot: int = Field(200, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
+    test_loss: Literal["all", "base_and_controls"] = Field(
+        "all", description="Which models' extractions also score the test targets (results/controls.csv): all, or "
+        "only B and each control (the check that every control learned its task; E and E' then extract states "
+        "only, which saves a quarter of their extraction on short targets and more on long ones).")
     executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
                           "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
                           "Ray task per unit; same results).")
@@ -129,6 +156,30 @@ class StudyConfig(BaseModel):
     control: TrainSettings = Field(default_factory=TrainSettings, description="Training of each control C_t.")
     experimental: TrainSettings = Field(default_factory=TrainSettings, description="Training of E and E' (unused "
                                         "when experimental_model gives E).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_chat_flag(cls, data):
+        """Configs of earlier versions: use_chat_template true meant each model's own chat template."""
+        if isinstance(data, dict) and "use_chat_template" in data:
+            data = dict(data)
+            own = data.pop("use_chat_template")
+            if own is True:
+                data.setdefault("experimental_prompt_format", "own")
+            elif own is False:
+                data.setdefault("prompt_format", "plain")
+            else:
+                raise ValueError("use_chat_template (an earlier setting) must be true or false; use prompt_format")
+        return data
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_only(cls, v: str | None, info) -> str | None:
+        if v is not None and info.data.get("prompt_format") == "plain":
+            raise ValueError("only used with prompt_format chat (or auto); drop it or set prompt_format: chat")
+        if v is not None and not v.strip():
+            raise ValueError("name a registered chat template, a Jinja file or 'model', or leave it unset")
+        return v
 
     @field_validator("holdout", mode="before")
     @classmethod
@@ -214,10 +265,11 @@ class StudyConfig(BaseModel):
         return v
 
 
-# One task per Flan 2021 cluster, picked among flan-mini's tasks for short inputs (CPU budget)
-# and at least 96 test examples.
+# One task per Flan 2021 cluster, picked among flan-mini's tasks for short inputs and targets
+# (CPU budget) and at least 96 test examples. copa stands for commonsense reasoning: piqa's
+# targets (whole solutions, 63 tokens at the 95th percentile) would need a target limit of 64.
 DEMO_TASKS = [
-    "snli", "openbookqa", "arc_easy", "piqa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
+    "snli", "openbookqa", "arc_easy", "copa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
     "tatoeba_translate_deen", "ag_news_subset", "cosmos_qa", "trec",
 ]
 
@@ -228,12 +280,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "control": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
         "experimental": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
     },
+    # Prompt and target limits cover the demo tasks: at most a few percent of cosmos_qa's prompts
+    # are cut at 224 tokens, and 48 target tokens hold >= 95% of every task's targets (e2e_nlg's
+    # are the longest). Each control sees its 16 examples once, in 8 steps of 2 (small batches
+    # learn as much per example at the same cost), E by parity each task's 16, and E and E'
+    # extract states only: test extraction of 4,128 prompts is over half of the demo's compute.
     "demo": {
         "tasks": DEMO_TASKS,
-        "n_train": 256, "n_test": 96, "max_prompt_tokens": 96, "max_target_tokens": 16,
-        "control": {"lr": 2e-3, "max_steps": 10, "batch_size": 8, "grad_accum": 1, "schedule": "cosine",
+        "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
+        "test_loss": "base_and_controls",
+        "control": {"lr": 2e-3, "epochs": 1, "batch_size": 2, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
-        "experimental": {"lr": 2e-3, "max_steps": 40, "batch_size": 8, "grad_accum": 1, "schedule": "cosine",
+        "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 2, "grad_accum": 1, "schedule": "cosine",
                          "warmup_ratio": 0.05},
     },
     "paper": {

@@ -73,10 +73,23 @@ from mossa.report import (
 )
 from mossa.report.html import write_report
 from mossa.store import MARKER, StudyDir, atomic_path, read_json, write_json
-from mossa.tasks import PromptBuilder, TaskSpec, load_tasks, resolve_tasks_dir, sample_split, task_catalog
-from mossa.training import mixture, n_steps, train_adapter
+from mossa.tasks import (
+    PromptBuilder,
+    MODEL_TEMPLATE,
+    PromptFormat,
+    TaskSpec,
+    chat_template,
+    load_tasks,
+    prompt_digest,
+    resolve_format,
+    resolve_tasks_dir,
+    sample_split,
+    task_catalog,
+)
+from mossa.training import BUDGET_RULES, examples_seen, mixture, n_steps, parity_stream, train_adapter
 
 EXPERIMENTAL = "experimental"
+PROMPTS_FILE = "prompts.jsonl"
 VERSIONED = ("mossa", "torch", "transformers", "peft", "numpy", "pandas", "safetensors")
 
 
@@ -164,10 +177,12 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
     """
     check_measures(tuple(cfg.measures or DEFAULT_MEASURES))
     check_executor(cfg.executor)
+    if cfg.chat_template not in (None, MODEL_TEMPLATE):
+        chat_template(cfg.chat_template, None)  # a registered name or a readable file
     tasks = study_tasks(cfg)
     for task in tasks:
         sample_split(task, "train", 1, cfg.seed)
-        sample_split(task, "test", 1, cfg.seed)
+        check_test_prompts(task, len(sample_split(task, "test", cfg.n_test, cfg.seed)))
     resolve_holdout(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
@@ -210,6 +225,19 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
         raise
 
 
+MIN_TEST_PROMPTS = 4  # debiased CKA is defined from 4 examples on; fewer make every value meaningless
+
+
+def check_test_prompts(task: TaskSpec, n: int, left_out: int = 0) -> None:
+    """A task needs at least `MIN_TEST_PROMPTS` test prompts; checked on the split before the model
+    loads, and on the prompts that fit once they are built."""
+    if n < MIN_TEST_PROMPTS:
+        why = (f" ({left_out} left out: they cannot fit max_prompt_tokens; raise it)" if left_out else
+               "; add test examples")
+        raise MossaError(f"{task.path}: task '{task.name}' has {n} test prompt{'s' * (n != 1)}; the similarity "
+                         f"measures need at least {MIN_TEST_PROMPTS}{why}")
+
+
 def check_lora_targets(model, targets: list[str]) -> None:
     """Every LoRA target must name modules of the model (peft would fail mid-study otherwise)."""
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -230,18 +258,38 @@ class _Study:
         self.cfg, self.study, self.tasks, self.loaded, self.rep = cfg, study, tasks, loaded, rep
         self.host = AdapterHost(loaded)
         self.clusters = {t.name: t.cluster for t in tasks}
-        self.builder = PromptBuilder(loaded.tokenizer, cue=cfg.cue, max_prompt_tokens=cfg.max_prompt_tokens,
-                                     max_target_tokens=cfg.max_target_tokens, use_chat_template=cfg.use_chat_template)
-        self.train = {t.name: self.builder.build_all(t, sample_split(t, "train", cfg.n_train, cfg.seed)) for t in tasks}
-        self.test = {t.name: self.builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in tasks}
+        self.fmt = resolve_format(cfg.prompt_format, cue=cfg.cue, template=cfg.chat_template,
+                                  system_prompt=cfg.system_prompt, own_template=loaded.chat_template)
+        self.builder = self.prompt_builder(loaded, self.fmt)
+        self.samples = {split: {t.name: self.builder.draw(t, split, n, cfg.seed, templates=cfg.templates) for t in tasks}
+                        for split, n in (("train", cfg.n_train), ("test", cfg.n_test))}
+        for task in tasks:
+            sample = self.samples["test"][task.name]
+            check_test_prompts(task, len(sample.prompts), len(sample.left_out))
+        self.train = {t: sample.prompts for t, sample in self.samples["train"].items()}
+        self.test = {t: sample.prompts for t, sample in self.samples["test"].items()}
         self.task_fp = {t.name: t.fingerprint for t in tasks}
-        self.prompt_key = _hash(cfg.cue, cfg.max_prompt_tokens, cfg.max_target_tokens, cfg.use_chat_template,
-                                cfg.seed, cfg.n_train, cfg.n_test)
-        self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, self.builder.mode,
-                              self.prompt_key)
+        self.prompt_key = _hash(self.fmt.describe(), cfg.max_prompt_tokens, cfg.max_target_tokens,
+                                cfg.truncation_floor, cfg.templates, cfg.seed, cfg.n_train, cfg.n_test, "prompts-v2")
+        self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, self.prompt_key)
         self.heldout_tasks = resolve_holdout(cfg, tasks)
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
+
+    def scored(self, label: str) -> bool:
+        """Whether `label`'s extraction also scores the targets (test loss): always for B and the
+        controls (the check that each control learned its task), for E and E' with test_loss all."""
+        return label in ("base", "control") or self.cfg.test_loss == "all"
+
+    def prompt_builder(self, loaded, fmt: PromptFormat) -> PromptBuilder:
+        cfg = self.cfg
+        return PromptBuilder(loaded.tokenizer, fmt, max_prompt_tokens=cfg.max_prompt_tokens,
+                             max_target_tokens=cfg.max_target_tokens, floor=cfg.truncation_floor)
+
+    def write_prompts(self, path: Path) -> None:
+        """Every test prompt as every model of the study reads it, one JSON line each."""
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(p.record(), ensure_ascii=False) + "\n" for ps in self.test.values() for p in ps)
 
     def release(self) -> None:
         """Drop the loaded model (the units run elsewhere and load their own)."""
@@ -259,22 +307,28 @@ class _Study:
                       "hidden_size": loaded.hidden_size, "dtype": str(loaded.dtype),
                       "dtype_reason": loaded.dtype_reason, "device": str(loaded.device),
                       "prompt_mode": self.builder.mode},
+            "prompt_format": self.fmt.describe(),
             "tasks": {t.name: {"cluster": t.cluster, "fingerprint": t.fingerprint, "path": str(t.path),
-                               "template": t.template.origin, "n_train": len(self.train[t.name]),
-                               "n_test": len(self.test[t.name]),
-                               "n_test_prompts_cut": sum(p.n_cut_tokens > 0 for p in self.test[t.name]),
+                               "template": t.template_note, "n_templates": len(t.templates),
+                               "n_train": len(self.train[t.name]), "n_test": len(self.test[t.name]),
+                               "prompts": {split: self.samples[split][t.name].stats() for split in self.samples},
                                "properties": self.properties(t)}
                       for t in self.tasks},
             "heldout_tasks": list(self.heldout_tasks),
+            "training_budget": {"rule": cfg.experimental_budget, "statement": BUDGET_RULES[cfg.experimental_budget],
+                                "control_examples_seen": {t: examples_seen(len(p), cfg.control)
+                                                          for t, p in self.train.items()}},
             "experimental": {"mode": "trained"} if cfg.experimental_model is None
             else {"mode": "given", "spec": cfg.experimental_model},
             "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
         }
 
     def properties(self, task: TaskSpec) -> dict:
-        """What Fig 6 correlates with: readability of the test inputs, training-set size."""
-        inputs = [" ".join(ex.fields.values()) for ex in sample_split(task, "test", self.cfg.n_test, self.cfg.seed)]
-        return {**readability(inputs), "train_size": len(task.split("train"))}
+        """What Fig 6 correlates with: readability of the test inputs, and the number of training
+        examples the task's control saw (distinct examples, the size it was trained on)."""
+        inputs = [" ".join(ex.fields.values()) for ex in self.samples["test"][task.name].examples]
+        n = len(self.train[task.name])
+        return {**readability(inputs), "train_size": min(n, examples_seen(n, self.cfg.control))}
 
     def _adapter(self, unit: str, prompts, settings, inputs: str) -> None:
         """Train adapter `unit` (or load it when a finished one with the same inputs exists)."""
@@ -299,20 +353,21 @@ class _Study:
                      f"{log['train_loss'][-1]:.3f}, {log['tokens_per_second']:.0f} tokens/s")
 
     def _extract(self, label: str, adapter: str | None, task: str, inputs: str, *, host: AdapterHost | None = None,
-                 test: dict | None = None) -> None:
+                 test: dict | None = None, fmt: PromptFormat | None = None) -> None:
         """States of `label` on `task`'s test prompts: B + `adapter` by default, or another model's
-        `host` with its own `test` prompts (a given E)."""
+        `host` with its own encoding `test` of the prompts and its format `fmt` (a given E). The
+        file's meta records the format and a digest of the prompt texts the model read."""
         if self.study.activations_done(label, task, inputs):
             return
         t0 = time.perf_counter()
         host, test = host or self.host, test or self.test
         prompts, loaded = test[task], host.loaded
+        meta = {"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers, "test_loss": self.scored(label),
+                "prompt_format": (fmt or self.fmt).describe(), "prompt_text_sha256": prompt_digest(prompts)}
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
-                                          hidden=loaded.hidden_size, inputs=inputs,
-                                          meta={"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers}
-                                          ) as sink:
+                                          hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
-                    last_layer=self.cfg.last_layer, sink=sink)
+                    last_layer=self.cfg.last_layer, sink=sink, with_loss=self.scored(label))
         self.seconds["extract"] += time.perf_counter() - t0
 
     def control(self, task: str) -> None:
@@ -342,24 +397,26 @@ class _Study:
         kind, where = experimental_source(self.cfg.experimental_model)
         if kind == "adapter":
             key = _hash(self.base_key, "given adapter", adapter_digest(where))
-            keys = {t: _hash(key, fp) for t, fp in self.task_fp.items()}
+            keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
             if not all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
                 self.host.load(EXPERIMENTAL, where)
                 self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
                 self.host.remove(EXPERIMENTAL)
             return
         _, fingerprint = materialize(where, progress=self.rep.log)
-        key = _hash(fingerprint, self.cfg.dtype, self.cfg.last_layer, self.prompt_key, "given model")
-        keys = {t: _hash(key, fp) for t, fp in self.task_fp.items()}
+        key = _hash(fingerprint, self.cfg.dtype, self.cfg.last_layer, self.prompt_key, "given model",
+                    self.cfg.experimental_prompt_format)
+        keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
         if all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
             return
         loaded = load_model(where, dtype=self.cfg.dtype, device=self.cfg.device, progress=self.rep.log)
         self.rep.log(f"experimental E given: {loaded.name}, {loaded.n_layers} layers, d={loaded.hidden_size}")
-        cfg = self.cfg
-        builder = PromptBuilder(loaded.tokenizer, cue=cfg.cue, max_prompt_tokens=cfg.max_prompt_tokens,
-                                max_target_tokens=cfg.max_target_tokens, use_chat_template=cfg.use_chat_template)
-        test = {t.name: builder.build_all(t, sample_split(t, "test", cfg.n_test, cfg.seed)) for t in self.tasks}
-        self._extract_tasks(EXPERIMENTAL, None, keys, host=AdapterHost(loaded), test=test)
+        own = self.cfg.experimental_prompt_format == "own"
+        fmt = resolve_format("auto", cue=self.cfg.cue, template=None, system_prompt=self.cfg.system_prompt,
+                             own_template=loaded.chat_template) if own else self.fmt
+        builder = self.prompt_builder(loaded, fmt)
+        test = {t: [builder.reencode(p, rewrap=own) for p in prompts] for t, prompts in self.test.items()}
+        self._extract_tasks(EXPERIMENTAL, None, keys, host=AdapterHost(loaded), test=test, fmt=fmt)
         del loaded
         gc.collect()
 
@@ -370,18 +427,25 @@ class _Study:
             self._mixture_unit(HELDOUT, seen, list(self.heldout_tasks))
 
     def _mixture_unit(self, unit: str, train_on: list[str], evaluate_on: list[str]) -> None:
+        cfg = self.cfg
         fps = {t: self.task_fp[t] for t in train_on}
-        inputs = _hash(self.base_key, fps, self.cfg.lora.model_dump(), self.cfg.experimental.model_dump(),
-                       self.cfg.cluster_cap, unit)
-        keys = {t: _hash(inputs, "acts", self.task_fp[t]) for t in evaluate_on}
+        budget = cfg.control.model_dump() if cfg.experimental_budget == "parity" else None
+        inputs = _hash(self.base_key, fps, cfg.lora.model_dump(), cfg.experimental.model_dump(), cfg.cluster_cap,
+                       unit, cfg.experimental_budget, budget)
+        keys = {t: _hash(inputs, "acts", self.task_fp[t], self.scored(unit)) for t in evaluate_on}
         done = self.study.unit_done(unit, inputs)
         if done is not None and all(self.study.activations_done(unit, t, k) for t, k in keys.items()):
             self.train_logs[unit] = done["log"]
             return
-        mix = mixture({t: self.train[t] for t in train_on}, self.clusters, cap=self.cfg.cluster_cap,
-                      seed=self.cfg.seed)
-        self.rep.log(f"{unit} mixture: {len(mix)} examples from {len(train_on)} tasks")
-        self._adapter(unit, mix, self.cfg.experimental, inputs)
+        train = {t: self.train[t] for t in train_on}
+        settings = cfg.experimental
+        if cfg.experimental_budget == "parity":  # one pass over a stream that repeats each task as C_t does
+            mix = parity_stream(train, self.clusters, control=cfg.control, cap=cfg.cluster_cap, seed=cfg.seed)
+            settings = settings.model_copy(update={"epochs": 1.0, "max_steps": None})
+        else:
+            mix = mixture(train, self.clusters, cap=cfg.cluster_cap, seed=cfg.seed)
+        self.rep.log(f"{unit} mixture: {len(mix)} examples from {len(train_on)} tasks ({cfg.experimental_budget})")
+        self._adapter(unit, mix, settings, inputs)
         self._extract_tasks(unit, unit, keys)
         self.host.remove(unit)
 
@@ -390,10 +454,11 @@ class _Study:
         self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp) for t, fp in self.task_fp.items()})
 
     def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
-                       host: AdapterHost | None = None, test: dict | None = None) -> None:
+                       host: AdapterHost | None = None, test: dict | None = None,
+                       fmt: PromptFormat | None = None) -> None:
         with self.rep.bar(f"extract {label}", total=sum(len(self.test[t]) for t in keys)) as advance:
             for task, key in keys.items():
-                self._extract(label, adapter, task, key, host=host, test=test)
+                self._extract(label, adapter, task, key, host=host, test=test, fmt=fmt)
                 advance(len(self.test[task]), info=task)
 
 
@@ -407,14 +472,14 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
     check_lora_targets(loaded.model, targets)
     if cfg.tsne_layers:
         check_tsne_layers(cfg.tsne_layers, loaded.n_layers)
+    t0 = time.perf_counter()
+    run = _Study(cfg, study, tasks, loaded, rep)  # the prompt format and every prompt: checked here too
+    timings["prompts"] = time.perf_counter() - t0
     # Logged only now: every check that needs the model has passed, so a user error stays one line.
     rep.log(f"study {study.root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, "
             f"model {cfg.model}")
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
-    t0 = time.perf_counter()
-    run = _Study(cfg, study, tasks, loaded, rep)
-    timings["prompts"] = time.perf_counter() - t0
     unit_cfg = unit_config(cfg, tasks, loaded)
     units = study_units(unit_cfg, run.heldout_tasks, gpus=_gpus_per_unit(unit_cfg))
     provenance = {**run.provenance(source),
@@ -422,6 +487,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
                                "cpus_per_unit": units[0].cpus, "gpus_per_unit": units[0].gpus,
                                "units": [u.name for u in units]}}
     write_json(study.path("study.json"), {**provenance, "status": "running"})
+    run.write_prompts(study.path(PROMPTS_FILE))
     with atomic_path(study.path("config.yaml")) as tmp:  # `mossa run --config` reruns the study
         tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), encoding="utf-8")
     del loaded
@@ -581,8 +647,9 @@ def experimental_info(study: StudyDir, provenance: dict) -> dict:
     if info["mode"] != "given":
         return info
     n_grid = int(provenance["model"]["n_layers"]) + 1
-    shape = study.activation_file(EXPERIMENTAL, next(iter(provenance["tasks"])), verify=False).shape
-    info.update(n_layers=shape[0] - 1, hidden_size=shape[2])
+    file = study.activation_file(EXPERIMENTAL, next(iter(provenance["tasks"])), verify=False)
+    shape = file.shape
+    info.update(n_layers=shape[0] - 1, hidden_size=shape[2], prompt_format=file.meta.get("prompt_format"))
     if shape[0] != n_grid:
         info["layer_map"] = depth_map(shape[0], n_grid)
     return info
@@ -660,7 +727,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     write_json(study.path("results", "sections.json"), sections)
     runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
             for m in ("base", EXPERIMENTAL)}
-    tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed)
+    tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=torch.get_num_threads())
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
         tsne.to_csv(tmp, index=False)
     timings["analyze"] = time.perf_counter() - t0

@@ -39,3 +39,28 @@ def test_gemma_extracts_last_token_states(shared_cache):
     assert acts.acts[5].std(axis=0).mean() > 1e-3
     # a pre-trained LM finds the sentiment label plausible: loss well below uniform (ln 262144 = 12.5)
     assert acts.target_nll.sum() / acts.target_tokens.sum() < 8
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
+def test_demo_budgets_fit_the_demo_tasks(shared_cache):
+    """The demo's limits, on its tasks with the real tokenizer: at least 90% of each task's test
+    prompts uncut, no field below half, no test prompt left out, and the target limit holding at
+    least 95% of each task's targets whole (with their EOS)."""
+    from transformers import AutoTokenizer
+
+    from mossa.config import DEMO_TASKS, resolve_config
+    from mossa.models import materialize
+
+    cfg = resolve_config({"preset": "demo"})
+    path, _ = materialize(resolve_model("gemma-3-270m"), progress=lambda *_: None)
+    tok = AutoTokenizer.from_pretrained(path)
+    builder = PromptBuilder(tok, max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens,
+                            floor=cfg.truncation_floor)
+    for task in load_tasks(FLAN_MINI, DEMO_TASKS):
+        stats = builder.draw(task, "test", cfg.n_test, cfg.seed, templates=cfg.templates).stats()
+        assert stats["n"] == cfg.n_test and stats["uncut_share"] >= 0.9, (task.name, stats)
+        assert all(share >= 0.5 for share in stats["kept_min"].values()), (task.name, stats)
+        whole = [builder.encode_target(ex.target)[-1] == tok.eos_token_id  # EOS only after a whole target
+                 for ex in task.split("train") + task.split("test")]
+        assert np.mean(whole) >= 0.95, (task.name, np.mean(whole))

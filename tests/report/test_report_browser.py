@@ -55,7 +55,7 @@ def test_summary_numbers_match_the_tables(study):
     assert np.isfinite(diff.max())
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it)")
 def test_report_in_headless_chromium(study, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     errors, requests = [], []

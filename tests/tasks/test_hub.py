@@ -8,6 +8,7 @@ import pytest
 
 from mossa.errors import MossaError
 from mossa.tasks import TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, template_fields, render_body
+from mossa.tasks import _hub
 from mossa.tasks._hub import CLUSTERS, table_template_fields
 from tests.conftest import FLAN_MINI
 
@@ -73,7 +74,7 @@ def test_every_entry_is_complete_and_matches_its_template():
             continue
         assert task.dataset and task.entry["train"] and task.entry["test"], name
         assert name in templates, f"{name} has no written template"
-        assert template_fields(templates[name].text) == table_template_fields(task), name
+        assert template_fields(templates[name].templates[0].text) == table_template_fields(task), name
         if task.entry.get("revision") == "refs/convert/parquet":
             assert task.entry.get("data_dir") and not task.entry.get("config"), name
 
@@ -162,7 +163,7 @@ def test_hub_tasks_convert_from_real_row_layouts(hub_rows, monkeypatch, tmp_path
         ("allenai/ai2_arc", "ARC-Easy", "train"), ("allenai/winogrande", "winogrande_xl", "validation")}
 
     sst2 = tasks["sst2"]
-    assert sst2.cluster == "Sentiment" and sst2.template.origin.endswith("tasks.sst2")
+    assert sst2.cluster == "Sentiment" and sst2.template.origin.endswith("tasks.sst2[0]") and len(sst2.templates) >= 3
     assert [e.target for e in sst2.split("train")] == ["negative", "negative", "positive"]
     assert [e.target for e in sst2.split("test")] == ["positive", "negative"]
     assert sst2.split("train")[0].fields == {"sentence": "hide new secretions from the parental units"}
@@ -205,6 +206,83 @@ def test_hub_columns_that_do_not_match_the_table_are_named(hub_rows):
     with pytest.raises(MossaError, match=r"tasks\.sst2: column 'sentence' is not in stanfordnlp/sst2\[train\] .*"
                                          r"\(columns: idx, label, text\)"):
         load_tasks("hub:flan2021", ["sst2"])
+
+
+# --- capped splits --------------------------------------------------------------------------------
+
+def _sorted_sst2(rows, monkeypatch, train=3000, test=150, cap=200):
+    """sst2 with a train split sorted by label (first half negative) and caps of `cap` rows."""
+    rows["stanfordnlp/sst2|"]["train"] = [{"idx": i, "sentence": f"review {i}", "label": int(i >= train // 2)}
+                                          for i in range(train)]
+    rows["stanfordnlp/sst2|"]["validation"] = [{"idx": i, "sentence": f"check {i}", "label": i % 2}
+                                               for i in range(test)]
+    monkeypatch.setitem(_hub.MAX_ROWS, "train", cap)
+    monkeypatch.setitem(_hub.MAX_ROWS, "test", cap)
+
+
+def _row_ids(examples):
+    return [int(e.id.rsplit(":", 1)[-1]) for e in examples]
+
+
+def test_a_capped_sorted_split_is_a_seeded_sample_of_both_classes(hub_rows, monkeypatch):
+    rows, _ = hub_rows
+    _sorted_sst2(rows, monkeypatch)
+    task = load_tasks("hub:flan2021", ["sst2"])[0]
+    train = task.split("train")
+    ids = _row_ids(train)
+    assert len(train) == 200 and ids == sorted(set(ids)) and all(0 <= i < 3000 for i in ids)
+    assert all(e.id == f"sst2:train:{i}" for e, i in zip(train, ids))
+    # each example is the hub row its id names
+    assert all(e.fields == {"sentence": f"review {i}"} and e.target == ("positive" if i >= 1500 else "negative")
+               for e, i in zip(train, ids))
+    share = Counter(e.target for e in train)["negative"] / len(train)
+    assert 0.35 <= share <= 0.65
+    again = load_tasks("hub:flan2021", ["sst2"])[0]
+    assert [(e.id, e.fields, e.target) for e in again.split("train")] == [(e.id, e.fields, e.target) for e in train]
+    assert again.fingerprint == task.fingerprint
+
+
+def test_a_capped_split_is_not_read_from_its_head(hub_rows, monkeypatch):
+    rows, _ = hub_rows
+    _sorted_sst2(rows, monkeypatch)
+    ids = set(_row_ids(load_tasks("hub:flan2021", ["sst2"])[0].split("train")))
+    assert ids != set(range(200)) and max(ids) >= 1500
+
+
+def test_a_split_within_the_cap_is_read_whole_and_in_order(hub_rows, monkeypatch):
+    rows, _ = hub_rows
+    _sorted_sst2(rows, monkeypatch, train=200, test=150)
+    task = load_tasks("hub:flan2021", ["sst2"])[0]
+    assert _row_ids(task.split("train")) == list(range(200))
+    test = task.split("test")
+    assert [e.id for e in test] == [f"sst2:test:{i}" for i in range(150)]
+    assert [e.fields["sentence"] for e in test] == [f"check {i}" for i in range(150)]
+
+
+def test_the_sample_follows_its_seed_and_is_in_the_fingerprint(hub_rows, monkeypatch):
+    rows, _ = hub_rows
+    _sorted_sst2(rows, monkeypatch)
+    first = load_tasks("hub:flan2021", ["sst2"])[0]
+    monkeypatch.setattr(_hub, "SAMPLE_SEED", _hub.SAMPLE_SEED + 1)
+    other = load_tasks("hub:flan2021", ["sst2"])[0]
+    assert _row_ids(other.split("train")) != _row_ids(first.split("train"))
+    assert other.fingerprint != first.fingerprint
+    # the test split is within the cap: the same rows, but the sampling rule is still in the fingerprint
+    assert [e.id for e in other.split("test")] == [e.id for e in first.split("test")]
+
+
+def test_row_indices_are_per_task_and_split_and_work_without_select(monkeypatch):
+    assert _hub._row_indices("sst2", "train", _hub.MAX_ROWS["train"]) is None
+    monkeypatch.setitem(_hub.MAX_ROWS, "train", 100)
+    monkeypatch.setitem(_hub.MAX_ROWS, "test", 100)
+    big = 1000
+    picked = _hub._row_indices("imdb_reviews", "test", big)
+    assert len(picked) == 100 == len(set(picked)) and picked == sorted(picked) and picked != list(range(100))
+    assert picked == _hub._row_indices("imdb_reviews", "test", big)
+    assert picked != _hub._row_indices("sentiment140", "test", big)
+    assert picked != _hub._row_indices("imdb_reviews", "train", big)
+    rows = [{"n": i} for i in range(big)]  # a plain sequence: rows read by index
+    assert [(i, row["n"]) for i, row in _hub._rows(rows, "imdb_reviews", "test")] == [(i, i) for i in picked]
 
 
 # --- failing without the hub ----------------------------------------------------------------------

@@ -104,7 +104,9 @@ def test_sni_task_cluster_template_targets_and_splits():
     assert body.startswith("You are given the name of a country.") and "in the form {City}." in body
     assert "Example 1\nInput: France\nOutput: Paris" in body and "Example 2" in body and "Example 3" not in body
     assert body.endswith("Input: Chile")
-    assert task.template.truncate == "input"
+    assert task.template.truncate == ("input",)
+    assert "Example 2" not in render_body(task, ex, template=task.template.shorter)
+    assert "Example 1" not in render_body(task, ex, template=task.template.shorter.shorter)
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -11,7 +11,7 @@ from scipy import stats
 
 PROPERTIES = {"flesch_kincaid_grade": "Flesch-Kincaid grade of the inputs",
               "coleman_liau_index": "Coleman-Liau index of the inputs",
-              "train_size": "training-set size"}
+              "train_size": "training examples its control saw"}
 
 
 def correlations(sim: pd.DataFrame, properties: pd.DataFrame, *, measure: str = "linear_cka") -> pd.DataFrame:
@@ -39,7 +39,9 @@ def correlations(sim: pd.DataFrame, properties: pd.DataFrame, *, measure: str = 
             note = ""
             if len(joined) < 3:
                 r = p = np.nan
-                note = f"only {len(joined)} tasks with a defined value"
+                k = len(joined)
+                note = f"only {k} task{'s' if k > 1 else ''} with a defined value" if k else \
+                    "no task with a defined value"
             elif np.ptp(x) == 0 or np.ptp(y) == 0:
                 r = p = np.nan
                 note = "no variation across tasks"

@@ -206,8 +206,8 @@ def find_sections(gain: np.ndarray, *, layers: np.ndarray | None = None, n_boot:
     Raises
     ------
     MossaError
-        If ``gain`` is not 2-D, has fewer than 2 tasks, holds inf, or leaves fewer than
-        ``3 * min_size`` usable layers; if ``layers`` does not match the columns or is not strictly
+        If ``gain`` is not 2-D, has fewer than 2 tasks, holds inf, is NaN at every layer, or leaves
+        fewer than ``3 * min_size`` usable layers; if ``layers`` does not match the columns or is not strictly
         increasing integers; if ``n_boot``, ``min_size``, ``min_jump`` or ``alpha`` is out of range.
 
     See Also
@@ -237,6 +237,9 @@ def find_sections(gain: np.ndarray, *, layers: np.ndarray | None = None, n_boot:
     usable = ~nan_cols
     data, x = arr[:, usable], lay[usable]  # [n_tasks, n]
     n = data.shape[1]
+    if n == 0:
+        raise MossaError(f"find_sections: the gain is undefined (NaN) at every layer ({lay.tolist()}), so there is "
+                         "no curve to fit; the similarity table gives each value's undefined_reason")
     if n < 3 * min_size:
         raise MossaError(
             f"find_sections: expected at least 3 * min_size = {3 * min_size} layers without NaN, got {n} "

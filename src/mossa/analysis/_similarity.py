@@ -336,6 +336,7 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     """
     measures = check_measures(measures)
     sim_rows, control_rows, cross_rows = [], [], []
+    unscored: set[str] = set()
     for task, cluster in tasks.items():
         runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED)}
         if task in heldout:
@@ -349,8 +350,11 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
                              "experimental": mean_loss(runs["experimental"]),
                              HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
                              "cluster": cluster, "n_examples": len(runs["control"].ids)})
+        for model in ("experimental", HELDOUT):
+            if model in runs and not int(runs[model].target_tokens.sum()):
+                unscored.add(model)  # extracted without its test loss (test_loss: base_and_controls)
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
-    controls = pd.DataFrame(control_rows)
+    controls = pd.DataFrame(control_rows).drop(columns=sorted(unscored))
     controls["control_better"] = controls["control"] < controls["base"]
     cross = pd.DataFrame(cross_rows)
     medians = pd.concat([median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=False),

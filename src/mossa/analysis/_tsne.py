@@ -336,9 +336,10 @@ TSNE_PER_TASK = 1000  # rows per task embedded from a store; more add time and n
 
 
 def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, seed: int = 0,
-                 per_task: int | None = TSNE_PER_TASK) -> pd.DataFrame:
+                 per_task: int | None = TSNE_PER_TASK, n_threads: int | None = 1) -> pd.DataFrame:
     """:func:`tsne_embeddings` over stored runs ``{model: {task: ActivationFile}}``, reading only
-    the embedded layers of the seeded per-task subsample (memory independent of n).
+    the embedded layers of the seeded per-task subsample (memory independent of n). ``n_threads``
+    as in :func:`tsne_embeddings` (a study passes its unit's thread count).
 
     ``example`` in the result is the row index within the task's stored activations, as in
     :func:`tsne_embeddings` with the same ``per_task``.
@@ -348,7 +349,7 @@ def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, see
     names = sorted(next(iter(runs.values())))
     keep = {t: _subsample(next(iter(runs.values()))[t].n, per_task, seed, i) for i, t in enumerate(names)}
     reps = {m: {t: tasks[t].read(rows=keep[t], layers=layers) for t in names} for m, tasks in runs.items()}
-    df = tsne_embeddings(reps, clusters, list(range(len(layers))), seed=seed)
+    df = tsne_embeddings(reps, clusters, list(range(len(layers))), seed=seed, n_threads=n_threads)
     skipped = [(m, layers[k], reason) for m, k, reason in df.attrs["skipped"]]
     params = {**df.attrs["params"], "per_task": per_task}
     df["layer"] = [layers[k] for k in df["layer"]]

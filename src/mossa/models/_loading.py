@@ -125,6 +125,11 @@ class LoadedModel:
         return int(self.model.config.get_text_config().hidden_size)
 
     @property
+    def chat_template(self) -> str | None:
+        """The chat template the model's tokenizer carries, if any."""
+        return getattr(self.tokenizer, "chat_template", None) or None
+
+    @property
     def final_norm(self) -> torch.nn.Module | None:
         for name in _NORM_NAMES:
             module = getattr(self.body, name, None)
@@ -137,20 +142,54 @@ class LoadedModel:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
 
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Parse each GGUF file's header once inside the block.
+
+    transformers builds a `gguf.GGUFReader` for the tokenizer, again for the config and again for
+    the weights; each parses every field of the header, the 262k vocabulary strings one memmap
+    view at a time (about 17 s for gemma-3-270m). The reader is read-only after construction, so
+    the three loads share one.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple, object] = {}
+
+    def shared(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _convert_gguf(gguf: Path, dest: Path, fingerprint: str) -> None:
-    """Dequantize a GGUF file into a safetensors HF folder at `dest` (atomic)."""
+    """Dequantize a GGUF file into a safetensors HF folder at `dest` (atomic).
+
+    A model loaded from GGUF refuses `save_pretrained`, so its weights move into a model built on
+    the meta device from the same config (no second random initialisation) and that one is saved.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with _one_gguf_parse():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         config = quant.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        fresh.load_state_dict(quant.state_dict(), strict=True)
+        with torch.device("meta"):
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(quant.state_dict(), strict=True, assign=True)
+        fresh.tie_weights()
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "fingerprint": fingerprint}))

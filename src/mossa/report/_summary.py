@@ -25,11 +25,25 @@ class StudySummary:
     heldout_sections: dict
     upper_layers: list[int]
     base_upper_by_cluster: dict[str, float]
-    gain_by_cluster: dict[str, tuple[float, int]]
+    gain_by_cluster: dict[str, tuple[float, int | None]]
     median_base_upper: float
     median_experimental_upper: float
     heldout: dict = field(default_factory=dict)
     controls_better: tuple[int, int] = (0, 0)
+    n_values: int = 0
+    n_undefined: int = 0
+    undefined_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def all_undefined(self) -> bool:
+        """Whether no similarity value of the study is defined (nothing to state from them)."""
+        return self.n_values > 0 and self.n_undefined == self.n_values
+
+
+def undefined_reasons(sim: pd.DataFrame) -> list[str]:
+    """The distinct reasons recorded for the undefined (non-finite) values of a similarity table."""
+    undefined = sim[~np.isfinite(sim["value"].to_numpy(dtype=float))]
+    return sorted(set(undefined["undefined_reason"].fillna("")) - {""})
 
 
 def upper_third(n_layers: int) -> list[int]:
@@ -55,9 +69,9 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
     for cluster in clusters:
         sub = sim[sim["cluster"] == cluster]
         base_upper[cluster] = _median(sub, "base", upper)
-        per_layer = sub.pivot_table(index="layer", columns="model", values="value", aggfunc="median")
-        diff = (per_layer.get("experimental") - per_layer.get("base")).dropna()
-        gains[cluster] = (float(diff.max()), int(diff.idxmax())) if len(diff) else (float("nan"), -1)
+        per_layer = sub.groupby(["layer", "model"])["value"].median().unstack()  # all-NaN models kept
+        diff = (per_layer["experimental"] - per_layer["base"]).dropna()
+        gains[cluster] = (float(diff.max()), int(diff.idxmax())) if len(diff) else (float("nan"), None)
     heldout = {}
     held_tasks = list(study_json.get("heldout_tasks", []))
     if held_tasks:
@@ -74,7 +88,9 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
         sections={k: v for k, v in sections.items() if k != "heldout"}, heldout_sections=sections.get("heldout", {}),
         upper_layers=upper, base_upper_by_cluster=base_upper, gain_by_cluster=gains,
         median_base_upper=_median(sim, "base", upper), median_experimental_upper=_median(sim, "experimental", upper),
-        heldout=heldout, controls_better=(better, len(controls)))
+        heldout=heldout, controls_better=(better, len(controls)), n_values=len(sim),
+        n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
+        undefined_reasons=undefined_reasons(sim))
 
 
 def _fmt(x: float) -> str:
@@ -98,11 +114,23 @@ def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
             f"(95% CI {_fmt(sec.get('jump_ci', [np.nan])[0])} to {_fmt(sec.get('jump_ci', [np.nan, np.nan])[1])}).")
 
 
+def _undefined_sentence(s: StudySummary) -> str:
+    reasons = "; ".join(s.undefined_reasons) or "no reason recorded"
+    return (f"Every linear CKA value of this study is undefined ({s.n_undefined} of {s.n_values}), so no "
+            f"similarity, layer section or gain can be stated: {reasons}. (CKA is 0/0 for a representation "
+            f"that is the same for every test example, as when all of a task's test prompts are the same text.) "
+            f"The tables list each value as undefined and the figures built on them are empty.")
+
+
 def summary_sentences(s: StudySummary) -> list[str]:
-    """The report's summary, one sentence per finding, written from the numbers."""
+    """The report's summary, one sentence per finding, written from the numbers; when no similarity
+    value is defined, the controls' losses and why the values are undefined."""
+    controls = (f"{s.controls_better[0]} of {s.controls_better[1]} control models beat the base model on their "
+                f"own task's test loss.")
+    if s.all_undefined:
+        return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"
-    out = [f"{s.controls_better[0]} of {s.controls_better[1]} control models beat the base model on their own "
-           f"task's test loss.",
+    out = [controls,
            f"Over the last third of the layers ({up}), the median linear CKA with the controls is "
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
     out.append(_section_sentence(s.sections, "E"))
@@ -117,7 +145,8 @@ def summary_sentences(s: StudySummary) -> list[str]:
                    f"over {up}).")
     gains = sorted(s.gain_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1][0], nan=-9))
     out.append("E's largest gains over B: " + ", ".join(
-        f"{c} ({_signed(g)} at layer {layer})" for c, (g, layer) in gains[:3]) + ".")
+        f"{c} ({_signed(g)} at layer {layer})" if layer is not None else f"{c} (undefined at every layer)"
+        for c, (g, layer) in gains[:3]) + ".")
     if s.heldout:
         h = s.heldout
         out.append(f"On the {len(h['tasks'])} tasks held out of E' ({', '.join(h['tasks'])}), E' reaches "

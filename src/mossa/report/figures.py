@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -13,10 +14,20 @@ import pandas as pd  # noqa: E402
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from mossa.report._summary import undefined_reasons  # noqa: E402
 from mossa.store import atomic_path  # noqa: E402
 
 MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452"),
                "heldout": ("E' (multi-task, task held out) vs C_t", "#55a868")}
+
+
+def _note_empty(ax, text: str, layers=()) -> None:
+    """Say on an empty panel why it holds nothing (instead of leaving it blank); `layers` keeps its
+    x axis on the layers that have no value."""
+    ax.text(0.5, 0.5, textwrap.fill(text, 45), transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            color="dimgray", bbox={"facecolor": "white", "edgecolor": "none"})
+    if len(layers):
+        ax.set_xlim(min(layers) - 0.5, max(layers) + 0.5)
 
 
 def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
@@ -25,7 +36,8 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     """The paper's Fig 2: per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
 
     Undefined values (NaN with a reason) are left out; layers with no defined value for a model
-    are noted under the axis instead of drawn. With `medians` (from the analysis), each
+    are noted under the axis instead of drawn, and with no defined value at all the reasons are
+    written on the empty axes. With `medians` (from the analysis), each
     median carries its bootstrap-over-tasks 95% interval as an error bar; with `sections`
     (a found transition), the shared / transition / refinement layers are shaded.
     """
@@ -83,12 +95,16 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     if medians is not None:
         ax.errorbar([], [], yerr=[], fmt="_", color="#b2182b", ecolor="#b2182b",
                     label="median and its 95% CI (over tasks)")
-    ax.legend(loc="lower left", fontsize=8)
     undefined_layers = sorted({layer for _, layer in undefined})
-    if undefined_layers:
-        ax.text(0.99, 0.02, f"undefined (no variation across examples) at layer(s) "
-                f"{', '.join(map(str, undefined_layers))}", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color="dimgray")
+    if len(undefined) == len(models) * len(layers):  # nothing drawn: say why instead
+        reasons = undefined_reasons(data[data["model"].isin(models)])
+        _note_empty(ax, "no defined value" + (f": {'; '.join(reasons)}" if reasons else ""))
+    else:
+        ax.legend(loc="lower left", fontsize=8)
+        if undefined_layers:
+            ax.text(0.99, 0.02, f"undefined (no variation across examples) at layer(s) "
+                    f"{', '.join(map(str, undefined_layers))}", transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=8, color="dimgray")
     fig.tight_layout()
     _save(fig, path)
 
@@ -109,13 +125,14 @@ def _save(fig, path: Path) -> None:
 def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
     """The paper's Fig 3: one panel per task cluster, the median over its tasks of CKA(B, C_t)
     and CKA(E, C_t) per layer, with its 95% interval as a band (over tasks, or over examples
-    for a one-task cluster; see `ci_source` in results/medians.csv)."""
+    for a one-task cluster; see `ci_source` in results/medians.csv). A cluster with no defined
+    value gets an empty panel saying so."""
     data = medians[(medians["measure"] == measure) & (medians["group"] != "all")]
     clusters = sorted(data["group"].unique())
     cols = min(4, len(clusters))
     rows = int(np.ceil(len(clusters) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows + 0.6), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.6 * cols, 10.0), 2.7 * rows + 0.6), sharex=True,
+                             sharey=True, squeeze=False)
     for ax, cluster in zip(axes.flat, clusters):
         sub = data[data["group"] == cluster]
         for model in ("base", "experimental"):
@@ -124,7 +141,12 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
             ax.plot(m["layer"], m["median"], marker="o", markersize=2.5, color=colour, label=label)
             ax.fill_between(m["layer"], m["ci_low"], m["ci_high"], color=colour, alpha=0.18, linewidth=0)
         n_tasks = int(sub["n_tasks"].max()) if len(sub) else 0
-        ax.set_title(f"{cluster} ({n_tasks} task{'s' if n_tasks != 1 else ''})", fontsize=9)
+        if n_tasks:
+            ax.set_title(f"{cluster} ({n_tasks} task{'s' if n_tasks != 1 else ''})", fontsize=9)
+        else:
+            ax.set_title(cluster, fontsize=9)
+            _note_empty(ax, "no task has a defined value at any layer (the reasons are in results/similarity.csv)",
+                        layers=sub["layer"].to_numpy())
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(clusters):]:
         ax.axis("off")
@@ -141,18 +163,24 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
 
 
 def plot_layer_by_layer(cross: pd.DataFrame, path: Path, *, title: str) -> None:
-    """Linear CKA between every layer of B (or E) and every layer of C_t, averaged over tasks."""
+    """Linear CKA between every layer of B (or E) and every layer of C_t, averaged over tasks.
+
+    A layer pair undefined for every task (a layer that does not vary across examples) is a blank
+    cell; a model with no defined pair gets an empty panel saying so.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, model in zip(axes, ("base", "experimental")):
         label = MODEL_STYLE[model][0]
-        mean = cross[cross["model"] == model].pivot_table(index="layer", columns="control_layer", values="value",
-                                                          aggfunc="mean")
-        image = ax.imshow(mean.to_numpy(dtype=float), origin="lower", cmap="viridis", vmin=0, vmax=1,
-                          aspect="auto")
+        mean = cross[cross["model"] == model].groupby(["layer", "control_layer"])["value"].mean().unstack()
+        values = mean.to_numpy(dtype=float)
+        image = ax.imshow(values, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        if not np.isfinite(values).any():
+            _note_empty(ax, "no defined value at any layer pair: a layer that does not vary across examples "
+                            "has no CKA")
         ax.set_xlabel("layer of control C_t")
         ax.set_ylabel(f"layer of {'B' if model == 'base' else 'E'}")
         ax.set_title(label, fontsize=10)
-        step = int(np.ceil(len(mean) / 10))
+        step = max(1, int(np.ceil(len(mean) / 10)))
         ax.set_xticks(range(0, len(mean.columns), step))
         ax.set_yticks(range(0, len(mean.index), step))
         ax.set_xticklabels(mean.columns[::step])
@@ -168,7 +196,8 @@ SPECTRAL_STYLE = {"base": ("B (base)", "#4c72b0"), "experimental": ("E (multi-ta
 
 def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> None:
     """The paper's Fig 5: per layer, directions needed for the variance threshold, mean over tasks
-    with the min-max range as a band; a second panel shows the share of the top direction."""
+    with the min-max range as a band; a second panel shows the share of the top direction. Layers
+    that do not vary across examples are left out; with none left, the panels say so."""
     threshold = float(spectral["threshold"].iloc[0])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
     varying = spectral[spectral["note"].fillna("") == ""]  # a constant layer has no spectrum to show
@@ -179,7 +208,7 @@ def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> Non
         ax.fill_between(dims.mean().index, dims.min(), dims.max(), color=colour, alpha=0.15, linewidth=0)
         top = g["top1_variance_fraction"].mean()
         ax2.plot(top.index, top, marker="o", markersize=3, color=colour, label=label)
-    if "n_examples" in spectral:
+    if "n_examples" in spectral and not varying.empty:
         ceiling = int(spectral["n_examples"].min()) - 1
         ax.axhline(ceiling, color="gray", linestyle="--", linewidth=0.8)
         ax.text(0.01, ceiling, f" at most n-1 = {ceiling} with n = {ceiling + 1} prompts", fontsize=7,
@@ -193,7 +222,11 @@ def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> Non
     ax2.set_title("how much one direction dominates (mean over tasks)", fontsize=10)
     for a in (ax, ax2):
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if varying.empty:
+            _note_empty(a, "no spectrum to show: no layer of B, E or any C_t varies across examples",
+                        layers=spectral["layer"].to_numpy())
+        else:
+            a.legend(fontsize=8)
     n = int(spectral.groupby(["model", "task"]).size().shape[0] / 3)
     fig.suptitle(f"{title}: spectral analysis of last-token representations ({n} tasks)")
     fig.tight_layout()
@@ -201,10 +234,19 @@ def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> Non
 
 
 def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dict[str, str]) -> None:
-    """The paper's Fig 6: per layer, Pearson r across tasks between CKA(M, C_t) and task properties."""
+    """The paper's Fig 6: per layer, Pearson r across tasks between CKA(M, C_t) and task properties.
+
+    A property with no defined r gets an empty panel with the table's notes (why r is undefined)."""
     props = list(labels)
     fig, axes = plt.subplots(1, len(props), figsize=(4.2 * len(props), 3.8), sharey=True)
     for ax, prop in zip(np.atleast_1d(axes), props):
+        shown = corr[(corr["property"] == prop) & corr["model"].isin(["base", "experimental"])]
+        if not np.isfinite(shown["r"].to_numpy(dtype=float)).any():
+            where = shown.groupby(shown["note"].fillna(""))["layer"].unique()  # note -> its layers
+            notes = [f"{note} (layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, sorted(ls)))})"
+                     for note, ls in where.items() if note]
+            _note_empty(ax, "no defined r" + (f": {'; '.join(notes)}" if notes else ""),
+                        layers=shown["layer"].to_numpy())
         for model in ("base", "experimental"):
             label, colour = MODEL_STYLE[model]
             sub = corr[(corr["property"] == prop) & (corr["model"] == model)].sort_values("layer")

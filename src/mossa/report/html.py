@@ -9,6 +9,7 @@ import base64
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from jinja2 import Environment
@@ -33,16 +34,23 @@ CAPTIONS = {
                      "representation (mean over tasks, band = range) for B, E and the controls. Right: the share "
                      "of variance on the single top direction.",
     "correlations": "Fig 6. Per layer, Pearson r across tasks between CKA with the control and the readability "
-                    "of the task's inputs (Flesch-Kincaid, Coleman-Liau) and its training-set size; circles mark "
-                    "p < 0.05.",
+                    "of the task's test inputs (Flesch-Kincaid, Coleman-Liau) and the number of training examples "
+                    "its control saw (a constant, and so no correlation, when every control saw as many); circles "
+                    "mark p < 0.05.",
     "layer_by_layer_cka": "Linear CKA between every layer of B (left) or E (right) and every layer of C_t, averaged "
                           "over tasks: which layer of one model matches which of the other.",
 }
 
 
+UNDEFINED = "undefined"
+
+
 def _table(df: pd.DataFrame) -> Markup:
-    html = df.to_html(index=False, classes="sortable", border=0, na_rep="undefined",
-                      float_format=lambda x: f"{x:.3f}")
+    """A sortable HTML table; a missing value reads 'undefined' whatever its column's type."""
+    shown = df.apply(lambda col: col if col.dtype.kind == "f" or col.notna().all()
+                     else col.astype(object).where(col.notna(), UNDEFINED))
+    html = shown.to_html(index=False, classes="sortable", border=0, na_rep=UNDEFINED,
+                         float_format=lambda x: f"{x:.3f}")
     return Markup(html)
 
 
@@ -69,7 +77,55 @@ def _cluster_table(summary: StudySummary, sim: pd.DataFrame) -> pd.DataFrame:
         rows.append({"cluster": cluster, "tasks": lin[lin["cluster"] == cluster]["task"].nunique(),
                      "B upper third (median)": summary.base_upper_by_cluster[cluster],
                      "largest median gain of E over B": gain, "at layer": layer})
+    return pd.DataFrame(rows).astype({"at layer": "Int64"})
+
+
+def _share(values: dict) -> str:
+    return ", ".join(f"{field} {share:.0%}" for field, share in values.items()) or "-"
+
+
+def _prompts_table(study: dict) -> pd.DataFrame:
+    """Per task: its templates and what truncation did to its test (and training) prompts."""
+    rows = []
+    for task, info in study["tasks"].items():
+        counts = info.get("prompts")
+        if not counts:  # a study of an earlier version
+            continue
+        test, train = counts["test"], counts["train"]
+        rows.append({"task": task, "templates": info.get("n_templates"), "template source": info["template"],
+                     "test prompts": test["n"], "cut": test["cut"], "uncut share": test["uncut_share"],
+                     "median share kept (cut fields)": _share(test["kept_median"]),
+                     "least kept": _share(test["kept_min"]), "left out, replaced": test["left_out"],
+                     "train prompts": train["n"], "train cut": train["cut"], "train left out": train["left_out"]})
     return pd.DataFrame(rows)
+
+
+def _training_table(study: dict) -> pd.DataFrame:
+    """Per trained unit: steps, the examples it saw per task (budget parity shows as equal counts
+    for E and each control) and its mean training loss over the first and the last tenth of its
+    steps (a single step of a small batch is noisy)."""
+    rows = []
+    for unit, log in (study.get("training") or {}).items():
+        seen = log.get("examples_seen") or {}
+        counts = sorted(seen.values())
+        losses = log["train_loss"]
+        tenth = max(1, len(losses) // 10)
+        rows.append({"unit": unit, "steps": log.get("steps"), "tasks": len(seen) or None,
+                     "examples seen": sum(counts) if counts else log.get("n_examples"),
+                     "per task": (f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}")
+                     if counts else "not recorded",
+                     "loss, first tenth of steps": float(np.mean(losses[:tenth])),
+                     "loss, last tenth": float(np.mean(losses[-tenth:]))})
+    return pd.DataFrame(rows)
+
+
+def _format_text(fmt: dict | None) -> str:
+    if not fmt:
+        return "not recorded (a study of an earlier version)"
+    text = f"plain, cue {fmt['cue']!r}" if fmt["mode"] == "plain" else f"chat template {fmt['chat_template']}"
+    system = fmt.get("system_prompt")
+    return text + (f", system prompt {system[:60] + '...' if len(system) > 60 else system!r}" if system else
+                   ", no system prompt")
 
 
 def load_results(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
@@ -87,9 +143,16 @@ def _experimental_row(study: dict, cfg: dict) -> tuple[str, str]:
     """The set-up line for E: its training, or the given model and how its layers were matched to B's."""
     info = study.get("experimental") or {"mode": "trained"}
     if info["mode"] != "given":
-        return ("experimental E (and E'), trained", ", ".join(f"{k} {v}" for k, v in cfg["experimental"].items())
-                + f", cluster cap {cfg['cluster_cap']}")
+        budget = cfg.get("experimental_budget", "settings")
+        settings = {k: v for k, v in cfg["experimental"].items()
+                    if budget != "parity" or k not in ("epochs", "max_steps")}
+        return ("experimental E (and E'), trained", ", ".join(f"{k} {v}" for k, v in settings.items())
+                + f", cluster cap {cfg['cluster_cap']}"
+                + ("; budget parity: each task's examples as often as its control sees them"
+                   if budget == "parity" else "; budget: its own epochs and max_steps"))
     text = f"{info['spec']}, not trained here"
+    if info.get("prompt_format"):
+        text += f"; prompt format: {_format_text(info['prompt_format'])}"
     if "n_layers" in info:
         text += f" ({info['n_layers']} layers, d={info['hidden_size']}"
         text += (f"; its states matched to B's {len(info['layer_map'])} by relative depth: "
@@ -111,7 +174,10 @@ def write_report(root: Path) -> Path:
     setup = [("base model B", f"{model['name']} ({model['kind']}: {model['location']})"),
              ("layers / width", f"{model['n_layers']} / {model['hidden_size']}"),
              ("compute", f"{model['dtype']} on {model['device']} ({model['dtype_reason']})"),
-             ("prompts", f"{model['prompt_mode']}, cue {cfg['cue']!r}, at most {cfg['max_prompt_tokens']} tokens"),
+             ("prompt format (B, E, E', every C_t)", _format_text(study.get("prompt_format"))),
+             ("prompts", f"at most {cfg['max_prompt_tokens']} tokens, a cut field keeps at least "
+                         f"{cfg.get('truncation_floor', 0.5):.0%} of its tokens; templates: {cfg.get('templates', 'first')}"
+                         f"; targets at most {cfg['max_target_tokens']} tokens"),
              ("preset / seed", f"{cfg['preset']} / {cfg['seed']}"),
              ("examples per task", f"{cfg['n_train']} train (at most), {cfg['n_test']} test"),
              ("LoRA", ", ".join(f"{k} {v}" for k, v in cfg["lora"].items())),
@@ -141,7 +207,8 @@ def write_report(root: Path) -> Path:
         tasks_by_cluster=[(c, ", ".join(ts)) for c, ts in sorted(by_cluster.items())], figures=figures,
         task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
         cluster_table=_table(_cluster_table(summary, sim)),
-        controls_table=_table(controls), rerun=f"mossa run --config {root / 'config.yaml'}",
+        controls_table=_table(controls), prompts_table=_table(_prompts_table(study)),
+        training_table=_table(_training_table(study)), rerun=f"mossa run --config {root / 'config.yaml'}",
         provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False),
         given=(study.get("experimental") or {}).get("mode") == "given",
         given_spec=(study.get("experimental") or {}).get("spec", ""))

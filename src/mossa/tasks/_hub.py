@@ -5,8 +5,13 @@ data set, configuration and splits hold it and how a row becomes a flan-mini for
 row then goes through the same validation as a task file row (`parse_row`), and the task
 through the same template check and fingerprint (`build_task`). Downloads land in the
 `datasets` cache, or under `$MOSSA_CACHE/datasets` when MOSSA_CACHE is set, and are reused
-offline. At most `MAX_ROWS` rows of each split are read, from the start of the split (the
-paper tests on the first <= 10,000 test examples and caps training at 50k per cluster).
+offline. At most `MAX_ROWS` rows of each split are read (the paper tests on <= 10,000 test
+examples and caps training at 50k per cluster): a split no larger than the cap is read whole,
+a larger one as a seeded random sample of `MAX_ROWS[split]` rows drawn without replacement and
+read in hub order (`_row_indices`), never its head, because some splits are sorted by label
+(imdb's test split, sentiment140's train split). The sample depends only on `SAMPLE_SEED`, the
+task name, the split and the split's size, and an example's id keeps its row index in the hub
+split, so an example's id does not depend on which other rows were drawn.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.resources import files
-from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from mossa.errors import MossaError
@@ -36,7 +42,10 @@ CLUSTERS = (
     "Reading comprehension with commonsense", "Misc",
 )
 MAX_ROWS = {"train": 50_000, "test": 10_000}
-CONVERT_VERSION = 1
+# Rows beyond the cap: a seeded sample (see `_row_indices`); part of every hub task's fingerprint.
+SAMPLE_RULE = "sorted-random-sample"
+SAMPLE_SEED = 2021
+CONVERT_VERSION = 2  # 2: capped splits are sampled, not read from the head
 _PUNCT = re.compile(r"[^\w\s]")
 TRANSFORMS = {
     "no_punct": lambda text: _PUNCT.sub("", text),
@@ -308,6 +317,26 @@ def _load_split(task: HubTask, split: str):
     return data
 
 
+def _row_indices(name: str, split: str, size: int) -> list[int] | None:
+    """The hub row indices to read from a split of `size` rows: None (all of them, in order)
+    when it holds no more than `MAX_ROWS[split]`, else a sample of that many drawn without
+    replacement by a generator seeded from `SAMPLE_SEED`, the task name and the split, sorted."""
+    cap = MAX_ROWS[split]
+    if size <= cap:
+        return None
+    rng = np.random.default_rng([SAMPLE_SEED, zlib.crc32(name.encode()), zlib.crc32(split.encode())])
+    return sorted(int(i) for i in rng.choice(size, size=cap, replace=False))
+
+
+def _rows(data, name: str, split: str):
+    """(hub row index, row) for the rows of `data` that a task reads (see `_row_indices`)."""
+    indices = _row_indices(name, split, len(data))
+    if indices is None:
+        return enumerate(data)
+    rows = data.select(indices) if hasattr(data, "select") else (data[i] for i in indices)
+    return zip(indices, rows)
+
+
 def load_hub_task(task: HubTask) -> TaskSpec:
     """Download (or read from the cache), convert, validate and fingerprint one hub task.
 
@@ -322,7 +351,8 @@ def load_hub_task(task: HubTask) -> TaskSpec:
     """
     if task.unavailable:
         raise MossaError(f"{COLLECTION} task {task.name!r} cannot be downloaded: {' '.join(task.unavailable.split())}")
-    digest = hashlib.sha256(json.dumps({"convert": CONVERT_VERSION, "entry": task.entry}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"convert": CONVERT_VERSION, "entry": task.entry, "sample": {
+        "rule": SAMPLE_RULE, "seed": SAMPLE_SEED, "max_rows": MAX_ROWS}}, sort_keys=True).encode())
     splits: dict[str, list[Example]] = {}
     path = table_path()
     for split in ("train", "test"):
@@ -336,7 +366,7 @@ def load_hub_task(task: HubTask) -> TaskSpec:
             raise MossaError(f"{task.origin}: column {min(missing)!r} is not in {where} of the hub dataset "
                              f"{task.describe()} (columns: {', '.join(data.column_names)})")
         examples = []
-        for i, row in enumerate(islice(data, MAX_ROWS[split])):
+        for i, row in _rows(data, task.name, split):
             converted = convert_row(task, row)
             if converted is not None:
                 ex = parse_row(where, i, {**converted, "split": split}, task.name)

@@ -15,7 +15,7 @@ from pathlib import Path
 from mossa.errors import MossaError
 from mossa.tasks._loader import SPLIT_RULE, TEST_FRACTION, read_task_file
 from mossa.tasks._spec import Example, TaskSpec, Template
-from mossa.tasks._templates import TEMPLATE_VERSION, template_fields, template_for
+from mossa.tasks._templates import TEMPLATE_VERSION, template_fields, templates_for
 
 UNCLUSTERED = "Unclustered"
 CUSTOM = "Custom"
@@ -69,30 +69,34 @@ def read_manifest(tasks_dir: Path) -> dict[str, str]:
 
 
 def build_task(name: str, cluster: str, path: Path, splits: dict[str, list[Example]], digest,
-               *, template: Template | None = None, locate: Callable[[Example], str] | None = None) -> TaskSpec:
-    """Check every example against the task's template and fingerprint the task.
+               *, templates: tuple[Template, ...] | None = None, note: str = "",
+               locate: Callable[[Example], str] | None = None) -> TaskSpec:
+    """Check every example against every template of the task and fingerprint the task.
 
     Shared by every task source. `digest` is a hashlib object already fed with what identifies
-    the data (file bytes, or the converted rows of a hub data set); the template is added here.
-    `template` defaults to the written template of `name`, else the generic one; `locate` names
-    an example in errors (default `path:line`, the line being the tail of the example id).
+    the data (file bytes, or the converted rows of a hub data set); the templates are added here.
+    `templates` defaults to the written templates of `name` when the examples fit them, else the
+    generic one (`templates_for`); `note` says where given templates come from. `locate` names an
+    example in errors (default `path:line`, the line being the tail of the example id).
     """
-    first = next(iter(splits.values()))[0]
-    template = template or template_for(name, first)
-    names = template_fields(template.text)
-    needed = names - {"options"}
+    every = [ex for examples in splits.values() for ex in examples]
+    if templates is None:
+        templates, note = templates_for(name, every)
     locate = locate or (lambda ex: f"{path}:{ex.id.rsplit(':', 1)[-1]}")
-    for examples in splits.values():
-        for ex in examples:
+    for template in templates:
+        names = template_fields(template.text)
+        needed = names - {"options"}
+        for ex in every:
             missing = needed - ex.fields.keys()
             if missing:
                 raise MossaError(f"{locate(ex)}: field 'input.{min(missing)}' is missing; the template "
                                  f"({template.origin}) needs {', '.join(sorted(needed))}")
             if "options" in names and not ex.options:
-                raise MossaError(f"{path}: example {ex.id} has no 'input.options' but the template lists options")
-    digest.update(f"template-v{TEMPLATE_VERSION}:{template.text}:{template.truncate}".encode())
-    return TaskSpec(name=name, cluster=cluster, path=path, template=template,
-                    fingerprint=digest.hexdigest()[:16], examples=splits)
+                raise MossaError(f"{locate(ex)}: example {ex.id} has no 'input.options' but the template "
+                                 f"({template.origin}) lists options")
+        digest.update(f"template-v{TEMPLATE_VERSION}:{template.key}".encode())
+    return TaskSpec(name=name, cluster=cluster, path=path, templates=tuple(templates),
+                    fingerprint=digest.hexdigest()[:16], examples=splits, template_note=note)
 
 
 def load_task(name: str, path: Path, cluster: str) -> TaskSpec:
@@ -107,8 +111,8 @@ def load_task_file(path: Path, cluster: str = CUSTOM) -> TaskSpec:
     Rows are in the flan-mini format (`input` object or string, `target`) with optional `split`,
     `options` (top level or in `input`) and `id`. Rows without a split are put in train or test
     by `assign_splits` (about 20% test, by a SHA-256 of the row's `id`, else of its input), so
-    the assignment never changes between runs. The template is the written one for a task of
-    that name, else the generic template over the row's fields.
+    the assignment never changes between runs. The templates are the written ones for a task of
+    that name when the rows fit them, else the generic template over the rows' fields.
 
     Raises
     ------

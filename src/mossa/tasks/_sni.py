@@ -28,7 +28,7 @@ from mossa.tasks._registry import build_task
 from mossa.tasks._spec import Example, TaskSpec, Template
 
 N_DEMONSTRATIONS = 2
-SNI_TEMPLATE_VERSION = 1
+SNI_TEMPLATE_VERSION = 2
 
 
 def sni_task_files(folder: Path) -> dict[str, Path]:
@@ -58,15 +58,23 @@ def _escape(text: str) -> str:
 
 
 def sni_template(path: Path, definition: str, positives: list) -> Template:
-    """Definition, up to `N_DEMONSTRATIONS` positive examples, then `{input}` (see module doc)."""
-    parts = [_escape(definition.strip())]
+    """Definition, up to `N_DEMONSTRATIONS` positive examples, then `{input}` (see module doc).
+
+    Each form falls back to the same instruction with one demonstration fewer (`shorter`), so an
+    instance whose input cannot fit beside two demonstrations is shown with one or none instead
+    of being cut below its floor.
+    """
     demos = [(ex.get("input"), _first_output(ex.get("output"))) for ex in positives if isinstance(ex, dict)]
     demos = [(i.strip(), o) for i, o in demos if isinstance(i, str) and i.strip() and o][:N_DEMONSTRATIONS]
-    for k, (inp, out) in enumerate(demos, start=1):
-        parts.append(f"Example {k}\nInput: {_escape(inp)}\nOutput: {_escape(out)}")
-    parts.append("Now do the same for this input.\nInput: {input}")
-    return Template(text="\n\n".join(parts), truncate="input",
-                    origin=f"{path}: SNI definition + {len(demos)} positive examples")
+    template = None
+    for k in range(len(demos) + 1):
+        parts = [_escape(definition.strip())]
+        parts += [f"Example {j}\nInput: {_escape(inp)}\nOutput: {_escape(out)}"
+                  for j, (inp, out) in enumerate(demos[:k], start=1)]
+        parts.append("Now do the same for this input.\nInput: {input}")
+        template = Template(text="\n\n".join(parts), truncate=("input",), shorter=template,
+                            origin=f"{path}: SNI definition + {k} positive examples")
+    return template
 
 
 def load_sni_task(name: str, path: Path) -> TaskSpec:
@@ -120,5 +128,6 @@ def load_sni_task(name: str, path: Path) -> TaskSpec:
     digest = hashlib.sha256(raw)
     digest.update(f"sni-v{SNI_TEMPLATE_VERSION}:demos={N_DEMONSTRATIONS}:split-rule:{SPLIT_RULE}:"
                   f"{TEST_FRACTION}".encode())
-    return build_task(name, cluster, path, splits, digest, template=sni_template(path, definition, positives),
+    template = sni_template(path, definition, positives)
+    return build_task(name, cluster, path, splits, digest, templates=(template,), note=template.origin,
                       locate=lambda ex: f"{path}: instance {ex.id}")

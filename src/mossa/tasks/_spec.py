@@ -23,23 +23,46 @@ class Example:
 
 @dataclass(frozen=True)
 class Template:
-    """An instruction template: `str.format` over the input fields plus `{options}`."""
+    """An instruction template: `str.format` over the input fields plus `{options}`.
+
+    `truncate` names the fields that may be shortened (sharing one token budget) when a prompt
+    is over budget; everything else, options and the instruction's own words included, is never
+    cut. `shorter` is a shorter form of the same instruction (e.g. fewer demonstrations) that a
+    prompt falls back to when it cannot fit otherwise.
+    """
 
     text: str
-    truncate: str
+    truncate: tuple[str, ...]
     origin: str
+    shorter: Template | None = None
+
+    @property
+    def key(self) -> str:
+        """What identifies the template in fingerprints (its text, cut fields and fallbacks)."""
+        tail = f"|shorter:{self.shorter.key}" if self.shorter is not None else ""
+        return f"{self.text}|truncate:{','.join(self.truncate)}{tail}"
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: where its data lives, its cluster, its template and fingerprint."""
+    """A registered task: where its data lives, its cluster, its templates and fingerprint.
+
+    `templates` holds one or more instruction templates (one is drawn per example, see
+    `mossa.tasks.template_index`); `template_note` says where they come from and why.
+    """
 
     name: str
     cluster: str
     path: Path
-    template: Template
+    templates: tuple[Template, ...]
     fingerprint: str
     examples: dict[str, list[Example]] = field(repr=False, compare=False, default_factory=dict)
+    template_note: str = ""
+
+    @property
+    def template(self) -> Template:
+        """The task's first template (the only one under `templates: first`)."""
+        return self.templates[0]
 
     @property
     def has_options(self) -> bool:
