@@ -73,8 +73,8 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(DEMO4))
     ap.add_argument("--tasks-dir", default=None)
     ap.add_argument("--n-test", type=int, default=40, help="test prompts per task")
-    ap.add_argument("--max-prompt-tokens", type=int, default=96, help="demo preset: 96")
-    ap.add_argument("--max-target-tokens", type=int, default=16, help="demo preset: 16")
+    ap.add_argument("--max-prompt-tokens", type=int, default=96, help="the README figures; the demo preset uses 224")
+    ap.add_argument("--max-target-tokens", type=int, default=16, help="the README figures; the demo preset uses 48")
     ap.add_argument("--token-budget", type=int, default=2048, help="study default extract_token_budget")
     ap.add_argument("--adapter", choices=["lora", "none"], default="lora",
                     help="run a fresh LoRA adapter (as for C_t, E, E') or the plain base model B")

@@ -47,7 +47,7 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     spectral = pd.read_csv(out / "results/spectral.csv")
     assert set(spectral["model"]) == {"base", "experimental", "control"} and (spectral["dims_for_variance"] <= 11).all()
     corr = pd.read_csv(out / "results/correlations.csv")
-    assert corr["r"].isna().all() and corr["note"].str.contains(r"only \d tasks|no task with a defined value").all()
+    assert corr["r"].isna().all() and corr["reason"].str.contains(r"only \d tasks|no task with a defined value").all()
     assert (sim["n_examples"] == 12).all()
     controls = pd.read_csv(out / "results/controls.csv")
     assert list(controls.columns[:4]) == ["task", "metric", "base", "control"]
@@ -156,16 +156,19 @@ def test_click_usage_error_is_one_line(capsys):
 
 def test_heldout_experiment(tiny_model, tiny_tasks, tmp_path):
     out = tmp_path / "study"
-    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--measures", "linear_cka") == 0
+    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--measures", "linear_cka",
+                "--ceiling-tasks", "tiny_struct") == 0
     sim = pd.read_parquet(out / "results/similarity.parquet")
     held = sim[sim["model"] == "heldout"]
     assert set(held["task"]) == {"tiny_struct"} and len(held) == 3
+    assert set(sim.loc[sim["model"] == "ceiling", "task"]) == {"tiny_struct"}  # every figure drawn beside them
     assert (out / "figures/heldout_cka_by_layer.png").is_file()
     study = json.loads((out / "study.json").read_text())
     assert study["heldout_tasks"] == ["tiny_struct"]
     assert study["training"]["heldout"]["examples_seen"] == study["training"]["control-tiny_sentiment"]["examples_seen"]
     controls = pd.read_csv(out / "results/controls.csv")
     assert controls.set_index("task")["heldout"].notna().to_dict() == {"tiny_sentiment": False, "tiny_struct": True}
+    assert controls.set_index("task")["ceiling"].notna().to_dict() == {"tiny_sentiment": False, "tiny_struct": True}
 
 
 def test_holdout_errors(tiny_model, tiny_tasks, tmp_path, capsys):

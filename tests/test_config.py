@@ -70,3 +70,12 @@ def test_init_writes_a_commented_config_that_runs_the_preset(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     path.write_text("x")
     assert main(["init", str(path), "--force"]) == 0 and path.read_text() == text
+
+
+def test_ceiling_tasks_words_and_lists():
+    assert resolve_config({}).ceiling_tasks == "auto" and resolve_config({"preset": "quick"}).ceiling_tasks == "none"
+    assert resolve_config({"ceiling_tasks": []}).ceiling_tasks == "none"
+    assert resolve_config({"ceiling_tasks": ["none"]}).ceiling_tasks == "none"  # --ceiling-tasks none
+    assert resolve_config({"ceiling_tasks": ["sst2", "trec"]}).ceiling_tasks == ["sst2", "trec"]
+    with pytest.raises(MossaError, match=r"^config: field 'ceiling_tasks': .*names a task twice: sst2"):
+        resolve_config({"ceiling_tasks": ["sst2", "sst2"]})

@@ -365,3 +365,105 @@ def test_returns_plain_python_types():
     assert type(dims_for_variance(X)) is int
     assert type(effective_rank(X)) is float
     assert isinstance(layer_spectrum(X[None]), pd.DataFrame)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cap min(n - 1, d), and the selection of layers
+
+
+def test_cap_is_reported_and_flagged():
+    rng = np.random.default_rng(4)
+    df = layer_spectrum(np.stack([rng.normal(size=(8, 20)), low_rank(rng, 8, 20, 2)]), threshold=0.99)
+    assert df["max_dims"].tolist() == [7, 7]
+    assert df["dims_for_variance"].tolist() == [7, 2]
+    assert df["at_cap"].tolist() == [True, False]
+    wide = layer_spectrum(rng.normal(size=(1, 30, 5)), threshold=1.0)  # d < n - 1: d is the cap
+    assert wide[["max_dims", "dims_for_variance", "at_cap"]].iloc[0].tolist() == [5, 5, True]
+
+
+def test_selected_layers_are_named_by_their_model_layer():
+    rng = np.random.default_rng(5)
+    acts = rng.normal(size=(1, 6, 4))
+    assert layer_spectrum(acts, layers=[7])["layer"].tolist() == [7]
+    acts[0, 2, 1] = np.nan
+    with pytest.raises(MossaError, match=r"\(layer 7\): expected finite values"):
+        layer_spectrum(acts, layers=[7])
+    with pytest.raises(MossaError, match="layers: expected one int per entry"):
+        layer_spectrum(acts, layers=[1, 2])
+
+
+# ----------------------------------------------------------------------------------------------
+# spectral_table: the study's Fig 5 table
+
+
+def _write(study, model, task, ids, acts):
+    from mossa.store import Activations
+
+    n = len(ids)
+    study.write_activations(model, task, Activations(ids=list(ids), acts=acts.astype(np.float32),
+                                                     target_nll=np.ones(n), target_tokens=np.ones(n, np.int64),
+                                                     meta={}), inputs="x")
+
+
+def _study(tmp_path, sizes, *, layers=3, d=16, decay=0.8, seed=0):
+    from mossa.store import StudyDir
+
+    rng = np.random.default_rng(seed)
+    study = StudyDir(tmp_path)
+    states = {}
+    for task, n in sizes.items():
+        ids = [f"{task}:test:{i}" for i in range(n)]
+        for model in ("base", "experimental", "control"):
+            states[model, task] = rng.normal(size=(layers, n, d)) * decay ** np.arange(d)
+        states["control", task] = states["base", task].copy()  # the same states: spectra must match
+        for model in ("base", "experimental", "control"):
+            _write(study, model, task, ids, states[model, task])
+    return study, states
+
+
+def test_spectral_table_drops_non_finite_rows_jointly_and_counts_them(tmp_path):
+    from mossa.analysis import spectral_table
+
+    study, states = _study(tmp_path, {"t": 20})
+    ctl = states["control", "t"].copy()
+    ctl[2, 4, 0] = np.nan  # one example, last layer, control only
+    _write(study, "control", "t", [f"t:test:{i}" for i in range(20)], ctl)
+    table = spectral_table(study, {"t": "C"})
+    assert (table["n_dropped"] == 1).all() and (table["n_examples"] == 19).all()
+    keep = [i for i in range(20) if i != 4]
+    base = table[table["model"] == "base"].set_index("layer")
+    ref = layer_spectrum(states["base", "t"][:, keep].astype(np.float32))
+    assert base["dims_for_variance"].tolist() == ref["dims_for_variance"].tolist()
+    np.testing.assert_allclose(base["effective_rank"], ref["effective_rank"], rtol=1e-10)
+
+
+def test_spectral_table_refuses_a_task_without_two_finite_examples(tmp_path):
+    from mossa.analysis import spectral_table
+
+    study, states = _study(tmp_path, {"a": 10, "b": 3})
+    exp = states["experimental", "b"].copy()
+    exp[1, :2] = np.inf
+    _write(study, "experimental", "b", [f"b:test:{i}" for i in range(3)], exp)
+    with pytest.raises(MossaError, match=r"task 'b' has 1 examples finite in B, E and C_t \(2 dropped"):
+        spectral_table(study, {"a": "A", "b": "B"})
+
+
+def test_spectral_table_uses_a_common_n_and_flags_the_cap(tmp_path):
+    from mossa.analysis import spectral_table
+
+    study, _ = _study(tmp_path, {"big": 60, "small": 10}, decay=1.0)
+    table = spectral_table(study, {"big": "A", "small": "B"}, seed=3)
+    assert (table["n_examples"] == 10).all()
+    assert table.groupby("task")["n_available"].first().to_dict() == {"big": 60, "small": 10}
+    assert (table["max_dims"] == 9).all() and (table["dims_for_variance"] <= 9).all()
+    assert table["at_cap"].any()  # 99% of isotropic data often needs every one of the 9 directions
+    assert table["at_cap"].equals(table["dims_for_variance"] == table["max_dims"])
+    # one subsample per task, shared by its models (control holds the base states)
+    by_model = table.set_index(["model", "task", "layer"])
+    pd.testing.assert_frame_equal(by_model.loc["base"], by_model.loc["control"])
+    # seeded: the same table again; another seed draws another subsample of the big task only
+    pd.testing.assert_frame_equal(table, spectral_table(study, {"big": "A", "small": "B"}, seed=3))
+    other = spectral_table(study, {"big": "A", "small": "B"}, seed=4)
+    small = table["task"] == "small"
+    pd.testing.assert_frame_equal(table[small], other[small])
+    assert not np.allclose(table.loc[~small, "total_variance"], other.loc[~small, "total_variance"])

@@ -93,7 +93,13 @@ def run(
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
                                            "linear_cka, debiased_cka, rbf_cka)."),
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
-    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples for confidence intervals (0 = none)."),
+    ceiling_tasks: Optional[str] = typer.Option(None, help="Tasks whose control is trained again under another "
+                                                "seed, for the ceiling CKA(C_t', C_t) (comma-separated), auto or "
+                                                "none."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples over tasks for the medians' intervals "
+                                         "(0 = no intervals at all)."),
+    n_permutations: Optional[int] = typer.Option(None, help="Re-pairings of the examples for every value's "
+                                                 "permutation null (0 = none)."),
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another run on the same --out instead of failing."),
     executor: Optional[str] = typer.Option(None, help="Where the units run: local (this process, in order) | ray "
@@ -122,8 +128,10 @@ def run(
                           "device": device, "last_layer": last_layer, "prompt_format": prompt_format,
                           "chat_template": chat_template, "system_prompt": system_prompt, "templates": templates,
                           "measures": _split_list(measures, "--measures"),
-                          "holdout": _split_list(holdout, "--holdout"), "n_boot": n_boot,
-                          "tsne_layers": _int_list(tsne_layers, "--tsne-layers"), "executor": executor,
+                          "holdout": _split_list(holdout, "--holdout"),
+                          "ceiling_tasks": _split_list(ceiling_tasks, "--ceiling-tasks"), "n_boot": n_boot,
+                          "n_permutations": n_permutations, "tsne_layers": _int_list(tsne_layers, "--tsne-layers"),
+                          "executor": executor,
                           "ray_address": ray_address, "ray_cpus": ray_cpus, "threads": threads,
                           "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit,
                           "experimental_model": _experimental(experimental, experimental_train),
@@ -174,6 +182,8 @@ def analyze(
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
                                            "linear_cka, debiased_cka, rbf_cka)."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the study's)."),
+    n_permutations: Optional[int] = typer.Option(None, help="Permutations of every value's null (default: the "
+                                                 "study's)."),
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
 ) -> None:
     """Recompute every table and figure of a study from its stored activations (loads no model)."""
@@ -184,7 +194,7 @@ def analyze(
     chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
     from mossa.report.html import write_report
 
-    result = analyze_study(study_dir, measures=chosen, n_boot=n_boot,
+    result = analyze_study(study_dir, measures=chosen, n_boot=n_boot, n_permutations=n_permutations,
                            tsne_layers=_int_list(tsne_layers, "--tsne-layers"), reporter=Reporter())
     write_report(study_dir)
     _summary(result)

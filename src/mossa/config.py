@@ -124,12 +124,20 @@ class StudyConfig(BaseModel):
     holdout: list[str] | Literal["auto", "none"] = Field(
         "auto", description="Tasks held out of a second experimental model E' (Fig 7): names, 'auto' (one "
                             "seeded task from each of up to 7 clusters) or 'none'.")
+    ceiling_tasks: list[str] | Literal["auto", "none"] = Field(
+        "auto", description="Tasks whose control is trained twice, the second time under another seed (LoRA "
+        "init and data order) on the same examples: CKA(C_t', C_t) per layer is what two equally trained "
+        "specialists share, the ceiling of the task's curves. Names, 'auto' (the first task of each of up to 4 "
+        "clusters spread evenly over the study's clusters in study order) or 'none' (or []).")
     measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
                                        "mossa.analysis.DEFAULT_MEASURES.")
     tsne_layers: list[int] | None = Field(None, description="Layers for the t-SNE figure; None = 5 spread over "
                                           "the model's depth.")
     variance_threshold: float = Field(0.99, gt=0, le=1, description="Variance share for the spectral analysis.")
-    n_boot: int = Field(200, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
+    n_boot: int = Field(200, ge=0, description="Bootstrap resamples over tasks for the medians' 95% intervals; 0 = no "
+                        "intervals at all (neither these nor the jackknife intervals over examples).")
+    n_permutations: int = Field(200, ge=0, description="Re-pairings of the test examples for the permutation null "
+                                "of every value (null mean, 95% bound, p-value, chance-adjusted score); 0 = none.")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     test_loss: Literal["all", "base_and_controls"] = Field(
         "all", description="Which models' extractions also score the test targets (results/controls.csv): all, or "
@@ -181,11 +189,23 @@ class StudyConfig(BaseModel):
             raise ValueError("name a registered chat template, a Jinja file or 'model', or leave it unset")
         return v
 
-    @field_validator("holdout", mode="before")
+    @field_validator("holdout", "ceiling_tasks", mode="before")
     @classmethod
-    def _holdout_words(cls, v):
+    def _list_words(cls, v, info):
+        """A one-item list naming a word (`--holdout none`) is the word; [] is 'none' for ceiling_tasks."""
         if isinstance(v, list) and len(v) == 1 and v[0] in ("auto", "none"):
             return v[0]
+        if isinstance(v, list) and not v and info.field_name == "ceiling_tasks":
+            return "none"
+        return v
+
+    @field_validator("ceiling_tasks")
+    @classmethod
+    def _ceiling_unique(cls, v):
+        if isinstance(v, list):
+            dupes = sorted({t for t in v if v.count(t) > 1})
+            if dupes:
+                raise ValueError(f"names a task twice: {', '.join(dupes)}")
         return v
 
     @field_validator("executor")
@@ -275,23 +295,26 @@ DEMO_TASKS = [
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "tasks": ["sst2", "e2e_nlg"], "holdout": "none",
+        "tasks": ["sst2", "e2e_nlg"], "holdout": "none", "ceiling_tasks": "none",
         "n_train": 16, "n_test": 16, "max_prompt_tokens": 64, "max_target_tokens": 8,
         "control": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
         "experimental": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
     },
     # Prompt and target limits cover the demo tasks: at most a few percent of cosmos_qa's prompts
     # are cut at 224 tokens, and 48 target tokens hold >= 95% of every task's targets (e2e_nlg's
-    # are the longest). Each control sees its 16 examples once, in 8 steps of 2 (small batches
-    # learn as much per example at the same cost), E by parity each task's 16, and E and E'
-    # extract states only: test extraction of 4,128 prompts is over half of the demo's compute.
+    # are the longest). Each control sees its 16 examples once, in 4 steps of 4 (bench/
+    # demo_budget.py: 7% less time per example than steps of 2, and no worse a test loss), E by
+    # parity each task's 16, and E and E' extract states only: test extraction of 4,128 prompts
+    # is over half of the demo's compute. 100 permutations per null (p-values from 1/101).
+    # ceiling_tasks auto picks snli, winogrande, e2e_nlg and trec (4 of the 12 clusters): 4 more
+    # controls of 8 steps and 384 prompts of states only, about 50 s (+7%) on 2 CPU cores.
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "test_loss": "base_and_controls",
-        "control": {"lr": 2e-3, "epochs": 1, "batch_size": 2, "grad_accum": 1, "schedule": "cosine",
+        "test_loss": "base_and_controls", "n_permutations": 100,
+        "control": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
-        "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 2, "grad_accum": 1, "schedule": "cosine",
+        "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                          "warmup_ratio": 0.05},
     },
     "paper": {

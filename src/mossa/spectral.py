@@ -36,6 +36,13 @@ Degenerate cases, decided once here:
 - fewer than 2 examples, non-finite values, wrong shapes, ``threshold`` outside (0, 1]:
   :class:`~mossa.errors.MossaError`.
 
+The cap: centring removes one dimension, so ``n`` examples span at most ``min(n - 1, d)``
+directions and :func:`dims_for_variance` can never exceed that. A count *at* the cap means the
+threshold needed every direction the sample has: it is a lower bound (more examples could
+reveal more directions), not a measurement, and counts on different ``n`` are not comparable.
+:func:`layer_spectrum` reports the cap (``max_dims``) and flags such layers (``at_cap``);
+``mossa.analysis.spectral_table`` computes every task on a common ``n`` for that reason.
+
 References
 ----------
 Zhao, Z., Ziser, Y., & Cohen, S. B. (2024). Layer by Layer: Uncovering Where Multi-Task
@@ -50,6 +57,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -67,7 +75,7 @@ __all__ = [
 ]
 
 SPECTRUM_COLUMNS = ["layer", "dims_for_variance", "effective_rank", "total_variance",
-                    "top1_variance_fraction"]
+                    "top1_variance_fraction", "max_dims", "at_cap"]
 
 # See the module docstring: ||Xc||_F <= _CONSTANT_RTOL * ||X||_F means "does not vary".
 _CONSTANT_RTOL = 1e-12
@@ -213,7 +221,8 @@ def dims_for_variance(X: Any, threshold: float = 0.99) -> int:
     -------
     int
         In ``[1, min(n_examples - 1, d)]``; ``0`` when ``X`` does not vary across examples
-        (zero variance needs no direction).
+        (zero variance needs no direction). A value at ``min(n_examples - 1, d)`` is a lower
+        bound: the threshold needed every direction the sample spans.
 
     Raises
     ------
@@ -282,10 +291,11 @@ def effective_rank(X: Any) -> float:
     return _effective_rank_from_spectrum(lam)
 
 
-def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
+def layer_spectrum(acts: Any, threshold: float = 0.99, *, layers: Sequence[int] | None = None
+                   ) -> pd.DataFrame:
     """Per-layer spectral summary of a stack of representations (Fig 5 of the paper).
 
-    Each layer's spectrum is computed once and gives all four columns. Layers are converted
+    Each layer's spectrum is computed once and gives all the columns. Layers are converted
     to float64 one at a time, so the stack may be large and in a low-precision dtype.
 
     Parameters
@@ -294,13 +304,17 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
         Hidden states of the same examples at every layer.
     threshold : float, default=0.99
         Fraction of the variance for the ``dims_for_variance`` column, in (0, 1].
+    layers : sequence of int, optional
+        The model layer of each entry of ``acts`` (default ``0 .. n_layers - 1``), for the
+        ``layer`` column, warnings and errors; pass it when ``acts`` holds a selection of layers
+        so that a message names the model's layer, not the position in the selection.
 
     Returns
     -------
     pandas.DataFrame
         One row per layer, columns ``SPECTRUM_COLUMNS``:
 
-        - ``layer`` (int): index into the first axis of ``acts``;
+        - ``layer`` (int): the model layer (``layers``, default the index into ``acts``);
         - ``dims_for_variance`` (int): see :func:`dims_for_variance`;
         - ``effective_rank`` (float): see :func:`effective_rank`;
         - ``total_variance`` (float): sum of the per-feature sample variances (ddof=1),
@@ -308,7 +322,11 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
         - ``top1_variance_fraction`` (float): share of the total variance on the single
           largest-variance principal direction, ``lam_1 / sum(lam)``. Values near 1 flag a
           layer dominated by one direction (e.g. Gemma's mid layers hold 45-75% there), where
-          a 99% count mostly measures the rest.
+          a 99% count mostly measures the rest;
+        - ``max_dims`` (int): ``min(n_examples - 1, d)``, the most directions ``n_examples``
+          centred examples can span, so the most ``dims_for_variance`` can be;
+        - ``at_cap`` (bool): ``dims_for_variance == max_dims``: the threshold needed every
+          available direction, so the count is a lower bound, not a measurement.
 
         A layer that does not vary across examples has ``dims_for_variance = 0``,
         ``total_variance = 0.0`` and NaN for the two ratios; one
@@ -318,7 +336,8 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
     ------
     MossaError
         If ``threshold`` is not in (0, 1], ``acts`` is not a 3-D real array or tensor, has no
-        layers, fewer than 2 examples or no features, or holds NaN or Inf.
+        layers, fewer than 2 examples or no features, or holds NaN or Inf, or ``layers`` does
+        not give one int per entry of ``acts``.
 
     See Also
     --------
@@ -330,7 +349,8 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
     >>> rng = np.random.default_rng(0)
     >>> acts = rng.normal(size=(3, 50, 8))
     >>> layer_spectrum(acts).columns.tolist()
-    ['layer', 'dims_for_variance', 'effective_rank', 'total_variance', 'top1_variance_fraction']
+    ['layer', 'dims_for_variance', 'effective_rank', 'total_variance', 'top1_variance_fraction',
+     'max_dims', 'at_cap']
     """
     threshold = _check_threshold(threshold)
     shape = tuple(getattr(acts, "shape", ()))
@@ -344,9 +364,16 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
             f"layer, got shape {shape}. Fix: {fix}; use dims_for_variance or effective_rank "
             f"for a single matrix."
         )
+    if layers is None:
+        names = [(i, f"acts[{i}]") for i in range(shape[0])]
+    else:
+        layers = list(layers)
+        if len(layers) != shape[0] or not all(isinstance(x, numbers.Integral) for x in layers):
+            raise MossaError(f"layers: expected one int per entry of acts ({shape[0]}), got {layers!r}")
+        names = [(int(x), f"acts[{i}] (layer {int(x)})") for i, x in enumerate(layers)]
     rows, constant = [], []
-    for layer in range(shape[0]):
-        X = _check_matrix(acts[layer], name=f"acts[{layer}]")  # [n, d] float64
+    for i, (layer, name) in enumerate(names):
+        X = _check_matrix(acts[i], name=name)  # [n, d] float64
         lam = _spectrum(X)
         if lam is None:
             constant.append(layer)
@@ -354,15 +381,19 @@ def layer_spectrum(acts: Any, threshold: float = 0.99) -> pd.DataFrame:
         else:
             total = float(lam.sum()) / (X.shape[0] - 1)
             top1 = float(lam[0] / lam.sum())
+        dims, cap = _dims_from_spectrum(lam, threshold), min(X.shape[0] - 1, X.shape[1])
         rows.append({
             "layer": layer,
-            "dims_for_variance": _dims_from_spectrum(lam, threshold),
+            "dims_for_variance": dims,
             "effective_rank": _effective_rank_from_spectrum(lam),
             "total_variance": total,
             "top1_variance_fraction": top1,
+            "max_dims": cap,
+            "at_cap": dims == cap,
         })
     if constant:
         _warn_constant(f"acts at layer(s) {constant}")
     return pd.DataFrame(rows, columns=SPECTRUM_COLUMNS).astype(
         {"layer": "int64", "dims_for_variance": "int64", "effective_rank": "float64",
-         "total_variance": "float64", "top1_variance_fraction": "float64"})
+         "total_variance": "float64", "top1_variance_fraction": "float64", "max_dims": "int64",
+         "at_cap": "bool"})

@@ -4,10 +4,11 @@ Each unit (an adapter, an activation file) carries the fingerprint of its inputs
 output exists with the same fingerprint is skipped, which makes a rerun both a resume and a
 cache. Everything the user can get wrong is checked before the study folder is created.
 
-The units (each control C_t, E, E', the base extraction) are independent of each other; an
-executor (`mossa.executors`: in this process, or one Ray task each) runs them, then the
-analysis. Each unit is `run_unit(cfg, root, name)`, the analysis `finish_study(...)`: module
-functions with picklable arguments, identical whichever executor runs them.
+The units (each control C_t, each second-seed control C_t', E, E', the base extraction) are
+independent of each other; an executor (`mossa.executors`: in this process, or one Ray task
+each) runs them, then the analysis. Each unit is `run_unit(cfg, root, name)`, the analysis
+`finish_study(...)`: module functions with picklable arguments, identical whichever executor
+runs them.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from mossa.tasks import (
 from mossa.training import BUDGET_RULES, examples_seen, mixture, n_steps, parity_stream, train_adapter
 
 EXPERIMENTAL = "experimental"
+CEILING = "ceiling"  # C_t': a task's control trained again under another seed (the ceiling of its curves)
 PROMPTS_FILE = "prompts.jsonl"
 VERSIONED = ("mossa", "torch", "transformers", "peft", "numpy", "pandas", "safetensors")
 
@@ -142,6 +144,28 @@ def resolve_holdout(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
     return tuple(n for n in names if n in cfg.holdout)
 
 
+MAX_CEILING_CLUSTERS = 4  # each ceiling task costs one more control (training and states)
+
+
+def resolve_ceiling(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
+    """The tasks whose control gets a second seed (C_t', the ceiling CKA(C_t', C_t)), in study order:
+    named ones, none, or the first task of each of up to 4 clusters spread evenly over the study's
+    clusters in study order (deterministic: different kinds of task, not just the first few)."""
+    names = [t.name for t in tasks]
+    if cfg.ceiling_tasks == "none":
+        return ()
+    if cfg.ceiling_tasks == "auto":
+        clusters = list(dict.fromkeys(t.cluster for t in tasks))
+        k = min(MAX_CEILING_CLUSTERS, len(clusters))
+        picked = [clusters[i] for i in np.linspace(0, len(clusters) - 1, k).round().astype(int)]
+        return tuple(next(t.name for t in tasks if t.cluster == c) for c in picked)
+    unknown = [t for t in cfg.ceiling_tasks if t not in names]
+    if unknown:
+        raise MossaError(f"field 'ceiling_tasks': {', '.join(unknown)} not among the study's tasks "
+                         f"({', '.join(names)})")
+    return tuple(n for n in names if n in cfg.ceiling_tasks)
+
+
 def study_tasks(cfg: StudyConfig) -> list[TaskSpec]:
     """The study's tasks: `cfg.tasks` when given; else the preset's choice when the task source offers
     all of it, else every task the source offers; custom task files are always in."""
@@ -184,6 +208,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
         sample_split(task, "train", 1, cfg.seed)
         check_test_prompts(task, len(sample_split(task, "test", cfg.n_test, cfg.seed)))
     resolve_holdout(cfg, tasks)
+    resolve_ceiling(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
     pick_device(cfg.device)
@@ -273,6 +298,7 @@ class _Study:
                                 cfg.truncation_floor, cfg.templates, cfg.seed, cfg.n_train, cfg.n_test, "prompts-v2")
         self.base_key = _hash(loaded.fingerprint, str(loaded.dtype), cfg.last_layer, self.prompt_key)
         self.heldout_tasks = resolve_holdout(cfg, tasks)
+        self.ceiling_tasks = resolve_ceiling(cfg, tasks)
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
 
@@ -315,6 +341,7 @@ class _Study:
                                "properties": self.properties(t)}
                       for t in self.tasks},
             "heldout_tasks": list(self.heldout_tasks),
+            "ceiling_tasks": list(self.ceiling_tasks),
             "training_budget": {"rule": cfg.experimental_budget, "statement": BUDGET_RULES[cfg.experimental_budget],
                                 "control_examples_seen": {t: examples_seen(len(p), cfg.control)
                                                           for t, p in self.train.items()}},
@@ -370,19 +397,30 @@ class _Study:
                     last_layer=self.cfg.last_layer, sink=sink, with_loss=self.scored(label))
         self.seconds["extract"] += time.perf_counter() - t0
 
-    def control(self, task: str) -> None:
-        """C_t: LoRA on task t alone, then its states on t's test prompts; the adapter is then dropped."""
-        unit = f"control-{task}"
+    def _single_task(self, label: str, task: str) -> None:
+        """Unit `label`-<task>: LoRA on task t alone with the control's recipe, then its states on t's
+        test prompts as model `label`; the adapter is then dropped."""
+        unit = f"{label}-{task}"
         inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.model_dump(), self.cfg.control.model_dump(),
-                       "control")
-        acts_key = _hash(inputs, "acts")
+                       label)
+        # a control is always scored: its key stays as it was, so existing studies keep their controls
+        acts_key = _hash(inputs, "acts") if label == "control" else _hash(inputs, "acts", self.scored(label))
         done = self.study.unit_done(unit, inputs)
-        if done is not None and self.study.activations_done("control", task, acts_key):
+        if done is not None and self.study.activations_done(label, task, acts_key):
             self.train_logs[unit] = done["log"]
             return
         self._adapter(unit, self.train[task], self.cfg.control, inputs)
-        self._extract("control", unit, task, acts_key)
+        self._extract(label, unit, task, acts_key)
         self.host.remove(unit)
+
+    def control(self, task: str) -> None:
+        """C_t: LoRA on task t alone, then its states on t's test prompts."""
+        self._single_task("control", task)
+
+    def ceiling(self, task: str) -> None:
+        """C_t': C_t's recipe and training examples under another seed (a unit's seed comes from its
+        name, so LoRA init and data order differ); states scored only with test_loss all."""
+        self._single_task(CEILING, task)
 
     def experimental(self) -> None:
         """E: LoRA on the capped mixture of all tasks (or the given model), then its states on every task."""
@@ -481,7 +519,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
     rep.log(f"loaded {loaded.name}: {loaded.n_layers} layers, d={loaded.hidden_size}, "
             f"{loaded.dtype} on {loaded.device} ({loaded.dtype_reason})")
     unit_cfg = unit_config(cfg, tasks, loaded)
-    units = study_units(unit_cfg, run.heldout_tasks, gpus=_gpus_per_unit(unit_cfg))
+    units = study_units(unit_cfg, run.heldout_tasks, gpus=_gpus_per_unit(unit_cfg), ceiling=run.ceiling_tasks)
     provenance = {**run.provenance(source),
                   "executor": {**executor.describe(), "threads": unit_cfg.threads,
                                "cpus_per_unit": units[0].cpus, "gpus_per_unit": units[0].gpus,
@@ -557,9 +595,11 @@ def _gpus_per_unit(cfg: StudyConfig) -> float:
     return 1.0 if cfg.device == "cuda" else 0.0
 
 
-def study_units(cfg: StudyConfig, heldout: tuple[str, ...], *, gpus: float) -> list[Unit]:
+def study_units(cfg: StudyConfig, heldout: tuple[str, ...], *, gpus: float,
+                ceiling: tuple[str, ...] = ()) -> list[Unit]:
     """The study's independent units, in the order the local executor runs them."""
-    names = [f"control-{t}" for t in cfg.tasks] + [EXPERIMENTAL] + ([HELDOUT] if heldout else []) + ["base"]
+    names = ([f"control-{t}" for t in cfg.tasks] + [f"{CEILING}-{t}" for t in ceiling] + [EXPERIMENTAL]
+             + ([HELDOUT] if heldout else []) + ["base"])
     cpus = cfg.cpus_per_unit or float(cfg.threads)
     return [Unit(name, run_unit, (cfg, cfg.out, name), cpus=cpus, gpus=gpus) for name in names]
 
@@ -600,7 +640,8 @@ def _unit_threads(n: int):
 
 
 def run_unit(cfg: StudyConfig, root: Path, name: str) -> dict:
-    """Run one unit of the study at `root`: 'control-<task>', 'experimental', 'heldout' or 'base'.
+    """Run one unit of the study at `root`: 'control-<task>', 'ceiling-<task>', 'experimental', 'heldout' or
+    'base'.
 
     Returns its training log (None for 'base') and its seconds of training and extraction.
     """
@@ -609,6 +650,8 @@ def run_unit(cfg: StudyConfig, root: Path, name: str) -> dict:
         before = dict(run.seconds)
         if name.startswith("control-"):
             run.control(name[len("control-"):])
+        elif name.startswith(f"{CEILING}-"):
+            run.ceiling(name[len(CEILING) + 1:])
         elif name == EXPERIMENTAL:
             run.experimental()
         elif name == HELDOUT:
@@ -630,7 +673,8 @@ def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict,
         study = StudyDir(root)
         provenance = {**provenance, "experimental": experimental_info(study, provenance)}
         analysis = analyze_study(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
-                                 tsne_layers=cfg.tsne_layers, provenance=provenance, reporter=rep)
+                                 n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
+                                 provenance=provenance, reporter=rep)
         timings = {**timings, **analysis.timings, "total": time.time() - started}
         write_json(study.path("study.json"), {
             **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
@@ -655,17 +699,28 @@ def experimental_info(study: StudyDir, provenance: dict) -> dict:
     return info
 
 
-def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, n_boot: int, seed: int) -> dict:
-    """Shared / transition / refinement layers from the per-task gain CKA(M, C_t) - CKA(B, C_t)."""
-    data = sim[sim["measure"] == "linear_cka"].pivot_table(index=["task", "layer"], columns="model", values="value",
-                                                            dropna=False)
+def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, measure: str = "debiased_cka", n_boot: int,
+                   seed: int) -> dict:
+    """Shared / transition / refinement layers from the per-task gain CKA(M, C_t) - CKA(B, C_t) of `measure`.
+
+    Debiased CKA by default: biased linear CKA is inflated when there are fewer test examples
+    than dimensions (the demo's 96 against 640), and its gain inherits that inflation
+    (mossa.analysis._sections explains). With fewer than 5 tasks the result says "too few tasks".
+    """
+    rows = sim[sim["measure"] == measure]
+    if rows.empty:
+        return {"transition_found": False, "model": model, "measure": measure,
+                "reason": f"the similarity table has no {measure} values (it has "
+                          f"{', '.join(sorted(set(sim['measure'])))}); rerun `mossa analyze` with {measure} among "
+                          "--measures"}
+    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
     gain = (data[model] - data["base"]).unstack("layer")  # [tasks, layers]
     try:
         found = find_sections(gain.to_numpy(dtype=float), layers=gain.columns.to_numpy(), n_boot=max(n_boot, 100),
                               seed=seed)
     except MossaError as exc:
-        return {"transition_found": False, "reason": str(exc), "model": model}
-    return {**found, "model": model, "measure": "linear_cka"}
+        return {"transition_found": False, "reason": str(exc), "model": model, "measure": measure}
+    return {**found, "model": model, "measure": measure}
 
 
 def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
@@ -674,8 +729,8 @@ def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 
 
 def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
-                  tsne_layers: list[int] | None = None, provenance: dict | None = None,
-                  reporter: Reporter | None = None) -> StudyResult:
+                  n_permutations: int | None = None, tsne_layers: list[int] | None = None,
+                  provenance: dict | None = None, reporter: Reporter | None = None) -> StudyResult:
     """Recompute every table and figure of a study from its stored activations (no model).
 
     Raises
@@ -698,9 +753,11 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
         title = provenance["model"]["name"]
         heldout = tuple(provenance.get("heldout_tasks", ()))
+        ceiling = tuple(provenance.get("ceiling_tasks", ()))
         config = provenance["config"]
         seed = int(config.get("seed", 0))
         n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
+        n_permutations = int(config.get("n_permutations", 200)) if n_permutations is None else n_permutations
         n_layers = int(provenance["model"]["n_layers"])
         tsne_layers = tsne_layers or config.get("tsne_layers") or default_tsne_layers(n_layers)
     except (KeyError, TypeError, AttributeError, ValueError):
@@ -708,12 +765,14 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                          f"file") from None
     if n_boot < 0:
         raise MossaError(f"--n-boot must be 0 or more, got {n_boot}")
+    if n_permutations < 0:
+        raise MossaError(f"--n-permutations must be 0 or more, got {n_permutations}")
     check_tsne_layers(list(tsne_layers), n_layers, where="--tsne-layers")  # before any table is recomputed
     timings = {}
     t0 = time.perf_counter()
     sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
-                                            seed=seed)
-    spectral = spectral_table(study, clusters, threshold=float(config.get("variance_threshold", 0.99)))
+                                            seed=seed, ceiling=ceiling, n_permutations=n_permutations)
+    spectral = spectral_table(study, clusters, threshold=float(config.get("variance_threshold", 0.99)), seed=seed)
     with atomic_path(study.path("results", "spectral.csv")) as tmp:
         spectral.to_csv(tmp, index=False)
     props = pd.DataFrame({t: info.get("properties", {}) for t, info in provenance["tasks"].items()}).T
@@ -733,7 +792,9 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     timings["analyze"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     figures = study.path("figures")
-    plot_cka_by_layer(sim, figures / "cka_by_layer.png", title=title, medians=medians, sections=sections)
+    ceiling_rows = sim[sim["model"] == "ceiling"]
+    plot_cka_by_layer(sim, figures / "cka_by_layer.png", title=title, medians=medians, sections=sections,
+                      ceiling=ceiling_rows)
     plot_cka_by_cluster(medians, figures / "cka_by_cluster.png", title=title)
     plot_layer_by_layer(cross, figures / "layer_by_layer_cka.png", title=title)
     plot_variance_dims(spectral, figures / "variance_dims.png", title=title)
@@ -744,7 +805,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         plot_cka_by_layer(sim[sim["task"].isin(heldout)], figures / "heldout_cka_by_layer.png",
                           title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT),
                           medians=medians_for(sim[sim["task"].isin(heldout)], n_boot, seed),
-                          sections=sections[HELDOUT])
+                          sections=sections[HELDOUT], ceiling=ceiling_rows)
     timings["figures"] = time.perf_counter() - t0
     rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
     return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)

@@ -71,7 +71,10 @@ def test_recovers_known_boundaries_and_ci_covers_truth(seed):
 def test_noisier_tasks_give_wider_intervals_that_still_cover(seed):
     quiet = find_sections(noisy(ramp_curve(), sd=0.02, seed=seed), n_boot=300, seed=seed)
     loud = find_sections(noisy(ramp_curve(), sd=0.15, seed=seed), n_boot=300, seed=seed)
-    width = lambda out: sum(hi - lo for lo, hi in out["ci"].values())  # noqa: E731
+
+    def width(out):
+        return sum(hi - lo for lo, hi in out["ci"].values())
+
     assert width(loud) > width(quiet) and width(loud) >= 3
     assert loud["boundary_agreement"]["exact"] < quiet["boundary_agreement"]["exact"]
     for out in (quiet, loud):
@@ -130,6 +133,96 @@ def test_false_positive_rate_is_near_alpha_with_correlated_noise():
     assert hits <= 8  # alpha = 0.05: ~2 expected in 40; 8 would be very unlikely if calibrated
 
 
+def test_straight_drift_is_not_a_transition():
+    # The old flat null called a gain of 0.01 x layer a transition with p = 0.003.
+    gain = 0.01 * np.arange(19) + np.random.default_rng(6).normal(0, 0.05, (12, 19))
+    out = find_sections(gain, n_boot=500)
+    assert out["transition_found"] is False and out["jump"] > 0
+    assert "straight line" in out["reason"] and out["p_value"] > 0.05
+    assert "transition" not in out and "ci" not in out
+
+
+def test_bend_ignores_any_straight_line_added_to_the_curve():
+    x = np.arange(19)
+    design = _sections._design(x, 2)
+    curves = np.random.default_rng(7).normal(0, 1, (50, 19))
+    tilted = curves + np.random.default_rng(8).normal(0, 5, (50, 1)) * x + 3.0
+    np.testing.assert_allclose(_sections._bend(tilted, design.perp), _sections._bend(curves, design.perp),
+                               rtol=1e-9, atol=1e-9)
+    assert _sections._bend(0.3 * x[None, :] - 1.0, design.perp)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_tasks", range(1, _sections.MIN_SECTION_TASKS))
+def test_too_few_tasks_is_said_instead_of_a_finding(n_tasks):
+    out = find_sections(noisy(ramp_curve(), n_tasks=n_tasks, sd=0.01), n_boot=100)
+    assert out["transition_found"] is False and out["too_few_tasks"] is True
+    assert out["reason"].startswith(f"too few tasks: {n_tasks} task")
+    assert f"at least {_sections.MIN_SECTION_TASKS}" in out["reason"]
+    assert out["n_tasks"] == n_tasks and out["min_tasks"] == _sections.MIN_SECTION_TASKS
+    assert not {"jump", "p_value", "candidate", "transition", "ci"} & set(out)
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_minimum_number_of_tasks_is_enough_to_test():
+    out = find_sections(noisy(ramp_curve(), n_tasks=_sections.MIN_SECTION_TASKS, sd=0.01), n_boot=300)
+    assert out["too_few_tasks"] is False and out["transition_found"] is True
+
+
+def test_find_sections_decides_as_the_vectorised_test():
+    # The calibration below runs the vectorised _decide; find_sections must be that decision.
+    for seed, curve in enumerate([ramp_curve(), np.zeros(24), 0.01 * np.arange(24)]):
+        gain = noisy(curve, n_tasks=8, sd=0.1, seed=seed)
+        out = find_sections(gain, n_boot=200, seed=seed)
+        res = _sections._decide(gain[None], _sections._design(np.arange(24), 2), n_boot=200, alpha=0.05,
+                                min_jump=None, rng=np.random.default_rng(seed))
+        assert out["transition_found"] == bool(res["found"][0]) and out["p_value"] == res["p_value"][0]
+        assert out["statistic"] == res["statistic"][0] and out["rss_line"] == res["rss_line"][0]
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def task_noise(rng, reps, n_tasks, n_layers, sd=0.1, rho=0.7, df=4, offset_sd=0.05):
+    """[reps, n_tasks, n_layers] per-task noise: AR(1) across layers with Student-t innovations
+    (heavy tails), marginal sd `sd`, plus a per-task offset."""
+    e = rng.standard_t(df, size=(reps, n_tasks, n_layers)) / np.sqrt(df / (df - 2))
+    out = np.empty_like(e)
+    out[..., 0] = e[..., 0]
+    for layer in range(1, n_layers):
+        out[..., layer] = rho * out[..., layer - 1] + np.sqrt(1 - rho ** 2) * e[..., layer]
+    return sd * out + offset_sd * rng.normal(size=(reps, n_tasks, 1))
+
+
+def found_rate(tables, rng, n_boot=200):
+    """Fraction of gain tables [reps, n_tasks, n_layers] in which a transition is found."""
+    if tables.shape[1] < _sections.MIN_SECTION_TASKS:  # answered "too few tasks": never a finding
+        outs = [find_sections(t, n_boot=n_boot) for t in tables]
+        assert all(o["too_few_tasks"] and not o["transition_found"] for o in outs)
+        return 0.0
+    design = _sections._design(np.arange(tables.shape[2]), 2)
+    return float(_sections._decide(tables, design, n_boot=n_boot, alpha=0.05, min_jump=None, rng=rng)["found"].mean())
+
+
+@pytest.mark.parametrize("n_tasks", [3, 5, 12, 30])
+def test_false_positive_rate_on_noise_and_on_straight_drift(n_tasks):
+    rng = np.random.default_rng(1000 + n_tasks)
+    noise = task_noise(rng, 200, n_tasks, 19)
+    for drift in (0.0, 0.01):
+        assert found_rate(noise + drift * np.arange(19), rng) <= 0.07, drift
+
+
+def test_known_transition_is_found_at_twelve_tasks_with_its_boundaries():
+    start, end, reps = 7, 9, 100
+    rng = np.random.default_rng(2024)
+    tables = ramp_curve(n_layers=18, start=start, end=end, low=0.0, high=0.3) + task_noise(rng, reps, 12, 18)
+    design = _sections._design(np.arange(18), 2)
+    res = _sections._decide(tables, design, n_boot=200, alpha=0.05, min_jump=None, rng=rng)
+    first, last = design.pairs[res["best"]].T
+    assert res["found"].mean() >= 0.9
+    assert (res["found"] & (np.abs(first - start) <= 2) & (np.abs(last - end) <= 2)).mean() >= 0.9
+    assert (res["found"] & (np.abs(first - start) <= 1) & (np.abs(last - end) <= 1)).mean() >= 0.8
+
+
 def test_min_jump_can_veto_a_significant_but_small_rise():
     gain = noisy(ramp_curve(low=0.0, high=0.05), n_tasks=60, sd=0.01)
     assert find_sections(gain, n_boot=200)["transition_found"] is True
@@ -175,7 +268,7 @@ def test_fit_matches_brute_force_oracle(seed):
     rng = np.random.default_rng(seed)
     x = np.sort(rng.choice(40, size=15, replace=False))
     m = rng.normal(0, 1, 15)
-    rss, i, j, jump = brute_force_split(m, x.astype(float), 2)
+    _, i, j, jump = brute_force_split(m, x.astype(float), 2)
     pairs, _, centred, norm2 = _sections._ramp_design(x, 2)
     best, fast_jump = _sections._fit(m[None, :], centred, norm2)
     assert tuple(pairs[best[0]]) == (i, j)
@@ -265,7 +358,7 @@ def test_task_order_does_not_change_the_point_estimate(perm_seed):
     [
         (np.zeros(24), {}, r"expected gain as a 2-D array .*got ndim=1"),
         (np.zeros((2, 3, 4)), {}, r"expected gain as a 2-D array .*got ndim=3"),
-        (np.zeros((1, 24)), {}, r"expected at least 2 tasks .*got 1.*fix"),
+        (np.zeros((0, 24)), {}, r"expected at least one task \(row\), got 0; fix"),
         (np.zeros((5, 5)), {}, r"expected at least 3 \* min_size = 6 layers without NaN, got 5"),
         (np.c_[np.full((3, 1), np.nan), np.zeros((3, 5))], {}, r"got 5 \(excluded as NaN: \[0\]\).*fix"),
         (np.zeros((4, 12)), {"min_size": 5}, r"3 \* min_size = 15 .*got 12"),
@@ -286,9 +379,21 @@ def test_errors(gain, kwargs, match):
 
 def test_error_is_a_value_error_for_old_callers():
     with pytest.raises(ValueError):
-        find_sections(np.zeros((1, 24)))
+        find_sections(np.zeros(24))
 
 
 def test_constant_gain_has_no_transition():
     out = find_sections(np.full((5, 12), 0.2), n_boot=50)
     assert out["transition_found"] is False and out["jump"] == 0.0 and out["rss_flat"] == pytest.approx(0.0, abs=1e-20)
+
+
+def test_report_says_too_few_tasks_plainly():
+    from mossa.report._summary import _section_sentence
+
+    out = find_sections(noisy(ramp_curve(), n_tasks=3), n_boot=50)
+    text = _section_sentence({**out, "measure": "debiased_cka"}, "E' on the held-out tasks", model="E'")
+    assert text == ("For E' on the held-out tasks, no layer sections are stated: too few tasks (3; the test of a "
+                    f"transition needs at least {_sections.MIN_SECTION_TASKS}).")
+    found = find_sections(noisy(ramp_curve()), n_boot=100)
+    assert "the median debiased CKA gain of E over B rises by" in _section_sentence({**found, "measure":
+                                                                                     "debiased_cka"}, "E")

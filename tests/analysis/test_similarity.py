@@ -75,21 +75,21 @@ def test_constant_layer_is_undefined_with_reason(tmp_path):
 
 
 def test_many_examples_stream_from_disk_and_match_memory(tmp_path, monkeypatch):
-    """n >> d: values come from the streamed statistics; above BOOT_MAX_N the intervals come from
-    an m-out-of-n bootstrap, labelled as such."""
-    import mossa.analysis._similarity as similarity
+    """n >> d: values come from the streamed statistics; above EXACT_MAX_N the intervals come from
+    a subsample with root-n scaling, labelled as such."""
+    import mossa.analysis._jackknife as jackknife
 
     rng = np.random.default_rng(5)
     ids, ctl, base, exp = _three(rng, n=600, layers=3, d=6)
     study = StudyDir(tmp_path)
     for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
         study.write_activations(name, "t", _acts(ids, a), inputs="x")
-    monkeypatch.setattr(similarity, "BOOT_MAX_N", 200)
+    monkeypatch.setattr(jackknife, "EXACT_MAX_N", 200)
     sim, _, cross, _ = analyze(study, {"t": "C"}, measures=("linear_cka", "debiased_cka"), n_boot=50,
                                chunk_rows=64)
     row = sim[(sim.model == "base") & (sim.layer == 1) & (sim.measure == "linear_cka")].iloc[0]
     assert abs(row.value - linear_cka(base[1], ctl[1])) < 1e-6
-    assert row.ci_method == "m-out-of-n bootstrap (m=200)" and row.ci_low < row.value < row.ci_high
+    assert row.ci_method.endswith("on 200 of 600 rows, scaled by sqrt(m/n)") and row.ci_low < row.value < row.ci_high
     assert row.ci_high - row.ci_low < 0.2
     got = cross[(cross.model == "base") & (cross.layer == 2) & (cross.control_layer == 0)].value.iloc[0]
     assert abs(got - linear_cka(base[2], ctl[0])) < 1e-6

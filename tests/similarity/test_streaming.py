@@ -36,7 +36,7 @@ def test_streamed_equals_reference_for_any_chunking(debiased, size):
 
 
 def test_large_offsets_do_not_cost_precision():
-    """Hidden states with huge means (massive activations): the first-chunk shift removes them."""
+    """Hidden states with huge means (massive activations): the shift by the layer's centre removes them."""
     A, B = _pair(np.random.default_rng(1), offset=3e3)
     got = _stream({"A": A, "B": B}, 128, [("A", "B")])
     for debiased in (False, True):

@@ -4,6 +4,7 @@ Stage: analysis (reads activation files from the store; writes results/).
 """
 
 from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
@@ -29,5 +30,6 @@ from mossa.analysis._similarity import (
 
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "align",
            "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "correlations", "default_tsne_layers",
-           "depth_map", "find_sections", "mean_loss", "median_over_tasks", "on_grid", "readability", "scan",
+           "depth_map", "example_intervals", "find_sections", "mean_loss", "median_over_tasks", "on_grid",
+           "readability", "scan",
            "spectral_table", "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

@@ -15,8 +15,11 @@ from typing import Mapping, Union
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from mossa.analysis._bootstrap import example_bootstrap, median_over_tasks
+from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._jackknife import example_intervals
+from mossa.analysis._permutation import NULL_COLUMNS, permutation_nulls, permutations
 from mossa.errors import MossaError
 from mossa.similarity import (
     StreamingLinearCKA,
@@ -33,10 +36,7 @@ Run = Union[Activations, ActivationFile]  # .ids .shape .read() .view() .finite_
 COMPARED = ("base", "experimental")
 HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
 SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "ci_low", "ci_high", "ci_method",
-                      "n_examples", "n_dropped", "undefined_reason"]
-
-
-BOOT_MAX_N = 2000  # example-bootstrap resamples index n x n kernels; above this, an m-out-of-n bootstrap
+                      *NULL_COLUMNS, "n_examples", "n_dropped", "undefined_reason"]
 
 
 def depth_map(n_states: int, n_grid: int) -> list[int]:
@@ -189,7 +189,8 @@ def _layer_values(measure: str, A: np.ndarray, B: np.ndarray, names: tuple[str, 
     if measure in _LAYERWISE:
         return _guarded(lambda: layerwise_linear_cka(A, B, debiased=_LAYERWISE[measure], names=names), len(A))
     func = get_measure(measure)
-    return [_guarded(lambda: [func(a, b)], 1)[0] for a, b in zip(A, B)]
+    with threadpool_limits(1, user_api="blas"):  # small NumPy products: one BLAS thread is fastest
+        return [_guarded(lambda: [func(a, b)], 1)[0] for a, b in zip(A, B)]
 
 
 class _TaskData:
@@ -221,50 +222,52 @@ class _TaskData:
                             n_layers)
         return _layer_values(measure, self.full(model), self.full("control"), names)
 
-    def intervals(self, measure: str, model: str, *, n_boot: int, rng: np.random.Generator,
-                  values: list[tuple[float, str]]) -> tuple[list[tuple[float, float]], str]:
-        """Bootstrap-over-examples intervals; above BOOT_MAX_N rows an m-out-of-n bootstrap
-        (m = BOOT_MAX_N seeded rows, spread rescaled by sqrt(m/n) around the full-sample value)."""
-        n = len(self.ids)
-        if n <= BOOT_MAX_N:
-            return example_bootstrap(measure, self.full(model), self.full("control"), n_boot=n_boot, rng=rng), \
-                "bootstrap"
-        pick = np.sort(rng.choice(n, size=BOOT_MAX_N, replace=False))
-        A, C = (self.runs[m].read(self.kept[m][pick]) for m in (model, "control"))
-        sub = _layer_values(measure, A, C, (model, "control"))
-        scale = np.sqrt(BOOT_MAX_N / n)
-        out = []
-        for (lo, hi), (v_m, _), (v, _) in zip(example_bootstrap(measure, A, C, n_boot=n_boot, rng=rng), sub, values):
-            out.append((v + (lo - v_m) * scale, v + (hi - v_m) * scale))
-        return out, f"m-out-of-n bootstrap (m={BOOT_MAX_N})"
+    def intervals(self, measure: str, model: str, *, rng: np.random.Generator,
+                  values: list[tuple[float, str]]) -> list[tuple[float, float, str]]:
+        """Jackknife-over-examples 95% intervals per layer, centred on the table's values."""
+        return example_intervals(measure, self.full(model), self.full("control"), rng=rng,
+                                 values=[v for v, _ in values])
+
+    def nulls(self, measure: str, model: str, *, perms: np.ndarray, rng: np.random.Generator,
+              values: list[tuple[float, str]]) -> list[dict]:
+        """Permutation-null summaries per layer (columns NULL_COLUMNS)."""
+        return permutation_nulls(measure, self.full(model), self.full("control"), [v for v, _ in values],
+                                 perms=perms, rng=rng)
 
 
 def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
-                    measures: tuple[str, ...] = DEFAULT_MEASURES, *, n_boot: int = 0, seed: int = 0,
-                    chunk_rows: int | None = None, data: _TaskData | None = None) -> list[dict]:
+                    measures: tuple[str, ...] = DEFAULT_MEASURES, *, intervals: bool = False,
+                    n_permutations: int = 0, seed: int = 0, chunk_rows: int | None = None,
+                    data: _TaskData | None = None) -> list[dict]:
     """Every measure of each model vs the control, per layer, for one task.
 
     Linear and debiased CKA stream from disk in chunks (memory independent of n) when there
     are more examples than the n x n form suits; other measures read the aligned rows into
-    memory. With `n_boot > 0`, each value gets a bootstrap-over-examples 95% interval
-    (`ci_low`, `ci_high`, `ci_method`); the resamples depend only on (seed, task, measure),
-    not on the order of work.
+    memory. With `intervals`, each value gets a jackknife-over-examples 95% interval
+    (`ci_low`, `ci_high`, `ci_method`); with `n_permutations > 0`, its permutation null
+    (NULL_COLUMNS). Groups and permutations depend only on (seed, task): every model, measure
+    and layer of a task uses the same ones, whatever the order of work.
     """
     data = data or _TaskData(runs, chunk_rows)
+    key = zlib.crc32(task.encode())
+    perms = permutations(len(data.ids), n_permutations, np.random.default_rng([seed, key, 2]))
     rows = []
     for measure in measures:
         for model in [m for m in runs if m != "control"]:
             values = data.values(measure, model)
-            cis, method = [(np.nan, np.nan)] * len(values), ""
-            if n_boot:
-                rng = np.random.default_rng([seed, zlib.crc32(task.encode()), zlib.crc32(measure.encode())])
-                cis, method = data.intervals(measure, model, n_boot=n_boot, rng=rng, values=values)
-            for layer, ((value, reason), (lo, hi)) in enumerate(zip(values, cis)):
+            cis = [(np.nan, np.nan, "")] * len(values)
+            nulls = [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0}] * len(values)
+            if intervals:
+                cis = data.intervals(measure, model, rng=np.random.default_rng([seed, key, 1]), values=values)
+            if n_permutations:
+                nulls = data.nulls(measure, model, perms=perms, rng=np.random.default_rng([seed, key, 3]),
+                                   values=values)
+            for layer, ((value, reason), (lo, hi, method), null) in enumerate(zip(values, cis, nulls)):
                 if not np.isfinite(value):
                     lo = hi = np.nan
                 rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
                              "measure": measure, "value": value, "ci_low": lo, "ci_high": hi,
-                             "ci_method": method if np.isfinite(lo) else "", "n_examples": len(data.ids),
+                             "ci_method": method if np.isfinite(lo) else "", **null, "n_examples": len(data.ids),
                              "n_dropped": data.n_dropped, "undefined_reason": reason})
     return rows
 
@@ -309,7 +312,8 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
-            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None
+            heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None,
+            ceiling: tuple[str, ...] = (), n_permutations: int = 0
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
@@ -323,10 +327,16 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     heldout : tuple of str
         Tasks held out of E' (their rows get `model = "heldout"` too).
     n_boot : int
-        Bootstrap resamples for the confidence intervals (0: no intervals).
+        Bootstrap resamples over tasks for the medians' intervals; 0: no intervals at all (neither
+        the medians' nor the jackknife intervals over examples of every value).
     seed : int
     chunk_rows : int, optional
         Rows per streamed block of one layer (default: 32 MB per representation).
+    ceiling : tuple of str
+        Tasks whose control has a second seed C_t' (their rows get `model = "ceiling"` too: CKA(C_t', C_t),
+        what two equally trained specialists share; its loss is in controls.csv when it was scored).
+    n_permutations : int
+        Re-pairings of the examples for every value's permutation null (0: no null).
 
     Returns
     -------
@@ -341,16 +351,20 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED)}
         if task in heldout:
             runs[HELDOUT] = study.activation_file(HELDOUT, task)
+        if task in ceiling:
+            runs["ceiling"] = study.activation_file("ceiling", task)
         runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
         data = _TaskData(runs, chunk_rows)
-        sim_rows += task_similarity(task, cluster, runs, measures, n_boot=n_boot, seed=seed, data=data)
+        sim_rows += task_similarity(task, cluster, runs, measures, intervals=n_boot > 0,
+                                    n_permutations=n_permutations, seed=seed, data=data)
         cross_rows += task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
         control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                              "control": mean_loss(runs["control"]),
                              "experimental": mean_loss(runs["experimental"]),
                              HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
+                             **({"ceiling": mean_loss(runs["ceiling"])} if "ceiling" in runs else {}),
                              "cluster": cluster, "n_examples": len(runs["control"].ids)})
-        for model in ("experimental", HELDOUT):
+        for model in ("experimental", HELDOUT, "ceiling"):
             if model in runs and not int(runs[model].target_tokens.sum()):
                 unscored.add(model)  # extracted without its test loss (test_loss: base_and_controls)
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)

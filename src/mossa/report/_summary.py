@@ -33,6 +33,7 @@ class StudySummary:
     n_values: int = 0
     n_undefined: int = 0
     undefined_reasons: list[str] = field(default_factory=list)
+    reference: dict = field(default_factory=dict)
 
     @property
     def all_undefined(self) -> bool:
@@ -57,6 +58,33 @@ def _median(sim: pd.DataFrame, model: str, layers: list[int]) -> float:
     sub = sim[(sim["model"] == model) & sim["layer"].isin(layers)]
     per_task = sub.groupby("task")["value"].mean()
     return float(per_task.median()) if len(per_task) else float("nan")
+
+
+def _per_task(sim: pd.DataFrame, model: str, layers: list[int], column: str = "value") -> pd.Series:
+    """Each task's mean of `column` over `layers` for one model."""
+    sub = sim[(sim["model"] == model) & sim["layer"].isin(layers)]
+    return sub.groupby("task")[column].mean() if column in sub else pd.Series(dtype=float)
+
+
+def _reference(sim: pd.DataFrame, layers: list[int], seed: int = 0, n_boot: int = 2000) -> dict:
+    """E and B over `layers` read against chance (their permutation nulls) and the ceiling (two seeds
+    of one control): medians over tasks, chance-adjusted scores, and the paired E - B difference with
+    a bootstrap-over-tasks 95% interval."""
+    out = {}
+    for model in ("base", "experimental"):
+        out[model] = {k: float(_per_task(sim, model, layers, k).median()) for k in ("value", "null_mean", "null_q95",
+                                                                                   "adjusted")
+                      if k in sim}
+    ceiling = _per_task(sim, "ceiling", layers).dropna()
+    out["ceiling"] = {"value": float(ceiling.median()) if len(ceiling) else float("nan"),
+                      "tasks": sorted(ceiling.index)}
+    diff = (_per_task(sim, "experimental", layers) - _per_task(sim, "base", layers)).dropna()
+    if len(diff) >= 2:
+        rng = np.random.default_rng(seed)
+        draws = diff.to_numpy()[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+        out["difference"] = {"mean": float(diff.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])],
+                             "n_tasks": len(diff)}
+    return out
 
 
 def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, sections: dict) -> StudySummary:
@@ -90,7 +118,7 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
         median_base_upper=_median(sim, "base", upper), median_experimental_upper=_median(sim, "experimental", upper),
         heldout=heldout, controls_better=(better, len(controls)), n_values=len(sim),
         n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
-        undefined_reasons=undefined_reasons(sim))
+        undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper))
 
 
 def _fmt(x: float) -> str:
@@ -102,15 +130,20 @@ def _signed(x: float) -> str:
 
 
 def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
+    """One sentence on the layer sections: found, not found and why, or too few tasks to say."""
+    if sec.get("too_few_tasks"):
+        return (f"For {who}, no layer sections are stated: too few tasks ({sec.get('n_tasks')}; the test of a "
+                f"transition needs at least {sec.get('min_tasks')}).")
     if not sec.get("transition_found"):
         return f"For {who}, the data show no clear transition section: {sec.get('reason', 'no reason recorded')}."
+    measure = sec.get("measure", "CKA").replace("_cka", " CKA").replace("_", " ")
     ci = sec.get("ci", {})
     start, end = ci.get("transition_start", [None, None]), ci.get("transition_end", [None, None])
     return (f"For {who}, layers {sec['shared'][0]}-{sec['shared'][1]} are shared, "
             f"{sec['transition'][0]}-{sec['transition'][1]} are the transition "
             f"(start 95% CI {start[0]}-{start[1]}, end 95% CI {end[0]}-{end[1]}) and "
-            f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median gain of {model} over B "
-            f"rises by {_fmt(sec.get('jump', float('nan')))} "
+            f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median {measure} gain of "
+            f"{model} over B rises by {_fmt(sec.get('jump', float('nan')))} "
             f"(95% CI {_fmt(sec.get('jump_ci', [np.nan])[0])} to {_fmt(sec.get('jump_ci', [np.nan, np.nan])[1])}).")
 
 
@@ -120,6 +153,40 @@ def _undefined_sentence(s: StudySummary) -> str:
             f"similarity, layer section or gain can be stated: {reasons}. (CKA is 0/0 for a representation "
             f"that is the same for every test example, as when all of a task's test prompts are the same text.) "
             f"The tables list each value as undefined and the figures built on them are empty.")
+
+
+def _reference_sentences(ref: dict, up: str) -> list[str]:
+    """E and B against chance and the ceiling, and whether E - B is within noise."""
+    b, e, ceiling = ref.get("base", {}), ref.get("experimental", {}), ref.get("ceiling", {})
+    out = []
+    if np.isfinite(b.get("null_mean", np.nan)) and np.isfinite(e.get("null_mean", np.nan)):
+        out.append(f"Read against chance: re-pairing the test examples at random gives B {_fmt(b['null_mean'])} and E "
+                   f"{_fmt(e['null_mean'])} over {up} (median permutation-null means; 95% bounds "
+                   f"{_fmt(b['null_q95'])} and {_fmt(e['null_q95'])}), so chance-adjusted, "
+                   f"(value - null) / (1 - null), "
+                   f"E scores {_fmt(e['adjusted'])} and B {_fmt(b['adjusted'])}.")
+    gap = 1.0 - ceiling.get("value", np.nan)
+    if np.isfinite(gap):
+        tasks = ceiling["tasks"]
+        out.append(f"Read against the ceiling: two seeds of the same control agree at {_fmt(ceiling['value'])} over "
+                   f"{up} (median over {len(tasks)} task{'s' if len(tasks) != 1 else ''}: {', '.join(tasks)}), so E "
+                   f"is {_fmt(ceiling['value'] - e.get('value', np.nan))} and B "
+                   f"{_fmt(ceiling['value'] - b.get('value', np.nan))} below what two equally trained specialists "
+                   f"share.")
+    diff = ref.get("difference")
+    if diff:
+        lo, hi = diff["ci"]
+        noise = []
+        if lo <= 0 <= hi:
+            noise.append("its 95% interval over tasks includes 0")
+        if np.isfinite(gap) and abs(diff["mean"]) < gap:
+            noise.append(f"it is smaller than the {_fmt(gap)} by which two seeds of one control differ")
+        verdict = (f"within noise: {' and '.join(noise)}" if noise else
+                   "beyond noise: its interval excludes 0" + (" and it exceeds the seed-to-seed gap" if
+                                                             np.isfinite(gap) else ""))
+        out.append(f"E - B over {up} is {_signed(diff['mean'])} (95% CI {_signed(lo)} to {_signed(hi)}, "
+                   f"{diff['n_tasks']} tasks), {verdict}.")
+    return out
 
 
 def summary_sentences(s: StudySummary) -> list[str]:
@@ -133,6 +200,7 @@ def summary_sentences(s: StudySummary) -> list[str]:
     out = [controls,
            f"Over the last third of the layers ({up}), the median linear CKA with the controls is "
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
+    out += _reference_sentences(s.reference, up)
     out.append(_section_sentence(s.sections, "E"))
     ranked = sorted(s.base_upper_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-9))
     k = min(3, len(ranked) // 2)  # the best and the worst clusters never overlap

@@ -18,7 +18,34 @@ from mossa.report._summary import undefined_reasons  # noqa: E402
 from mossa.store import atomic_path  # noqa: E402
 
 MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452"),
-               "heldout": ("E' (multi-task, task held out) vs C_t", "#55a868")}
+               "heldout": ("E' (multi-task, task held out) vs C_t", "#55a868"),
+               "ceiling": ("ceiling: C_t' (second seed) vs C_t", "#8172b3")}
+NULL_STYLE = {"color": "#999999", "alpha": 0.3, "linewidth": 0, "zorder": 1}
+NULL_LABEL = "chance: permutation null, mean to 95% bound (median over tasks)"
+
+
+def _null_band(ax, rows: pd.DataFrame) -> None:
+    """Shade, per layer, the median over `rows`' tasks of their permutation null, from its mean to its
+    95% bound (what re-paired examples score); nothing when the rows carry no null."""
+    if not {"null_mean", "null_q95"} <= set(rows.columns):
+        return
+    per = rows.groupby("layer")[["null_mean", "null_q95"]].median().dropna()
+    if len(per):
+        ax.fill_between(per.index, per["null_mean"], per["null_q95"], label=NULL_LABEL, **NULL_STYLE)
+
+
+def _ceiling_line(ax, rows: pd.DataFrame) -> None:
+    """Draw the ceiling, the per-layer median over tasks of CKA(C_t', C_t), with its range over tasks."""
+    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
+    if not len(rows):
+        return
+    per = rows.groupby("layer")["value"].agg(["median", "min", "max"])
+    label, colour = MODEL_STYLE["ceiling"]
+    n = rows["task"].nunique()
+    ax.plot(per.index, per["median"], color=colour, linewidth=1.4, marker=".", markersize=4, zorder=4,
+            label=f"{label}, median over {n} task{'s' if n != 1 else ''} (band: their range)")
+    if n > 1:
+        ax.fill_between(per.index, per["min"], per["max"], color=colour, alpha=0.12, linewidth=0, zorder=1)
 
 
 def _note_empty(ax, text: str, layers=()) -> None:
@@ -32,18 +59,23 @@ def _note_empty(ax, text: str, layers=()) -> None:
 
 def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
                       models: tuple[str, ...] = ("base", "experimental"), medians: pd.DataFrame | None = None,
-                      sections: dict | None = None) -> None:
-    """The paper's Fig 2: per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
+                      sections: dict | None = None, ceiling: pd.DataFrame | None = None) -> None:
+    """The paper's Fig 2 (and Fig 7): per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
 
     Undefined values (NaN with a reason) are left out; layers with no defined value for a model
     are noted under the axis instead of drawn, and with no defined value at all the reasons are
     written on the empty axes. With `medians` (from the analysis), each
     median carries its bootstrap-over-tasks 95% interval as an error bar; with `sections`
-    (a found transition), the shared / transition / refinement layers are shaded.
+    (a found transition), the shared / transition / refinement layers are shaded. Every value is
+    read against chance, a grey band (the permutation null of the plotted rows), and against the
+    ceiling, `ceiling` rows (model "ceiling": two seeds of one control; any tasks) as a line.
     """
     data = sim[sim["measure"] == measure]
     layers = sorted(data["layer"].unique())
     fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(layers) + 2), 4.8))
+    _null_band(ax, data[data["model"].isin(models)])
+    if ceiling is not None:
+        _ceiling_line(ax, ceiling[ceiling["measure"] == measure])
     width = 0.36
     undefined = []
     for k, model in enumerate(models):
@@ -100,7 +132,7 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
         reasons = undefined_reasons(data[data["model"].isin(models)])
         _note_empty(ax, "no defined value" + (f": {'; '.join(reasons)}" if reasons else ""))
     else:
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="lower left", fontsize=7)
         if undefined_layers:
             ax.text(0.99, 0.02, f"undefined (no variation across examples) at layer(s) "
                     f"{', '.join(map(str, undefined_layers))}", transform=ax.transAxes, ha="right", va="bottom",
@@ -126,7 +158,10 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
     """The paper's Fig 3: one panel per task cluster, the median over its tasks of CKA(B, C_t)
     and CKA(E, C_t) per layer, with its 95% interval as a band (over tasks, or over examples
     for a one-task cluster; see `ci_source` in results/medians.csv). A cluster with no defined
-    value gets an empty panel saying so."""
+    value gets an empty panel saying so. Grey: the cluster's chance band (median permutation
+    null of B and E, mean to 95% bound); purple: the study's ceiling (median over the tasks with
+    a second-seed control), the same line in every panel."""
+    ceiling = medians[(medians["measure"] == measure) & (medians["group"] == "all") & (medians["model"] == "ceiling")]
     data = medians[(medians["measure"] == measure) & (medians["group"] != "all")]
     clusters = sorted(data["group"].unique())
     cols = min(4, len(clusters))
@@ -135,6 +170,16 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
                              sharey=True, squeeze=False)
     for ax, cluster in zip(axes.flat, clusters):
         sub = data[data["group"] == cluster]
+        null = sub[sub["model"].isin(("base", "experimental"))].groupby("layer")
+        band = pd.DataFrame({"low": null["null_mean"].min(), "high": null["null_q95"].max()}).dropna()
+        if len(band):
+            ax.fill_between(band.index, band["low"], band["high"], label=NULL_LABEL.replace(" (median over tasks)", ""),
+                            **NULL_STYLE)
+        if len(ceiling.dropna(subset=["median"])):
+            c = ceiling.sort_values("layer")
+            n_ceiling = int(c["n_tasks"].max())
+            ax.plot(c["layer"], c["median"], color=MODEL_STYLE["ceiling"][1], linewidth=1.1, linestyle="--",
+                    label=f"{MODEL_STYLE['ceiling'][0]}, median over {n_ceiling} task{'s' if n_ceiling != 1 else ''}")
         for model in ("base", "experimental"):
             label, colour = MODEL_STYLE[model]
             m = sub[sub["model"] == model].sort_values("layer")
@@ -155,7 +200,7 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
     for ax in axes[:, 0]:
         ax.set_ylabel(measure.replace("_", " "))
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2)
+    fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=2)
     fig.suptitle(f"{title}: similarity to per-task controls by cluster (median, band = 95% CI)", x=0.02,
                  ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
@@ -195,24 +240,36 @@ SPECTRAL_STYLE = {"base": ("B (base)", "#4c72b0"), "experimental": ("E (multi-ta
 
 
 def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> None:
-    """The paper's Fig 5: per layer, directions needed for the variance threshold, mean over tasks
-    with the min-max range as a band; a second panel shows the share of the top direction. Layers
-    that do not vary across examples are left out; with none left, the panels say so."""
+    """The paper's Fig 5 on a common number of examples: per layer, directions needed for the
+    variance threshold, mean over tasks with the min-max range as a band; a second panel shows the
+    share of the top direction.
+
+    Every task is summarised on the same n examples (`n_examples`, see
+    `mossa.analysis.spectral_table`), so one cap min(n-1, d) (`max_dims`, dashed) holds for all.
+    A layer where some task's count sits at the cap (`at_cap`: the threshold needed every
+    direction, so the count is a lower bound, not a measurement) gets an open triangle on the cap.
+    Layers that do not vary across examples are left out; with none left, the panels say so."""
     threshold = float(spectral["threshold"].iloc[0])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
     varying = spectral[spectral["note"].fillna("") == ""]  # a constant layer has no spectrum to show
     for model, (label, colour) in SPECTRAL_STYLE.items():
-        g = varying[varying["model"] == model].groupby("layer")
+        sub = varying[varying["model"] == model]
+        g = sub.groupby("layer")
         dims = g["dims_for_variance"]
         ax.plot(dims.mean().index, dims.mean(), marker="o", markersize=3, color=colour, label=label)
         ax.fill_between(dims.mean().index, dims.min(), dims.max(), color=colour, alpha=0.15, linewidth=0)
+        capped = sub[sub["at_cap"].astype(bool)].groupby("layer")["max_dims"].first()
+        ax.scatter(capped.index, capped, marker="^", s=36, facecolors="none", edgecolors=colour, zorder=5)
         top = g["top1_variance_fraction"].mean()
         ax2.plot(top.index, top, marker="o", markersize=3, color=colour, label=label)
-    if "n_examples" in spectral and not varying.empty:
-        ceiling = int(spectral["n_examples"].min()) - 1
-        ax.axhline(ceiling, color="gray", linestyle="--", linewidth=0.8)
-        ax.text(0.01, ceiling, f" at most n-1 = {ceiling} with n = {ceiling + 1} prompts", fontsize=7,
+    n = int(spectral["n_examples"].iloc[0])
+    for cap in sorted(varying["max_dims"].unique()):
+        ax.axhline(cap, color="gray", linestyle="--", linewidth=0.8)
+        ax.text(0.01, cap, f" cap min(n-1, d) = {cap}, n = {n} examples per task", fontsize=7,
                 color="gray", va="bottom", transform=ax.get_yaxis_transform())
+    if varying["at_cap"].astype(bool).any():
+        ax.scatter([], [], marker="^", s=36, facecolors="none", edgecolors="black",
+                   label="a task at the cap (a lower bound)")
     ax.set_xlabel("layer")
     ax.set_ylabel(f"principal directions for {threshold:.0%} of variance")
     ax.set_title("dimensionality (mean over tasks; band = range)", fontsize=10)
@@ -227,31 +284,34 @@ def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> Non
                         layers=spectral["layer"].to_numpy())
         else:
             a.legend(fontsize=8)
-    n = int(spectral.groupby(["model", "task"]).size().shape[0] / 3)
-    fig.suptitle(f"{title}: spectral analysis of last-token representations ({n} tasks)")
+    fig.suptitle(f"{title}: spectral analysis of last-token representations ({spectral['task'].nunique()} "
+                 f"tasks, each on n = {n} examples)")
     fig.tight_layout()
     _save(fig, path)
 
 
-def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dict[str, str]) -> None:
+def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dict[str, str],
+                      alpha: float = 0.05) -> None:
     """The paper's Fig 6: per layer, Pearson r across tasks between CKA(M, C_t) and task properties.
 
-    A property with no defined r gets an empty panel with the table's notes (why r is undefined)."""
+    A circle marks a Benjamini-Hochberg-adjusted p (`p_adjusted`, corrected over every test of the
+    table) below `alpha`, not a raw p. A property with no defined r gets an empty panel with the
+    table's reasons (e.g. too few tasks for a correlation)."""
     props = list(labels)
     fig, axes = plt.subplots(1, len(props), figsize=(4.2 * len(props), 3.8), sharey=True)
     for ax, prop in zip(np.atleast_1d(axes), props):
         shown = corr[(corr["property"] == prop) & corr["model"].isin(["base", "experimental"])]
         if not np.isfinite(shown["r"].to_numpy(dtype=float)).any():
-            where = shown.groupby(shown["note"].fillna(""))["layer"].unique()  # note -> its layers
-            notes = [f"{note} (layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, sorted(ls)))})"
-                     for note, ls in where.items() if note]
+            where = shown.groupby(shown["reason"].fillna(""))["layer"].unique()  # reason -> its layers
+            notes = [f"{reason} (layer{'s' if len(ls) > 1 else ''} {', '.join(map(str, sorted(ls)))})"
+                     for reason, ls in where.items() if reason]
             _note_empty(ax, "no defined r" + (f": {'; '.join(notes)}" if notes else ""),
                         layers=shown["layer"].to_numpy())
         for model in ("base", "experimental"):
             label, colour = MODEL_STYLE[model]
             sub = corr[(corr["property"] == prop) & (corr["model"] == model)].sort_values("layer")
             ax.plot(sub["layer"], sub["r"], marker="o", markersize=3, color=colour, label=label)
-            sig = sub[sub["p_value"] < 0.05]
+            sig = sub[sub["p_adjusted"] < alpha]
             ax.scatter(sig["layer"], sig["r"], s=40, facecolors="none", edgecolors=colour)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_ylim(-1, 1)
@@ -262,6 +322,8 @@ def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dic
     first.set_ylabel("Pearson r across tasks")
     first.legend(fontsize=7, loc="lower left")
     n_tasks = int(corr["n_tasks"].max()) if len(corr) else 0
-    fig.suptitle(f"{title}: what CKA with the controls tracks ({n_tasks} tasks; circled: p < 0.05)")
+    n_tests = int(corr["p_adjusted"].notna().sum())
+    fig.suptitle(f"{title}: what CKA with the controls tracks ({n_tasks} tasks; circled: Benjamini-Hochberg "
+                 f"adjusted p < {alpha:g} over {n_tests} tests)")
     fig.tight_layout()
     _save(fig, path)

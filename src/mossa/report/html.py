@@ -22,21 +22,33 @@ from mossa.store import atomic_path, read_json
 CAPTIONS = {
     "cka_by_layer": "Fig 2 of the paper. Per layer, boxplots over tasks of the linear CKA between the base model B "
                     "and each task's control C_t (blue) and between the multi-task model E and C_t (orange); red "
-                    "bars are 95% bootstrap intervals of the medians over tasks; shaded bands are the layer "
-                    "sections found by the stated criterion (results/sections.json).",
+                    "bars are 95% bootstrap intervals of the medians over tasks. Grey: chance, the permutation null "
+                    "(the same CKA with the examples re-paired at random; median over tasks from its mean to its "
+                    "95% bound). Purple: the ceiling, CKA between two seeds of the same control (median over the "
+                    "ceiling tasks, band = their range). Shaded layer bands are the layer "
+                    "sections found by the stated criterion on the debiased-CKA gain of E over B "
+                    "(results/sections.json), drawn only when a transition is found.",
     "cka_by_cluster": "Fig 3. The same medians, one panel per task cluster; bands are 95% intervals (over tasks, or "
-                      "over examples for a one-task cluster).",
+                      "over examples for a one-task cluster). Grey: the cluster's chance band (permutation null of "
+                      "B and E, mean to 95% bound); dashed purple: the study's ceiling (two seeds of one control, "
+                      "median over the ceiling tasks), the same line in every panel.",
     "heldout_cka_by_layer": "Fig 7. Tasks held out of a second multi-task model E' (green): B vs C_t and E' vs C_t "
-                            "on those tasks only.",
+                            "on those tasks only, with their chance band (grey) and the ceiling (purple, over the "
+                            "ceiling tasks).",
     "tsne_layers": "Fig 4. t-SNE of B's and E's last-token states, all tasks pooled, coloured by cluster, at layers "
                    "spread over the depth (axes carry no meaning).",
     "variance_dims": "Fig 5. Left: principal directions needed for 99% of the variance of each task's "
-                     "representation (mean over tasks, band = range) for B, E and the controls. Right: the share "
-                     "of variance on the single top direction.",
+                     "representation (mean over tasks, band = range) for B, E and the controls, every task on "
+                     "the same number n of examples (a seeded subsample down to the smallest task, after "
+                     "dropping examples with non-finite states), since n examples span at most min(n-1, d) "
+                     "directions (dashed line). A triangle marks a layer where some task sits at that cap: "
+                     "its count is a lower bound, not a measurement. Right: the share of variance on the "
+                     "single top direction.",
     "correlations": "Fig 6. Per layer, Pearson r across tasks between CKA with the control and the readability "
                     "of the task's test inputs (Flesch-Kincaid, Coleman-Liau) and the number of training examples "
                     "its control saw (a constant, and so no correlation, when every control saw as many); circles "
-                    "mark p < 0.05.",
+                    "mark Benjamini-Hochberg adjusted p < 0.05 over every layer, property and model. No r is "
+                    "computed on fewer than 5 tasks.",
     "layer_by_layer_cka": "Linear CKA between every layer of B (left) or E (right) and every layer of C_t, averaged "
                           "over tasks: which layer of one model matches which of the other.",
 }
@@ -184,7 +196,9 @@ def write_report(root: Path) -> Path:
              ("controls C_t", ", ".join(f"{k} {v}" for k, v in cfg["control"].items())),
              _experimental_row(study, cfg),
              ("held out of E'", ", ".join(heldout) or "none"),
-             ("measures / bootstrap", f"{', '.join(sorted(sim['measure'].unique()))} / {cfg.get('n_boot')} resamples"),
+             ("measures / intervals / null", f"{', '.join(sorted(sim['measure'].unique()))} / jackknife over "
+              f"examples, bootstrap over tasks ({cfg.get('n_boot')} resamples) / {cfg.get('n_permutations', 0)} "
+              f"permutations"),
              ("last layer", cfg["last_layer"])]
     figures = []
     for name, caption in CAPTIONS.items():

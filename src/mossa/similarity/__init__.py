@@ -18,6 +18,7 @@ from mossa.similarity._cka import (
     linear_cka_result,
 )
 from mossa.similarity._kernel import rbf_cka, rbf_cka_result
+from mossa.similarity._kernel import squared_distances as pairwise_squared_distances
 from mossa.similarity._knn import mutual_knn, mutual_knn_result
 from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
 from mossa.similarity._streaming import StreamingLinearCKA, cross_layer_cka, stream_chunks
@@ -26,6 +27,7 @@ from mossa.similarity._registry import (
     available_measures,
     get_measure,
     register_measure,
+    register_permuted,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "linear_cka_result",
     "mutual_knn",
     "mutual_knn_result",
+    "pairwise_squared_distances",
     "procrustes_distance",
     "procrustes_distance_result",
     "pwcca",
@@ -49,6 +52,7 @@ __all__ = [
     "rbf_cka",
     "rbf_cka_result",
     "register_measure",
+    "register_permuted",
     "select_form",
     "stream_chunks",
     "svcca",

@@ -21,7 +21,7 @@ import numpy as np
 
 from mossa.errors import MossaError
 from mossa.similarity._cka import SimilarityResult
-from mossa.similarity._registry import register_measure
+from mossa.similarity._registry import register_measure, register_permuted
 from mossa.similarity._validation import (
     centre_and_check_variation,
     check_paired_representations,
@@ -29,7 +29,7 @@ from mossa.similarity._validation import (
     value_or_warn,
 )
 
-__all__ = ["pwcca", "pwcca_result", "svcca", "svcca_result"]
+__all__ = ["pwcca", "pwcca_permuted", "pwcca_result", "svcca", "svcca_permuted", "svcca_result"]
 
 
 def _principal_basis(Ac: np.ndarray, variance: float) -> np.ndarray:
@@ -347,6 +347,7 @@ register_measure(
     value_range=(0.0, 1.0),
     higher_is_similar=True,
     description="mean canonical correlation after SVD to 99% variance (Raghu et al. 2017)",
+    rotation_invariant=True,
 )(svcca_result)
 
 register_measure(
@@ -356,3 +357,52 @@ register_measure(
     higher_is_similar=True,
     description="canonical correlations weighted by X's features (Morcos et al. 2018)",
 )(pwcca_result)
+
+
+def _permutable_bases(X: Any, Y: Any, variance: Any):
+    """(centred X, Ux, Uy) of a pair for the batched nulls, or None where the measure is undefined."""
+    Xv, Yv = check_paired_representations(X, Y)
+    variance = _check_variance(variance)
+    pair = centre_and_check_variation(Xv, Yv)
+    if pair.reason is not None:
+        return None
+    Ux, Uy = _principal_basis(pair.X, variance), _principal_basis(pair.Y, variance)
+    return None if Ux.shape[1] + Uy.shape[1] > Xv.shape[0] - 1 else (pair.X, Ux, Uy)
+
+
+@register_permuted("svcca")
+def svcca_permuted(X: Any, Y: Any, perms: np.ndarray, *, variance: float = 0.99, chunk: int = 64) -> np.ndarray:
+    """SVCCA of (X, Y[p]) for each permutation p in ``perms`` [K, n].
+
+    Re-pairing rows permutes Y's principal basis with them (centring commutes with it), so each
+    side is reduced once and a permutation costs the singular values of one [k1, k2] product.
+    """
+    bases = _permutable_bases(X, Y, variance)
+    if bases is None:
+        return np.full(len(perms), math.nan)
+    Xc, Ux, Uy = bases
+    out = np.empty(len(perms))
+    for start in range(0, len(perms), chunk):
+        M = np.einsum("nk,pnl->pkl", Ux, Uy[perms[start:start + chunk]])  # [c, k1, k2]
+        out[start:start + chunk] = np.linalg.svd(M, compute_uv=False).mean(axis=1)
+    return out
+
+
+@register_permuted("pwcca")
+def pwcca_permuted(X: Any, Y: Any, perms: np.ndarray, *, variance: float = 0.99) -> np.ndarray:
+    """PWCCA of (X, Y[p]) for each permutation p in ``perms`` [K, n].
+
+    As in :func:`svcca_permuted`, each side is reduced once; X's weights need only the
+    projections of its features on its own basis, Ux' X [k1, d], computed once too.
+    """
+    bases = _permutable_bases(X, Y, variance)
+    if bases is None:
+        return np.full(len(perms), math.nan)
+    Xc, Ux, Uy = bases
+    P = Ux.T @ Xc  # [k1, d]
+    out = np.empty(len(perms))
+    for i, p in enumerate(perms):
+        A, rho, _ = np.linalg.svd(Ux.T @ Uy[p], full_matrices=False)
+        alpha = np.abs(A.T @ P).sum(axis=1)
+        out[i] = alpha @ rho / alpha.sum()
+    return out

@@ -456,6 +456,7 @@ register_measure(
     value_range=(0.0, 1.0),
     higher_is_similar=True,
     description="linear CKA, biased HSIC (Kornblith et al. 2019)",
+    rotation_invariant=True,
 )(linear_cka_result)
 
 
@@ -465,6 +466,7 @@ register_measure(
     value_range=(-1.0, 1.0),
     higher_is_similar=True,
     description="linear CKA, unbiased HSIC (Song et al. 2012); may be negative",
+    rotation_invariant=True,
 )
 def _debiased_cka_result(X: Any, Y: Any) -> SimilarityResult:
     """``linear_cka_result(X, Y, debiased=True)``, as the registry's ``debiased_cka``."""

@@ -262,4 +262,5 @@ register_measure(
     value_range=(0.0, 1.0),
     higher_is_similar=True,
     description="RBF-kernel CKA, bandwidth 0.5 x median distance (Kornblith et al. 2019)",
+    rotation_invariant=True,
 )(rbf_cka_result)

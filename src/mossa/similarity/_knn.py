@@ -14,7 +14,7 @@ import numpy as np
 
 from mossa.errors import MossaError
 from mossa.similarity._cka import SimilarityResult
-from mossa.similarity._registry import register_measure
+from mossa.similarity._registry import register_measure, register_permuted
 from mossa.similarity._validation import (
     centre_and_check_variation,
     check_paired_representations,
@@ -22,7 +22,7 @@ from mossa.similarity._validation import (
     value_or_warn,
 )
 
-__all__ = ["mutual_knn", "mutual_knn_result"]
+__all__ = ["mutual_knn", "mutual_knn_permuted", "mutual_knn_result"]
 
 
 def _unit_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,4 +199,26 @@ register_measure(
     value_range=(0.0, 1.0),
     higher_is_similar=True,
     description="mean overlap of 10 cosine nearest neighbours (Huh et al. 2024)",
+    rotation_invariant=True,
 )(mutual_knn_result)
+
+
+@register_permuted("mutual_knn")
+def mutual_knn_permuted(X: Any, Y: Any, perms: np.ndarray, *, k: int = 10, chunk: int = 64) -> np.ndarray:
+    """Mutual kNN alignment of (X, Y[p]) for each permutation p in ``perms`` [K, n].
+
+    Each side's neighbour sets are found once: row i of Y[p] has the neighbours
+    {l : p[l] is a neighbour of p[i] in Y}, so a permutation costs one gather of Y's [n, n]
+    neighbour mask (ties between exactly equal similarities may break differently).
+    """
+    base = mutual_knn_result(X, Y, k=k)
+    if not math.isfinite(base.value):
+        return np.full(len(perms), math.nan)
+    Xv, Yv = check_paired_representations(X, Y)
+    Nx, Ny = _neighbours(_unit_rows(Xv)[0], k), _neighbours(_unit_rows(Yv)[0], k)
+    out = np.empty(len(perms))
+    for start in range(0, len(perms), chunk):
+        p = perms[start:start + chunk]
+        shared = Nx[None] & Ny[p[:, :, None], p[:, None, :]]  # [c, n, n]
+        out[start:start + chunk] = shared.sum(axis=(1, 2)) / (k * Xv.shape[0])
+    return out

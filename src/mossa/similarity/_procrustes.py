@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from mossa.similarity._cka import SimilarityResult
-from mossa.similarity._registry import register_measure
+from mossa.similarity._registry import register_measure, register_permuted
 from mossa.similarity._validation import (
     centre_and_check_variation,
     check_paired_representations,
     value_or_warn,
 )
 
-__all__ = ["procrustes_distance", "procrustes_distance_result"]
+__all__ = ["procrustes_distance", "procrustes_distance_result", "procrustes_permuted"]
 
 
 def _gram_factor(Ac: np.ndarray) -> np.ndarray:
@@ -162,4 +162,25 @@ register_measure(
     value_range=(0.0, 2.0),
     higher_is_similar=False,
     description="squared orthogonal Procrustes distance, 2 - 2 ||Xn^T Yn||_* (Ding et al. 2021)",
+    rotation_invariant=True,
 )(procrustes_distance_result)
+
+
+@register_permuted("procrustes_distance")
+def procrustes_permuted(X: Any, Y: Any, perms: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+    """Procrustes distance of (X, Y[p]) for each permutation p in ``perms`` [K, n].
+
+    Re-pairing rows changes neither side's centring nor its norm, so each side's factor is built
+    once and each permutation costs one [r, r] product and its singular values.
+    """
+    Xv, Yv = check_paired_representations(X, Y)
+    pair = centre_and_check_variation(Xv, Yv)
+    if pair.reason is not None:
+        return np.full(len(perms), math.nan)
+    Bx = _gram_factor(pair.X / np.linalg.norm(pair.X))
+    By = _gram_factor(pair.Y / np.linalg.norm(pair.Y))
+    out = np.empty(len(perms))
+    for start in range(0, len(perms), chunk):
+        M = np.einsum("nr,kns->krs", Bx, By[perms[start:start + chunk]])  # [c, r1, r2]
+        out[start:start + chunk] = 2.0 - 2.0 * np.linalg.svd(M, compute_uv=False).sum(axis=1)
+    return out

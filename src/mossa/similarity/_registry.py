@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mossa.errors import MossaError, unknown_name_error
 
 if TYPE_CHECKING:  # _cka imports this module at its bottom; avoid the cycle at run time
     from mossa.similarity._cka import SimilarityResult
 
-__all__ = ["Measure", "available_measures", "get_measure", "register_measure"]
+__all__ = ["Measure", "available_measures", "get_measure", "register_measure", "register_permuted"]
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
@@ -46,6 +49,14 @@ class Measure:
         ``value_range[0]``).
     description : str
         One line for listings.
+    rotation_invariant : bool
+        Whether the value is unchanged when either side's features are rotated (``X -> X Q``,
+        Q orthogonal); such a measure may be computed on the n x rank(X) rotation ``X V`` of an
+        n < d representation, which is much cheaper.
+    permuted : callable or None
+        ``permuted(X, Y, perms) -> values [K]``: the value with Y's rows re-paired by each
+        permutation in ``perms`` [K, n], computed faster than K calls (see
+        :func:`register_permuted`); None means K calls.
     """
 
     name: str
@@ -54,9 +65,25 @@ class Measure:
     value_range: tuple[float, float]
     higher_is_similar: bool
     description: str
+    rotation_invariant: bool = False
+    permuted: Callable[..., np.ndarray] | None = None
 
     def __call__(self, X: Any, Y: Any, **options: Any) -> SimilarityResult:
         return self.func(X, Y, **options)
+
+    def null_values(self, X: np.ndarray, Y: np.ndarray, perms: np.ndarray) -> np.ndarray:
+        """The value of (X, Y[p]) for each permutation p in ``perms`` [K, n] (NaN where undefined)."""
+        if self.permuted is not None:
+            return np.asarray(self.permuted(X, Y, perms), dtype=np.float64)
+        out = np.empty(len(perms))
+        for i, p in enumerate(perms):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out[i] = self.func(X, Y[p]).value
+            except MossaError:
+                out[i] = math.nan
+        return out
 
     @property
     def best_value(self) -> float:
@@ -114,6 +141,7 @@ def register_measure(
     value_range: tuple[float, float],
     higher_is_similar: bool,
     description: str,
+    rotation_invariant: bool = False,
 ) -> Callable[[Callable[..., SimilarityResult]], Callable[..., SimilarityResult]]:
     """Register a measure function under ``name``; use as a decorator.
 
@@ -132,6 +160,8 @@ def register_measure(
         True for similarities, False for distances.
     description : str
         One non-empty line for listings.
+    rotation_invariant : bool, default=False
+        Whether rotating either side's features leaves the value unchanged.
 
     Returns
     -------
@@ -169,7 +199,24 @@ def register_measure(
                 f"by {_MEASURES[name].origin} (now from {func.__module__}:"
                 f"{func.__qualname__}). Fix: choose another name."
             )
-        _MEASURES[name] = Measure(name, func, symmetric, (lo, hi), higher_is_similar, description)
+        _MEASURES[name] = Measure(name, func, symmetric, (lo, hi), higher_is_similar, description,
+                                  rotation_invariant=bool(rotation_invariant))
+        return func
+
+    return decorator
+
+
+def register_permuted(name: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Attach a batched permutation-null function to the registered measure ``name``.
+
+    The function ``f(X, Y, perms)`` must return, for each row ``p`` of ``perms`` [K, n], the
+    value of the measure on ``(X, Y[p])`` (NaN where undefined); the permutation nulls of the
+    analysis use it instead of K calls.
+    """
+    measure = get_measure(name)
+
+    def decorator(func: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        _MEASURES[name] = replace(measure, permuted=func)
         return func
 
     return decorator

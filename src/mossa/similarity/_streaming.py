@@ -4,22 +4,39 @@ Part of the ``similarity`` stage: it reads chunks of per-layer hidden states (ro
 the same rows for every representation) and returns one result per layer and compared pair.
 Memory depends on the layer count and width, never on the number of examples.
 
-For each representation ``X`` (shifted by its first row, which changes neither estimator,
-removes the large common offsets of hidden states before float32 products, and leaves a
-constant layer exactly zero) it keeps, per layer, in float64: ``n``, the column sums ``s``,
-the feature-space Gram ``X'X``, the squared row norms' sum and sum of squares, and
-``sum_i |x_i|^2 x_i``. Each compared pair adds ``X'Y``, ``sum_i |x_i|^2 |y_i|^2`` and the two
-norm-weighted column sums. Those are all the terms of the biased HSIC of centred features and
-of Song et al.'s unbiased HSIC (which is invariant to shifting the features), so both
+Each representation is shifted, per layer, by a centre: the coordinate-wise median of the
+layer's first 64 rows (a layer's first rows are held until 64 have come, or it is sealed).
+The shift changes neither estimator; it removes the large common offsets of hidden states
+before float32 products and leaves a constant layer exactly zero (the median is one of its
+values). The centre cannot be atypical: a coordinate's median stays within the range of the
+bulk of its values however far up to half of them lie. A single row (such as the first, the
+former centre) or a mean can sit far from every other row; shifted by it, every product is of
+large values whose float32 rounding swamps the centred statistics (an atypical first row put
+CKA off by up to 1e-3, or made it a false NaN).
+
+For each representation ``X`` (shifted by its centre) it keeps, per layer, in float64: ``n``,
+the column sums ``s``, the feature-space Gram ``X'X``, the squared row norms' sum and sum of
+squares, and ``sum_i |x_i|^2 x_i``. Each compared pair adds ``X'Y``, ``sum_i |x_i|^2 |y_i|^2``
+and the two norm-weighted column sums. Those are all the terms of the biased HSIC of centred
+features and of Song et al.'s unbiased HSIC (which is invariant to shifting the features), so both
 estimators are exact for any n. A representation's statistics are computed once and serve
 every pair it is in (C_t's serve B vs C_t and E vs C_t). The d x d sums are needed only until
 their layer's rows are all in (see :meth:`StreamingLinearCKA.seal`); then two numbers of each
 are kept and the matrix is reused for the next layer.
 
-Products and row sums of one chunk run in the activations' float32 (GEMMs; the Gram from two
-blocks, 3/4 of a GEMM's work); every sum across chunks, and everything after, is float64. With
-the shift, the statistics carry a relative error of about 1e-7, far below any difference CKA can
-resolve; ``bench/cka.py`` measures it against a float64 reference.
+With ``exact=False``, products and row sums of one chunk run in the activations' float32 (GEMMs; the Gram from two
+blocks, 3/4 of a GEMM's work); every sum across chunks, and everything after, is float64. Two
+kinds of rows, being few, go through float64 products instead: the held first rows (of their
+exact shifts), and any row with |x - centre|^2 above 16 times the median of that over the
+centre's rows, in any representation (an outlier, wherever it comes; rows drifting away from
+the first ones cost float64 time, never precision). Float32 products would round an outlier's
+own terms, its |x|^2 |y|^2 among them, by more than the debiased estimator's cancellation of
+them leaves; its float32 shift, rounded once like every row's, costs no more than theirs.
+With ``exact=False`` what remains is the float32 GEMMs' rounding of the rows near the centre,
+relative errors of about 1e-7 in the products: streamed CKA within about 1e-8 of a float64
+reference whatever the row order (measured 1e-9 to 1e-7 on test layers of 24 to 128 features,
+1.6e-8 on ``bench/cka.py``'s 640). The default, ``exact=True`` (what the study uses), takes every
+row in float64, within about 1e-10, at about twice the product time.
 
 Every product and elementwise pass here runs in torch (MKL and its OpenMP threads). NumPy's and
 SciPy's wheels each bundle an OpenBLAS with its own thread pool: interleaving calls to two
@@ -47,19 +64,31 @@ from mossa.similarity._cka import (
 
 __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 
+# A layer's centre is the coordinate-wise median of its first _CENTRE_ROWS rows; a row is far
+# from it when |x - centre|^2 exceeds _FAR times the median of that over those rows.
+_CENTRE_ROWS = 64
+_FAR = 16.0
+
 
 def _matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """A @ B of float32 matrices (torch's BLAS; transposed views are passed as such, not copied)."""
+    """A @ B of float32 or float64 matrices (torch's BLAS; transposed views are passed as such)."""
     return torch.mm(torch.from_numpy(A), torch.from_numpy(B)).numpy()
 
 
+def _tensor(X: np.ndarray) -> torch.Tensor:
+    """X as a tensor, without a copy; read-only views too (torch only reads them here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+        return torch.from_numpy(X)
+
+
 def _gram(X: np.ndarray) -> np.ndarray:
-    """X'X, float32 [d, d], from two GEMMs over halves of the features, [X1 X2]'[X1 X2] =
+    """X'X [d, d] in X's dtype, from two GEMMs over halves of the features, [X1 X2]'[X1 X2] =
     [[X1'X, .], [X2'X1, X2'X2]], the lower left block copied from the upper right: 3/4 of a
     full GEMM's work (torch exposes no SYRK; finer blocks made GEMMs too thin to gain)."""
     T = torch.from_numpy(X)
     d, h = T.shape[1], T.shape[1] // 2
-    out = torch.empty(d, d)
+    out = torch.empty(d, d, dtype=T.dtype)
     torch.mm(T[:, :h].T, T, out=out[:h])
     torch.mm(T[:, h:].T, T[:, h:], out=out[h:, h:])
     out[h:, :h] = out[:h, h:].T
@@ -123,10 +152,10 @@ class _Products:
 
 @dataclass
 class _Moments:
-    """Per-layer float64 moments of one representation stack [layers, n, d]."""
+    """Per-layer float64 moments of one representation stack [layers, n, d], shifted by its centre."""
 
-    shift: np.ndarray  # [L, d] float32: the first row seen, per layer
-    shifted: np.ndarray  # [L] bool: layer has its shift
+    shift: np.ndarray  # [L, d] float32: the centre, per layer
+    spread: np.ndarray  # [L]: median over the centre's rows of |x - centre|^2
     n: np.ndarray  # [L] rows seen per layer
     s: np.ndarray  # [L, d]
     gram: _Products  # X'X
@@ -137,7 +166,7 @@ class _Moments:
 
     @classmethod
     def zeros(cls, n_layers: int, d: int) -> "_Moments":
-        return cls(shift=np.zeros((n_layers, d), np.float32), shifted=np.zeros(n_layers, bool),
+        return cls(shift=np.zeros((n_layers, d), np.float32), spread=np.zeros(n_layers),
                    n=np.zeros(n_layers, np.int64), s=np.zeros((n_layers, d)),
                    gram=_Products.zeros(n_layers), a1=np.zeros(n_layers), a2=np.zeros(n_layers),
                    u=np.zeros((n_layers, d)))
@@ -164,6 +193,10 @@ class StreamingLinearCKA:
         each chunk passed to :meth:`update`.
     n_layers : int, optional
         Layers per representation; needed only when chunks hold some of the layers.
+    exact : bool, default True
+        Every row through float64 products, not only the held and far ones (see the module
+        docstring): CKA within about 1e-10 of a float64 reference; False: float32 products for
+        the rows near the centre, about 1e-8 (up to 1e-7), at about half the product time.
 
     Examples
     --------
@@ -179,17 +212,23 @@ class StreamingLinearCKA:
 
     pairs: list[tuple[str, str]]
     n_layers: int | None = None
+    exact: bool = True
     moments: dict[str, _Moments] = field(default_factory=dict)
     cross: dict[tuple[str, str], _Cross] = field(default_factory=dict)
     _self_cache: dict = field(default_factory=dict, repr=False)
     _sealed: set = field(default_factory=set, repr=False)
     _pool: _Pool = field(default_factory=_Pool, repr=False)
     _scratch: dict = field(default_factory=dict, repr=False)
+    _held: dict = field(default_factory=dict, repr=False)  # layer -> row blocks held until it has a centre
+    _centred: set = field(default_factory=set, repr=False)
 
     @property
     def n(self) -> int:
         """Examples accumulated (the same for every layer and representation, else MossaError)."""
-        counts = {int(c) for m in self.moments.values() for c in m.n}
+        held = np.zeros(self.n_layers or 0, np.int64)
+        for layer, blocks in self._held.items():
+            held[layer] = sum(len(next(iter(b.values()))) for b in blocks)
+        counts = {int(c) for m in self.moments.values() for c in m.n + held}
         if len(counts) > 1:
             raise MossaError(f"layers or representations saw different numbers of examples: {sorted(counts)}")
         return counts.pop() if counts else 0
@@ -211,7 +250,7 @@ class StreamingLinearCKA:
         if len({s[1] for s in shapes.values()}) != 1:
             raise MossaError(f"chunk representations hold different numbers of rows: "
                              f"{sorted({s[1] for s in shapes.values()})}")
-        k = next(iter(shapes.values()))[0]
+        k, c = next(iter(shapes.values()))[:2]
         if self.n_layers is None:
             self.n_layers = k
         layers = list(range(k)) if layers is None else [int(x) for x in layers]
@@ -220,60 +259,113 @@ class StreamingLinearCKA:
         if self._sealed.intersection(layers):
             raise MossaError(f"layer(s) {sorted(self._sealed.intersection(layers))} are sealed: their results "
                              f"were read, so no rows can be added to them")
-        if next(iter(shapes.values()))[1] == 0:
+        for name in names:
+            m, d = self.moments.get(name), shapes[name][2]
+            if m is None:
+                self.moments[name] = _Moments.zeros(self.n_layers, d)
+            elif m.s.shape[1] != d:
+                raise MossaError(f"representation {name!r}: chunk has {d} features, earlier chunks had {m.s.shape[1]}")
+        if c == 0:
             return
-        X = {name: self._shifted(name, chunk[name], layers, consume) for name in names}
-        norms = {name: torch.linalg.vector_norm(torch.from_numpy(x), dim=2).square_().numpy()
-                 for name, x in X.items()}  # squared row norms, float32
-        # Per name, one pass over its rows gives the column sums, sum |x_i|^2 x_i and, for each
-        # partner p, sum |p_i|^2 x_i: the product of [1, |x_i|^2, |p_i|^2, ...] with X.
-        partners = {name: [y if x == name else x for x, y in self.pairs if name in (x, y)] for name in names}
+        blocks = {name: np.asarray(chunk[name]) for name in names}
         for i, layer in enumerate(layers):
-            weighted = {}
-            for name in names:
-                w = np.stack([np.ones_like(norms[name][i]), norms[name][i]] + [norms[p][i] for p in partners[name]])
-                weighted[name] = dict(zip([None, name] + partners[name], _matmul(w, X[name][i]).astype(np.float64)))
-                self._add_moments(name, layer, X[name][i], norms[name][i], weighted[name])
-            for x, y in self.pairs:
-                self._add_cross((x, y), layer, X[x][i], X[y][i], norms[x][i], norms[y][i],
-                                weighted[x][y], weighted[y][x])
+            rows = {name: block[i] for name, block in blocks.items()}
+            if layer in self._centred:
+                self._add_rows(layer, rows, consume)
+                continue
+            held = self._held.pop(layer, [])
+            if sum(len(h[names[0]]) for h in held) + c >= _CENTRE_ROWS:
+                self._release(layer, held, rows, consume)
+            else:  # copies: the caller may reuse its buffers
+                self._held[layer] = held + [{name: np.array(x, dtype=np.float32) for name, x in rows.items()}]
         self._self_cache.clear()
 
-    def _shifted(self, name: str, block, layers: list[int], consume: bool) -> np.ndarray:
-        """The chunk of `name` minus its per-layer shift (the first row seen), float32 [k, c, d]."""
-        X = np.asarray(block)
-        d = X.shape[2]
-        m = self.moments.get(name)
-        if m is None:
-            m = self.moments[name] = _Moments.zeros(self.n_layers, d)
-        elif m.s.shape[1] != d:
-            raise MossaError(f"representation {name!r}: chunk has {d} features, earlier chunks had {m.s.shape[1]}")
-        for i, layer in enumerate(layers):
-            if not m.shifted[layer]:
-                m.shift[layer] = X[i, 0]
-                m.shifted[layer] = True
-        shift = torch.from_numpy(m.shift[layers][:, None, :])
+    def _release(self, layer: int, held: list[dict], rows: Mapping[str, np.ndarray] | None,
+                 consume: bool = False) -> None:
+        """Fix `layer`'s centres from its first rows (the held blocks, then `rows`) and add them:
+        the held rows, fewer than _CENTRE_ROWS, in float64; `rows` like any chunk's.
+
+        The centre is the coordinate-wise median of the first _CENTRE_ROWS rows (one of their
+        values, so a constant layer shifts to exactly zero), the spread the median of
+        |x - centre|^2 over them: neither moves however far up to half of those rows lie."""
+        blocks = held + ([rows] if rows is not None else [])
+        for name in blocks[0]:
+            first = np.concatenate([np.asarray(b[name][:_CENTRE_ROWS], dtype=np.float32) for b in blocks])
+            first = first[:_CENTRE_ROWS]
+            k, m = (len(first) - 1) // 2, self.moments[name]  # lower medians; partition: 8x torch.median
+            m.shift[layer] = np.partition(first, k, axis=0)[k]
+            diff = first.astype(np.float64) - m.shift[layer]
+            m.spread[layer] = np.partition(np.einsum("ij,ij->i", diff, diff), k)[k]
+        self._centred.add(layer)
+        if held:
+            self._add_rows(layer, {name: np.concatenate([h[name] for h in held]) for name in held[0]}, exact=True)
+        if rows is not None:
+            self._add_rows(layer, rows, consume)
+
+    def _shifted(self, name: str, layer: int, X: np.ndarray, consume: bool) -> np.ndarray:
+        """Rows [c, d] of `name` at `layer` minus the layer's centre, float32: in place with
+        `consume`, else in reused scratch (fresh pages per chunk cost more than the subtraction)."""
+        shift = self.moments[name].shift[layer]
         if consume and X.dtype == np.float32 and X.flags.c_contiguous and X.flags.writeable:
-            return torch.from_numpy(X).sub_(shift).numpy()
-        scratch = self._scratch.get(name)  # reused: fresh pages per chunk cost more than the subtraction
-        if scratch is None or scratch.shape != X.shape:
+            return torch.from_numpy(X).sub_(torch.from_numpy(shift)).numpy()
+        scratch = self._scratch.get(name)
+        if scratch is None or scratch.shape[0] < len(X) or scratch.shape[1] != X.shape[1]:
             scratch = self._scratch[name] = np.empty(X.shape, dtype=np.float32)
-        if X.dtype == np.float32 and X.flags.c_contiguous:  # read-only views too: torch only reads X
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-                source = torch.from_numpy(X)
-            return torch.sub(source, shift, out=torch.from_numpy(scratch)).numpy()
-        return np.subtract(X, m.shift[layers][:, None, :], out=scratch, dtype=np.float32)
+        out = scratch[:len(X)]
+        if X.dtype == np.float32 and X.flags.c_contiguous:
+            torch.sub(_tensor(X), torch.from_numpy(shift), out=torch.from_numpy(out))
+            return out
+        return np.subtract(X, shift, out=out, dtype=np.float32)
+
+    def _add_rows(self, layer: int, rows: Mapping[str, np.ndarray], consume: bool = False,
+                  exact: bool = False) -> None:
+        """Add rows [c, d] of every name at a centred layer.
+
+        Rows near the centre go through float32 products. A row far from it in any
+        representation (|x - centre|^2 above _FAR spreads) goes through float64 products of its
+        float32 shift; with `exact` (here or on the accumulator) every row goes through float64
+        products of its exact shift (float32 rows and centre differ exactly in float64)."""
+        if not (exact or self.exact):
+            Z = {name: self._shifted(name, layer, X, consume) for name, X in rows.items()}
+            norms = {name: torch.linalg.vector_norm(torch.from_numpy(z), dim=1).square_().numpy()
+                     for name, z in Z.items()}  # float32
+            far = np.zeros(len(next(iter(Z.values()))), dtype=bool)
+            for name, a in norms.items():
+                far |= a > _FAR * self.moments[name].spread[layer]
+            if not far.any():
+                self._add_products(layer, Z, norms)
+                return
+            if not far.all():
+                self._add_products(layer, {name: z[~far] for name, z in Z.items()},
+                                   {name: a[~far] for name, a in norms.items()})
+            Z64 = {name: z[far].astype(np.float64) for name, z in Z.items()}
+        else:
+            Z64 = {name: np.asarray(X, dtype=np.float32).astype(np.float64) - self.moments[name].shift[layer]
+                   for name, X in rows.items()}
+        self._add_products(layer, Z64, {name: np.einsum("ij,ij->i", z, z) for name, z in Z64.items()})
+
+    def _add_products(self, layer: int, Z: Mapping[str, np.ndarray], norms: Mapping[str, np.ndarray]) -> None:
+        """Add shifted rows Z [c, d] of every name, with their squared norms: products in Z's
+        dtype (float32, or float64 for exact rows), every sum across rows and chunks in float64."""
+        # Per name, one pass over its rows gives the column sums, sum |x_i|^2 x_i and, for each
+        # partner p, sum |p_i|^2 x_i: the product of [1, |x_i|^2, |p_i|^2, ...] with X.
+        partners = {name: [y if x == name else x for x, y in self.pairs if name in (x, y)] for name in Z}
+        weighted, a64 = {}, {name: a.astype(np.float64) for name, a in norms.items()}
+        for name, z in Z.items():
+            w = np.stack([np.ones_like(norms[name]), norms[name]] + [norms[p] for p in partners[name]])
+            weighted[name] = dict(zip([None, name] + partners[name], _matmul(w, z).astype(np.float64)))
+            self._add_moments(name, layer, z, a64[name], weighted[name])
+        for x, y in self.pairs:
+            self._add_cross((x, y), layer, Z[x], Z[y], a64[x], a64[y], weighted[x][y], weighted[y][x])
 
     def _add_moments(self, name: str, layer: int, X: np.ndarray, a: np.ndarray, weighted: dict) -> None:
         m = self.moments[name]
         c, d = X.shape
-        m.gram.add(layer, _gram(X), self._pool)  # float32 products of this chunk, summed in float64
+        m.gram.add(layer, _gram(X), self._pool)  # this chunk's products, summed in float64
         m.s[layer] += weighted[None]
         m.u[layer] += weighted[name]
-        a64 = a.astype(np.float64)
-        m.a1[layer] += a64.sum()
-        m.a2[layer] += float(a64 @ a64)
+        m.a1[layer] += a.sum()
+        m.a2[layer] += float(a @ a)
         m.n[layer] += c
         m.flops += _gram_flops(c, d)
 
@@ -286,7 +378,7 @@ class StreamingLinearCKA:
             acc = self.cross[pair] = _Cross(c=_Products.zeros(L), ab=np.zeros(L),
                                             v_xy=np.zeros((L, d1)), v_yx=np.zeros((L, d2)))
         acc.c.add(layer, _matmul(X.T, Y), self._pool)
-        acc.ab[layer] += float(np.dot(a.astype(np.float64), b.astype(np.float64)))
+        acc.ab[layer] += float(a @ b)
         acc.v_xy[layer] += v_xy
         acc.v_yx[layer] += v_yx
         self.moments[pair[0]].flops += 2.0 * c * d1 * d2
@@ -300,6 +392,8 @@ class StreamingLinearCKA:
         for layer in layers:
             if layer in self._sealed:
                 continue
+            if layer in self._held:
+                self._release(layer, self._held.pop(layer), None)
             for m in self.moments.values():
                 if layer in m.gram.open:
                     m.gram.seal(layer, m.s[layer], m.s[layer], self._pool)
@@ -328,6 +422,7 @@ class StreamingLinearCKA:
     def results(self, x: str, y: str, *, debiased: bool, names: tuple[str, str] | None = None
                 ) -> list[SimilarityResult]:
         """Per-layer linear CKA of pair (x, y), NaN with a reason where a layer is undefined."""
+        self.seal()
         if (x, y) not in self.cross:
             raise MossaError(f"pair ({x}, {y}) was not accumulated; pairs are {self.pairs}")
         n = self.n
@@ -375,13 +470,15 @@ def cross_layer_cka(acc: StreamingLinearCKA, x: str, y: str, chunks, *, budget_b
                     ) -> np.ndarray:
     """Biased linear CKA of every layer of x with every layer of y, [layers_x, layers_y].
 
-    `acc` must already hold both representations' moments (its pass fixed their shifts);
+    `acc` must already hold both representations' moments (its pass fixed their centres);
     `chunks` is a callable returning a fresh iterator over the same rows as that pass. The
     cross-products of all layer pairs accumulate in float64 blocks of at most `budget_bytes`,
     so a block of x's layers is finished per pass over the rows (one pass when it fits).
-    NaN where a layer does not vary across examples.
+    NaN where a layer does not vary across examples. Products are float32, or float64 for an
+    `exact` accumulator.
     """
     mx, my = acc.moments[x], acc.moments[y]
+    dtype = np.float64 if acc.exact else np.float32
     n = acc.n
     bx, _, _, cx = acc._self_terms(x)
     by, _, _, cy = acc._self_terms(y)
@@ -394,8 +491,9 @@ def cross_layer_cka(acc: StreamingLinearCKA, x: str, y: str, chunks, *, budget_b
         layers = list(range(start, min(start + block, lx)))
         total = np.zeros((len(layers) * d1, ly * d2))
         for chunk in chunks():
-            X = np.ascontiguousarray(chunk[x][layers], dtype=np.float32) - mx.shift[layers, None, :]
-            Y = np.ascontiguousarray(chunk[y], dtype=np.float32) - my.shift[:, None, :]
+            X = np.ascontiguousarray(chunk[x][layers], dtype=np.float32).astype(dtype, copy=False)
+            Y = np.ascontiguousarray(chunk[y], dtype=np.float32).astype(dtype, copy=False)
+            X, Y = X - mx.shift[layers, None, :].astype(dtype), Y - my.shift[:, None, :].astype(dtype)
             c = X.shape[1]
             total += _matmul(X.transpose(1, 0, 2).reshape(c, -1).T, Y.transpose(1, 0, 2).reshape(c, -1))
         for k, i in enumerate(layers):

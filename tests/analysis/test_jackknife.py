@@ -1,0 +1,108 @@
+"""Intervals over examples: exact subset statistics, the variance formula, and measured coverage."""
+
+import numpy as np
+import pytest
+
+from mossa.analysis import example_intervals
+from mossa.analysis._grams import compact, deletion_cka, kernel
+from mossa.analysis._jackknife import jackknife_variance
+from mossa.similarity import get_measure, linear_cka_result, rbf_cka_result
+
+
+def _pair(rng, n, d=30, noise=1.0):
+    X = rng.standard_normal((n, d))
+    Y = X[:, :20] @ rng.standard_normal((20, 25)) + noise * rng.standard_normal((n, 25))
+    return X, Y
+
+
+@pytest.mark.parametrize("n,g", [(30, 30), (50, 12)])
+def test_every_deleted_subset_equals_the_measure_on_its_rows(n, g):
+    rng = np.random.default_rng(n)
+    X, Y = _pair(rng, n)
+    groups = np.arange(n) if n == g else rng.permutation(n) % g
+    pairs = np.stack(np.triu_indices(g, 1), 1)
+    subsets = [np.ones(n, bool)] + [groups != j for j in range(g)] + [(groups != a) & (groups != b) for a, b in pairs]
+    for debiased in (False, True):
+        fast = deletion_cka(kernel(X, "linear"), kernel(Y, "linear"), groups, g, pairs, debiased)
+        slow = [linear_cka_result(X[s], Y[s], debiased=debiased).value for s in subsets]
+        np.testing.assert_allclose(fast, slow, atol=1e-12)
+    fast = deletion_cka(kernel(X, "rbf"), kernel(Y, "rbf"), groups, g, pairs, False)
+    assert abs(fast[0] - rbf_cka_result(X, Y).value) < 1e-12
+
+
+def test_first_order_variance_of_a_mean_is_the_textbook_one():
+    x = np.random.default_rng(0).standard_normal(40)
+    singles = np.array([np.delete(x, i).mean() for i in range(40)])
+    v, method = jackknife_variance(x.mean(), singles)
+    assert abs(v - x.var(ddof=1) / 40) < 1e-15 and method == "jackknife"
+
+
+def test_compact_rotation_keeps_every_rotation_invariant_measure():
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((20, 60)), rng.standard_normal((20, 50)) + 0.5
+    for name in ("linear_cka", "debiased_cka", "rbf_cka", "procrustes_distance", "mutual_knn"):
+        m = get_measure(name)
+        kw = {"k": 5} if name == "mutual_knn" else {}
+        assert m.rotation_invariant
+        assert abs(m(X, Y, **kw).value - m(compact(X), compact(Y), **kw).value) < 1e-10
+    assert not get_measure("pwcca").rotation_invariant
+
+
+def test_intervals_are_centred_on_the_value_deterministic_and_shrink_with_n():
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (40, 400):
+        X, Y = _pair(rng, n)
+        v = linear_cka_result(X, Y).value
+        (lo, hi, method), = example_intervals("linear_cka", X[None], Y[None], rng=np.random.default_rng(0), values=[v])
+        again = example_intervals("linear_cka", X[None], Y[None], rng=np.random.default_rng(0), values=[v])
+        assert again[0] == (lo, hi, method) and abs((lo + hi) / 2 - v) < 1e-12 and method.startswith("jackknife")
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 1.5
+
+
+def test_generic_measures_get_first_order_intervals():
+    X, Y = _pair(np.random.default_rng(3), 60)
+    (lo, hi, method), = example_intervals("procrustes_distance", X[None], Y[None], rng=np.random.default_rng(5))
+    assert lo < hi and method == "jackknife"
+
+
+def test_constant_layer_gives_no_interval():
+    X = np.ones((20, 4))
+    Y = np.random.default_rng(0).normal(size=(20, 4))
+    (lo, hi, method), = example_intervals("linear_cka", X[None], Y[None], rng=np.random.default_rng(0))
+    assert np.isnan(lo) and np.isnan(hi) and method == ""
+
+
+def test_debiased_interval_covers_zero_on_independent_data_with_n_below_d():
+    """The with-replacement bootstrap put this interval at [0.89, 0.93] around 0.02."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((100, 1000)), rng.standard_normal((100, 1000))
+    v = linear_cka_result(X, Y, debiased=True).value
+    (lo, hi, _), = example_intervals("debiased_cka", X[None], Y[None], rng=rng, values=[v])
+    assert lo < 0 < hi and hi - lo < 0.2
+
+
+@pytest.mark.parametrize("structure", ["independent", "low-rank"])
+def test_coverage_of_the_default_table_at_the_demo_shape(structure):
+    """A fast `bench/coverage.py`: 60 fresh samples of n=96, d=640 from one population; the nominal
+    95% intervals must hold the mean of the estimates in 85-100% of them (the bench: 90-99%, 200+)."""
+    n, d, reps = 96, 640, 60
+    pop = np.random.default_rng(7)
+    A, B = pop.standard_normal((8, d)) * 3, pop.standard_normal((8, d)) * 3
+    rng = np.random.default_rng(8)
+    found = {m: [] for m in ("linear_cka", "debiased_cka", "rbf_cka")}
+    for r in range(reps):
+        X, Y = 2 * rng.standard_normal((n, d)), 2 * rng.standard_normal((n, d))
+        if structure == "low-rank":
+            Z = rng.standard_normal((n, 8))
+            X, Y = X + Z @ A, Y + Z @ B
+        for m in found:
+            v = get_measure(m)(X, Y).value
+            (lo, hi, _), = example_intervals(m, X[None], Y[None], rng=np.random.default_rng(r), values=[v])
+            found[m].append((v, lo, hi))
+    for m, rows in found.items():
+        v = np.array(rows)
+        target = v[:, 0].mean()
+        coverage = np.mean((v[:, 1] <= target) & (target <= v[:, 2]))
+        assert 0.85 <= coverage <= 1.0, (m, structure, coverage)
