@@ -1,12 +1,12 @@
 """Streamed linear CKA matches a float64 reference whatever the row order (issue 13, item 4).
 
 Shifting by a layer's first row let an atypical first row cost these cases up to 0.8 (or a
-false NaN); the centre is now a median and far rows go through float64 products. What remains
-by default is the float32 GEMMs' rounding of the rows near the centre, order-independent and
-measured up to 9e-8 on these narrow layers (1e-7 for other seeds), so it is held to
-DEFAULT_TOL, which the first-row shift failed on every outlier case (by 5x to 3e6x, or NaN); an `exact`
-accumulator (every row in float64, measured within 2e-10) and layers whose rows were all held
-before their centre was fixed (n < 64) are held to EXACT_TOL.
+false NaN); the centre is now a median and far rows go through float64 products. The default
+accumulator (`exact=True`, what the study streams with: every row in float64, measured within
+2e-10) and layers whose rows were all held before their centre was fixed (n < 64) are held to
+EXACT_TOL = 1e-8. The fast mode (`exact=False`) keeps the float32 GEMMs' rounding of the rows
+near the centre, order-independent and measured up to 9e-8 on these narrow layers, so it is
+held to DEFAULT_TOL, which the first-row shift failed on every outlier case (by 5x to 3e6x, or NaN).
 """
 
 import numpy as np
@@ -33,6 +33,10 @@ def _outlier(arrays, rng, scale, row=0):
         X[:, row] = X.mean(axis=1) + scale * X.std(axis=1) * rng.normal(size=X[:, row].shape)
         out.append(X.astype(np.float32))
     return out
+
+
+def test_the_default_accumulator_is_the_exact_one():
+    assert StreamingLinearCKA([("A", "B")]).exact
 
 
 def _stream(A, B, plan, exact=False):

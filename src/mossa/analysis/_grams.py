@@ -164,13 +164,19 @@ def adaptive_rbf_cka(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, g: int, p
     if mx[0] == 0 or my[0] == 0:
         return np.full(len(mx), np.nan)
 
-    def values(scale_x: float, scale_y: float) -> np.ndarray:
-        sx, sy = sigma_frac * mx[0] * scale_x, sigma_frac * my[0] * scale_y
-        return deletion_cka(np.exp(-Dx / (2 * sx * sx)), np.exp(-Dy / (2 * sy * sy)), groups, g, pairs, False,
-                            deleted=deleted)
+    def gram(D: np.ndarray, m: float, scale: float) -> np.ndarray:
+        sigma = sigma_frac * m * scale
+        return np.exp(-D / (2 * sigma * sigma))
 
-    base = values(1.0, 1.0)
-    slope_x, slope_y = (values(1.0 + eps, 1.0) - base) / eps, (values(1.0, 1.0 + eps) - base) / eps
+    def hsic(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        return deletion_hsic(A, B, groups, g, pairs, False, deleted)
+
+    K, L, Kx, Ly = gram(Dx, mx[0], 1.0), gram(Dy, my[0], 1.0), gram(Dx, mx[0], 1.0 + eps), gram(Dy, my[0], 1.0 + eps)
+    kk, ll = hsic(K, K), hsic(L, L)  # each self term serves the base value and one slope
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base = hsic(K, L) / np.sqrt(kk * ll)
+        slope_x = (hsic(Kx, L) / np.sqrt(hsic(Kx, Kx) * ll) - base) / eps
+        slope_y = (hsic(K, Ly) / np.sqrt(kk * hsic(Ly, Ly)) - base) / eps
     return base + (mx / mx[0] - 1.0) * slope_x + (my / my[0] - 1.0) * slope_y
 
 
