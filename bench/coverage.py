@@ -10,9 +10,9 @@ about 0.011 at 200 replicates). Structures:
 - independent: X and Y drawn independently (population CKA 0, every measure at its chance level);
 - low-rank: X = Z A + E, Y = Z B + F with a shared k=8 factor Z and fixed loadings A, B.
 
-Above `EXACT_MAX_N` rows (2,000) the study's intervals come from a subsample of that many rows,
-rescaled by sqrt(m/n); the 3000 x 64 shape runs that path, so its coverage is measured too
-(marked "approximation").
+Above `EXACT_MAX_N` rows (1,000) the study's intervals come from a subsample of that many rows,
+rescaled to n at the rate measured on a nested half; the 3000 x 64 shape runs that path, so
+its coverage is measured too (marked "approximation").
 
     python bench/coverage.py                      # default table, 4 shapes, 200 replicates
     python bench/coverage.py --measures all --replicates 100

@@ -106,3 +106,20 @@ def test_coverage_of_the_default_table_at_the_demo_shape(structure):
         target = v[:, 0].mean()
         coverage = np.mean((v[:, 1] <= target) & (target <= v[:, 2]))
         assert 0.85 <= coverage <= 1.0, (m, structure, coverage)
+
+
+def test_large_n_scales_at_the_rate_it_measures(monkeypatch):
+    """Above EXACT_MAX_N: a subsample, scaled to n at a rate read off a nested half; unrelated data
+    (spread ~ 1/n) get a rate near 2, related data (~ 1/sqrt(n)) near 1."""
+    import mossa.analysis._jackknife as jackknife
+
+    monkeypatch.setattr(jackknife, "EXACT_MAX_N", 200)
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((800, 8))
+    rates = {}
+    for name, Y in (("unrelated", rng.standard_normal((800, 8))), ("related", X + rng.standard_normal((800, 8)))):
+        v = linear_cka_result(X, Y).value
+        (lo, hi, method), = example_intervals("linear_cka", X[None], Y[None], rng=np.random.default_rng(1), values=[v])
+        assert lo < v < hi and "on 200 of 800 rows" in method
+        rates[name] = float(method.split("^(")[1].split("/")[0])
+    assert rates["unrelated"] > 1.5 > rates["related"]

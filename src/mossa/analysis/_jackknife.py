@@ -30,8 +30,10 @@ falls back to v1 and says so in `ci_method`. The other measures are recomputed f
 of each subset (on the n x rank rotation of each side when the measure is rotation invariant),
 with g = GENERIC_GROUPS groups and v1 (conservative; `bench/coverage.py` measures by how much).
 
-Above EXACT_MAX_N rows, the interval is computed on a seeded subsample of that many rows and
-its half-width scaled by sqrt(m / n) (root-n scaling; its coverage is measured too).
+Above EXACT_MAX_N rows, the standard error is computed on a seeded subsample of m rows and
+scaled to n by (m/n)^(a/2), with the rate a in [1, 2] read off the same estimate on a nested
+m/2 rows: a fixed root-n scaling (a = 1) over-covered on unrelated representations (100% at
+n = 3000), whose estimators shrink like 1/n. Its coverage is measured too.
 
 References: B. Efron and C. Stein, "The jackknife estimate of variance", Ann. Statist. 9, 1981;
 J. Shao and D. Tu, "The Jackknife and Bootstrap", Springer 1995, ch. 2.
@@ -51,7 +53,7 @@ from mossa.similarity import get_measure
 
 KERNEL_GROUPS = 96  # kernel CKAs: at most this many groups (g(g-1)/2 = 4560 pair deletions)
 GENERIC_GROUPS = 24  # other measures: recomputed on each of g subsets
-EXACT_MAX_N = 2000  # above this many rows, a subsample of this many and root-n scaling
+EXACT_MAX_N = 1000  # above this many rows, a subsample of this many, scaled at a measured rate
 LEVEL = 0.95
 
 
@@ -89,12 +91,9 @@ def jackknife_variance(theta: float, singles: np.ndarray, pairs: np.ndarray | No
     return v1, "jackknife (second-order term exceeded the first; first order)"
 
 
-def _interval(theta: float, variance: float, g: int) -> tuple[float, float]:
-    half = stats.t.ppf(0.5 + LEVEL / 2, g - 1) * np.sqrt(variance)
-    return theta - half, theta + half
-
-
-def _kernel_layer(measure: str, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[float, float, str]:
+def _kernel_layer(measure: str, a: np.ndarray, b: np.ndarray,
+                  rng: np.random.Generator) -> tuple[float, float, int, str]:
+    """(estimate, standard error, groups, method) of a kernel CKA on one layer (NaN where undefined)."""
     kind, debiased = KERNEL_MEASURES[measure]
     groups, g = _groups(len(a), KERNEL_GROUPS, rng)
     every = g + int(groups.max() == g)  # with the kept group, if there are left-over rows
@@ -105,12 +104,14 @@ def _kernel_layer(measure: str, a: np.ndarray, b: np.ndarray, rng: np.random.Gen
         values = deletion_cka(kernel(a, kind), kernel(b, kind), groups, every, pair_index, debiased, deleted=g)
     theta, singles, pairs = values[0], values[1:1 + g], values[1 + g:]
     if not np.all(np.isfinite(values)):
-        return np.nan, np.nan, ""
+        return np.nan, np.nan, g, ""
     variance, method = jackknife_variance(theta, singles, pairs, pair_index)
-    return (*_interval(theta, variance, g), method)
+    return theta, np.sqrt(variance), g, method
 
 
-def _generic_layer(measure: str, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> tuple[float, float, str]:
+def _generic_layer(measure: str, a: np.ndarray, b: np.ndarray,
+                   rng: np.random.Generator) -> tuple[float, float, int, str]:
+    """(estimate, standard error, groups, method) of any registered measure on one layer."""
     func = get_measure(measure)
     if func.rotation_invariant:  # the same values on n x rank rotations, much cheaper when n < d
         a, b = compact(a), compact(b)
@@ -125,9 +126,18 @@ def _generic_layer(measure: str, a: np.ndarray, b: np.ndarray, rng: np.random.Ge
         except MossaError:
             values[j + 1] = np.nan
     if not np.all(np.isfinite(values)):
-        return np.nan, np.nan, ""
+        return np.nan, np.nan, g, ""
     variance, method = jackknife_variance(values[0], values[1:])
-    return (*_interval(values[0], variance, g), method)
+    return values[0], np.sqrt(variance), g, method
+
+
+def _rate(se_m: float, se_half: float) -> float:
+    """The exponent a of var ~ m^-a from the standard errors at m and m/2 rows, within [1, 2]: 1 for
+    an estimator whose spread shrinks like 1/sqrt(m), 2 for one that shrinks like 1/m (a degenerate
+    U-statistic: unrelated representations); outside that range the two estimates are noise."""
+    if not (se_m > 0 and se_half > 0):
+        return 1.0
+    return float(min(2.0, max(1.0, 2.0 * np.log2(se_half / se_m))))
 
 
 def example_intervals(measure: str, A: np.ndarray, B: np.ndarray, *, rng: np.random.Generator,
@@ -135,14 +145,17 @@ def example_intervals(measure: str, A: np.ndarray, B: np.ndarray, *, rng: np.ran
     """(ci_low, ci_high, ci_method) per layer of `measure` between stacks A, B [layers, n, d].
 
     Intervals are centred on `values` (the table's estimates) when given; a layer whose
-    estimate or any jackknife subset is undefined gets NaN and an empty method.
+    estimate or any jackknife subset is undefined gets NaN and an empty method. Above
+    EXACT_MAX_N rows, the standard error of a seeded subsample of m = EXACT_MAX_N rows is scaled
+    to n by (m/n)^(a/2), the rate a read off the same estimate on a nested m/2 rows (`_rate`).
     """
     n = A.shape[1]
-    scale, note = 1.0, ""
-    if n > EXACT_MAX_N:
-        pick = np.sort(rng.choice(n, size=EXACT_MAX_N, replace=False))
-        A, B = A[:, pick], B[:, pick]
-        scale, note = np.sqrt(EXACT_MAX_N / n), f", on {EXACT_MAX_N} of {n} rows, scaled by sqrt(m/n)"
+    m = min(n, EXACT_MAX_N)
+    order = rng.permutation(n)[:m] if n > m else None
+    half = np.sort(order[:m // 2]) if order is not None else None
+    if order is not None:
+        A_half, B_half = A[:, half], B[:, half]
+        A, B = A[:, np.sort(order)], B[:, np.sort(order)]
     layer = _kernel_layer if measure in KERNEL_MEASURES else _generic_layer
     state = rng.bit_generator.state
     out = []
@@ -152,10 +165,16 @@ def example_intervals(measure: str, A: np.ndarray, B: np.ndarray, *, rng: np.ran
                 out.append((np.nan, np.nan, ""))
                 continue
             rng.bit_generator.state = state  # the same groups at every layer
-            lo, hi, method = layer(measure, a, b, rng)
-            if method and (scale != 1.0 or values is not None):
-                centre = (lo + hi) / 2 if values is None else values[i]
-                half = (hi - lo) / 2 * scale
-                lo, hi = centre - half, centre + half
-            out.append((lo, hi, method + note if method else ""))
+            theta, se, g, method = layer(measure, a, b, rng)
+            if not method:
+                out.append((np.nan, np.nan, ""))
+                continue
+            if order is not None:
+                _, se_half, _, _ = layer(measure, A_half[i], B_half[i], rng)
+                rate = _rate(se, se_half)
+                se *= (m / n) ** (rate / 2)
+                method += f", on {m} of {n} rows, scaled by (m/n)^({rate:.2f}/2)"
+            centre = theta if values is None else values[i]
+            width = stats.t.ppf(0.5 + LEVEL / 2, g - 1) * se
+            out.append((centre - width, centre + width, method))
     return out
