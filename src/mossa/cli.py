@@ -62,6 +62,14 @@ def _int_list(value: Optional[str], flag: str) -> Optional[list[int]]:
         raise MossaError(f"{flag}: expected comma-separated layer numbers such as 1,5,10, got {value!r}") from None
 
 
+def _workers(value: Optional[str]) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise MossaError(f"--workers: expected 'auto' or an integer >= 1, got {value!r}")
+    return int(value)
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with study settings."),
@@ -185,6 +193,8 @@ def analyze(
     n_permutations: Optional[int] = typer.Option(None, help="Permutations of every value's null (default: the "
                                                  "study's)."),
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
+    workers: Optional[str] = typer.Option(None, help="Analysis processes: a number or 'auto' (default: the "
+                                          "study's analysis_workers); the tables do not depend on it."),
 ) -> None:
     """Recompute every table and figure of a study from its stored activations (loads no model)."""
     from mossa.analysis import DEFAULT_MEASURES
@@ -195,7 +205,8 @@ def analyze(
     from mossa.report.html import write_report
 
     result = analyze_study(study_dir, measures=chosen, n_boot=n_boot, n_permutations=n_permutations,
-                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), reporter=Reporter())
+                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), workers=_workers(workers),
+                           reporter=Reporter())
     write_report(study_dir)
     _summary(result)
 

@@ -138,11 +138,19 @@ class StudyConfig(BaseModel):
                         "intervals at all (neither these nor the jackknife intervals over examples).")
     n_permutations: int = Field(200, ge=0, description="Re-pairings of the test examples for the permutation null "
                                 "of every value (null mean, 95% bound, p-value, chance-adjusted score); 0 = none.")
+    analysis_workers: int | Literal["auto"] = Field(
+        "auto", description="Processes the analysis runs its jobs in (each task's tables, each t-SNE panel), one "
+        "BLAS thread each; 'auto' = one per core when the study compares at least 10,000 (example, layer) pairs "
+        "(below that, starting workers costs more than it saves). The tables do not depend on it.")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
     test_loss: Literal["all", "base_and_controls"] = Field(
         "all", description="Which models' extractions also score the test targets (results/controls.csv): all, or "
         "only B and each control (the check that every control learned its task; E and E' then extract states "
         "only, which saves a quarter of their extraction on short targets and more on long ones).")
+    loss_examples: int | None = Field(
+        None, ge=1, description="Test prompts per task whose targets are scored for the test loss: the first n of "
+        "the seeded test sample, the same ones for every model (None = all). The states are taken on every prompt; "
+        "scoring a target costs its tokens and the LM head at each of them.")
     executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
                           "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
                           "Ray task per unit; same results).")
@@ -198,6 +206,13 @@ class StudyConfig(BaseModel):
         if isinstance(v, list) and not v and info.field_name == "ceiling_tasks":
             return "none"
         return v
+
+    @field_validator("analysis_workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"expected 'auto' or an integer >= 1, got {v!r}")
 
     @field_validator("ceiling_tasks")
     @classmethod
@@ -311,7 +326,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "test_loss": "base_and_controls", "n_permutations": 100,
+        "test_loss": "base_and_controls", "loss_examples": 48, "n_permutations": 100,
         "control": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
         "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",

@@ -40,7 +40,8 @@ class ArraySink:
 
 
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
-            last_layer: str = "post_norm", sink=None, with_loss: bool = True, on_batch=None) -> Activations | None:
+            last_layer: str = "post_norm", sink=None, with_loss: bool = True, loss_rows: int | None = None,
+            on_batch=None) -> Activations | None:
     """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32.
 
     Parameters
@@ -60,6 +61,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     with_loss : bool
         Also run prompt+target and score the target tokens (each example's test loss). False
         runs the prompts alone with no LM head at all (losses are then NaN).
+    loss_rows : int, optional
+        With `with_loss`, score only the first `loss_rows` prompts; the others run without their
+        targets (NaN loss, 0 target tokens). None scores all.
     on_batch : callable, optional
         Called with the number of examples done after each batch.
 
@@ -73,7 +77,10 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     own = sink is None
     if own:
         sink = ArraySink([p.id for p in prompts], loaded.n_layers + 1, loaded.hidden_size)
-    nll = np.zeros(n, dtype=np.float64) if with_loss else np.full(n, np.nan)
+    scored = np.zeros(n, dtype=bool)
+    if with_loss:
+        scored[:n if loss_rows is None else loss_rows] = True
+    nll = np.where(scored, 0.0, np.nan)
     n_tok = np.zeros(n, dtype=np.int64)
     captured: dict[str, torch.Tensor] = {}
     hook = None
@@ -84,22 +91,25 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         hook = norm.register_forward_pre_hook(lambda _m, args: captured.__setitem__("pre", args[0]))
     try:
         with host.use(adapter) as model, torch.inference_mode(), loaded.autocast():
-            for idx in length_batches(prompts, token_budget, with_targets=with_loss):
-                batch = collate([prompts[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device,
-                                with_targets=with_loss)
-                out = body_forward(model, batch, output_hidden_states=True)
-                states = list(out.hidden_states)
-                if hook is not None:
-                    states[-1] = captured.pop("pre")
-                rows = torch.arange(len(idx), device=loaded.device)
-                sink.put(idx, torch.stack([h[rows, batch.last_prompt] for h in states]).float().cpu().numpy())
-                if with_loss:
-                    per_token = target_nll(model, out.last_hidden_state, batch).double().cpu().numpy()
-                    rows_np = np.asarray(idx)[batch.target_rows.cpu().numpy()]
-                    np.add.at(nll, rows_np, per_token)
-                    np.add.at(n_tok, rows_np, 1)
-                if on_batch:
-                    on_batch(len(idx))
+            for members, targets in ((np.flatnonzero(scored), True), (np.flatnonzero(~scored), False)):
+                group = [prompts[i] for i in members]
+                for idx in length_batches(group, token_budget, with_targets=targets):
+                    rows_np = members[idx]  # the batch's rows among all prompts
+                    batch = collate([group[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device,
+                                    with_targets=targets)
+                    out = body_forward(model, batch, output_hidden_states=True)
+                    states = list(out.hidden_states)
+                    if hook is not None:
+                        states[-1] = captured.pop("pre")
+                    rows = torch.arange(len(idx), device=loaded.device)
+                    sink.put(rows_np, torch.stack([h[rows, batch.last_prompt] for h in states]).float().cpu().numpy())
+                    if targets:
+                        per_token = target_nll(model, out.last_hidden_state, batch).double().cpu().numpy()
+                        token_rows = rows_np[batch.target_rows.cpu().numpy()]
+                        np.add.at(nll, token_rows, per_token)
+                        np.add.at(n_tok, token_rows, 1)
+                    if on_batch:
+                        on_batch(len(idx))
     finally:
         if hook is not None:
             hook.remove()

@@ -32,11 +32,14 @@ import torch
 import yaml
 
 from mossa.analysis import (
+    COMPARED,
     DEFAULT_MEASURES,
     HELDOUT,
     PROPERTIES,
+    JobPool,
     analyze,
     check_measures,
+    choose_workers,
     correlations,
     find_sections,
     median_over_tasks,
@@ -307,6 +310,11 @@ class _Study:
         controls (the check that each control learned its task), for E and E' with test_loss all."""
         return label in ("base", "control") or self.cfg.test_loss == "all"
 
+    def loss_key(self, label: str) -> tuple:
+        """What an extraction's cache key adds for scoring only some prompts (`loss_examples`); nothing
+        when all are scored, so the keys of studies that score all stay as they were."""
+        return ("loss on", self.cfg.loss_examples) if self.cfg.loss_examples and self.scored(label) else ()
+
     def prompt_builder(self, loaded, fmt: PromptFormat) -> PromptBuilder:
         cfg = self.cfg
         return PromptBuilder(loaded.tokenizer, fmt, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -390,11 +398,13 @@ class _Study:
         host, test = host or self.host, test or self.test
         prompts, loaded = test[task], host.loaded
         meta = {"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers, "test_loss": self.scored(label),
+                "loss_examples": self.cfg.loss_examples if self.scored(label) else 0,
                 "prompt_format": (fmt or self.fmt).describe(), "prompt_text_sha256": prompt_digest(prompts)}
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
                                           hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
-                    last_layer=self.cfg.last_layer, sink=sink, with_loss=self.scored(label))
+                    last_layer=self.cfg.last_layer, sink=sink, with_loss=self.scored(label),
+                    loss_rows=self.cfg.loss_examples)
         self.seconds["extract"] += time.perf_counter() - t0
 
     def _single_task(self, label: str, task: str) -> None:
@@ -404,7 +414,8 @@ class _Study:
         inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.model_dump(), self.cfg.control.model_dump(),
                        label)
         # a control is always scored: its key stays as it was, so existing studies keep their controls
-        acts_key = _hash(inputs, "acts") if label == "control" else _hash(inputs, "acts", self.scored(label))
+        acts_key = (_hash(inputs, "acts", *self.loss_key(label)) if label == "control"
+                    else _hash(inputs, "acts", self.scored(label), *self.loss_key(label)))
         done = self.study.unit_done(unit, inputs)
         if done is not None and self.study.activations_done(label, task, acts_key):
             self.train_logs[unit] = done["log"]
@@ -435,7 +446,8 @@ class _Study:
         kind, where = experimental_source(self.cfg.experimental_model)
         if kind == "adapter":
             key = _hash(self.base_key, "given adapter", adapter_digest(where))
-            keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
+            keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL), *self.loss_key(EXPERIMENTAL))
+                    for t, fp in self.task_fp.items()}
             if not all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
                 self.host.load(EXPERIMENTAL, where)
                 self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
@@ -444,7 +456,8 @@ class _Study:
         _, fingerprint = materialize(where, progress=self.rep.log)
         key = _hash(fingerprint, self.cfg.dtype, self.cfg.last_layer, self.prompt_key, "given model",
                     self.cfg.experimental_prompt_format)
-        keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
+        keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL), *self.loss_key(EXPERIMENTAL))
+                for t, fp in self.task_fp.items()}
         if all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
             return
         loaded = load_model(where, dtype=self.cfg.dtype, device=self.cfg.device, progress=self.rep.log)
@@ -470,7 +483,7 @@ class _Study:
         budget = cfg.control.model_dump() if cfg.experimental_budget == "parity" else None
         inputs = _hash(self.base_key, fps, cfg.lora.model_dump(), cfg.experimental.model_dump(), cfg.cluster_cap,
                        unit, cfg.experimental_budget, budget)
-        keys = {t: _hash(inputs, "acts", self.task_fp[t], self.scored(unit)) for t in evaluate_on}
+        keys = {t: _hash(inputs, "acts", self.task_fp[t], self.scored(unit), *self.loss_key(unit)) for t in evaluate_on}
         done = self.study.unit_done(unit, inputs)
         if done is not None and all(self.study.activations_done(unit, t, k) for t, k in keys.items()):
             self.train_logs[unit] = done["log"]
@@ -489,7 +502,8 @@ class _Study:
 
     def base(self) -> None:
         """B: the plain base model's states on every task."""
-        self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp) for t, fp in self.task_fp.items()})
+        self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp, *self.loss_key("base"))
+                                           for t, fp in self.task_fp.items()})
 
     def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
                        host: AdapterHost | None = None, test: dict | None = None,
@@ -730,8 +744,12 @@ def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 
 def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
                   n_permutations: int | None = None, tsne_layers: list[int] | None = None,
-                  provenance: dict | None = None, reporter: Reporter | None = None) -> StudyResult:
+                  workers: int | str | None = None, provenance: dict | None = None,
+                  reporter: Reporter | None = None) -> StudyResult:
     """Recompute every table and figure of a study from its stored activations (no model).
+
+    `workers` (default: the study's `analysis_workers`) sets the analysis processes; the tables do
+    not depend on it.
 
     Raises
     ------
@@ -760,6 +778,9 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         n_permutations = int(config.get("n_permutations", 200)) if n_permutations is None else n_permutations
         n_layers = int(provenance["model"]["n_layers"])
         tsne_layers = tsne_layers or config.get("tsne_layers") or default_tsne_layers(n_layers)
+        workers = config.get("analysis_workers", "auto") if workers is None else workers
+        work = sum(int(info.get("n_test", 0)) * (n_layers + 1) * (len(COMPARED) + (t in heldout) + (t in ceiling))
+                   for t, info in provenance["tasks"].items())
     except (KeyError, TypeError, AttributeError, ValueError):
         raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
                          f"file") from None
@@ -768,10 +789,15 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     if n_permutations < 0:
         raise MossaError(f"--n-permutations must be 0 or more, got {n_permutations}")
     check_tsne_layers(list(tsne_layers), n_layers, where="--tsne-layers")  # before any table is recomputed
+    workers = choose_workers(workers, work, jobs=len(clusters))
     timings = {}
     t0 = time.perf_counter()
-    sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
-                                            seed=seed, ceiling=ceiling, n_permutations=n_permutations)
+    with JobPool(workers) as pool:
+        sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
+                                                seed=seed, ceiling=ceiling, n_permutations=n_permutations, pool=pool)
+        runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
+                for m in ("base", EXPERIMENTAL)}
+        tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=1, pool=pool)
     spectral = spectral_table(study, clusters, threshold=float(config.get("variance_threshold", 0.99)), seed=seed)
     with atomic_path(study.path("results", "spectral.csv")) as tmp:
         spectral.to_csv(tmp, index=False)
@@ -784,9 +810,6 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                 HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
-    runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
-            for m in ("base", EXPERIMENTAL)}
-    tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=torch.get_num_threads())
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
         tsne.to_csv(tmp, index=False)
     timings["analyze"] = time.perf_counter() - t0

@@ -6,6 +6,7 @@ Stage: analysis (reads activation files from the store; writes results/).
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._correlations import PROPERTIES, correlations
+from mossa.analysis._pool import JobPool, choose_workers, usable_cores
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections
 from mossa.analysis._spectra import spectral_table
@@ -28,8 +29,9 @@ from mossa.analysis._similarity import (
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "align",
-           "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "correlations", "default_tsne_layers",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "JobPool",
+           "align", "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "choose_workers", "correlations",
+           "default_tsne_layers",
            "depth_map", "example_intervals", "find_sections", "mean_loss", "median_over_tasks", "on_grid",
-           "readability", "scan",
+           "readability", "scan", "usable_cores",
            "spectral_table", "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

@@ -33,17 +33,6 @@ def kernel(X: np.ndarray, kind: str) -> np.ndarray:
     return np.exp(-D / (2.0 * sigma * sigma))
 
 
-def compact(X: np.ndarray) -> np.ndarray:
-    """X rotated onto its row space, [n, min(n, d)] float64: X V with X = U S V' (uncentred, so
-    cosines, distances, centring and every rotation-invariant measure are unchanged)."""
-    X = np.asarray(X, dtype=np.float64)
-    n, d = X.shape
-    if d <= n:
-        return X
-    _, R = np.linalg.qr(X.T)  # X' = Q R: X = R' Q', and Q' is a rotation onto the row space
-    return R.T
-
-
 def _forms(M: np.ndarray, pairs: np.ndarray, deleted: int | None = None) -> np.ndarray:
     """u'Mu for u = all ones minus the indicators of D, for D = {}, each {j} (j < `deleted`, default
     all groups; a last group of left-over rows is kept by every subset), each pair {j, k} of `pairs`."""

@@ -47,9 +47,9 @@ import numpy as np
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from mossa.analysis._grams import KERNEL_MEASURES, adaptive_rbf_cka, compact, deletion_cka, kernel
+from mossa.analysis._grams import KERNEL_MEASURES, adaptive_rbf_cka, deletion_cka, kernel
 from mossa.errors import MossaError
-from mossa.similarity import get_measure
+from mossa.similarity import get_measure, row_space_factor
 
 KERNEL_GROUPS = 96  # kernel CKAs: at most this many groups (g(g-1)/2 = 4560 pair deletions)
 GENERIC_GROUPS = 24  # other measures: recomputed on each of g subsets
@@ -114,7 +114,7 @@ def _generic_layer(measure: str, a: np.ndarray, b: np.ndarray,
     """(estimate, standard error, groups, method) of any registered measure on one layer."""
     func = get_measure(measure)
     if func.rotation_invariant:  # the same values on n x rank rotations, much cheaper when n < d
-        a, b = compact(a), compact(b)
+        a, b = row_space_factor(a), row_space_factor(b)
     groups, g = _groups(len(a), GENERIC_GROUPS, rng)
     values = np.empty(g + 1)
     for j in range(-1, g):

@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mossa.analysis._grams import KERNEL_MEASURES, compact, kernel
-from mossa.similarity import get_measure
+from mossa.analysis._grams import KERNEL_MEASURES, kernel
+from mossa.similarity import get_measure, row_space_factor
 
 NULL_MAX_N = 2000
 GENERIC_PERMUTATIONS = 50  # measures recomputed per permutation use the first 50 (p >= 1/51)
@@ -80,7 +80,7 @@ def _registered_null(measure: str, a: np.ndarray, b: np.ndarray, perms: np.ndarr
     m = get_measure(measure)
     perms = perms[:GENERIC_PERMUTATIONS]
     if m.permuted is None and m.rotation_invariant:
-        a, b = compact(a), compact(b)
+        a, b = row_space_factor(a), row_space_factor(b)
     values = m.null_values(a, b, np.concatenate([np.arange(a.shape[0])[None], perms]))
     return values[0], values[1:]
 

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._permutation import NULL_COLUMNS, permutation_nulls, permutations
+from mossa.analysis._pool import JobPool
 from mossa.errors import MossaError
 from mossa.similarity import (
     StreamingLinearCKA,
@@ -292,8 +293,11 @@ def task_cross_layer(task: str, runs: Mapping[str, Run], *, chunk_rows: int | No
 
 
 def mean_loss(run: Run) -> float:
-    """Mean negative log-likelihood per target token over a task's test prompts (NaN if not scored)."""
-    return float(run.target_nll.sum() / max(int(run.target_tokens.sum()), 1))
+    """Mean negative log-likelihood per target token over a task's scored test prompts (NaN if none was)."""
+    scored = run.target_tokens > 0
+    if not scored.any():
+        return float("nan")
+    return float(run.target_nll[scored].sum() / run.target_tokens[scored].sum())
 
 
 def write_table(df: pd.DataFrame, path_stem) -> None:
@@ -311,9 +315,31 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(measures)
 
 
+def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...], measures: tuple[str, ...],
+                 n_boot: int, n_permutations: int, seed: int, chunk_rows: int | None) -> tuple[list, list, dict, set]:
+    """One task's similarity rows, cross-layer rows, loss row and unscored models (a worker job).
+
+    `extra` names the task's models beyond C_t, B and E (HELDOUT, "ceiling")."""
+    runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED, *extra)}
+    runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
+    data = _TaskData(runs, chunk_rows)
+    sim_rows = task_similarity(task, cluster, runs, measures, intervals=n_boot > 0,
+                               n_permutations=n_permutations, seed=seed, data=data)
+    cross_rows = task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
+    control_row = {"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
+                   "control": mean_loss(runs["control"]), "experimental": mean_loss(runs["experimental"]),
+                   HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
+                   **({"ceiling": mean_loss(runs["ceiling"])} if "ceiling" in runs else {}),
+                   "cluster": cluster, "n_examples": len(runs["control"].ids),
+                   "n_scored": int(np.sum(runs["control"].target_tokens > 0))}
+    unscored = {m for m in ("experimental", HELDOUT, "ceiling")
+                if m in runs and not int(runs[m].target_tokens.sum())}  # extracted without its test loss
+    return sim_rows, cross_rows, control_row, unscored
+
+
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
             heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None,
-            ceiling: tuple[str, ...] = (), n_permutations: int = 0
+            ceiling: tuple[str, ...] = (), n_permutations: int = 0, pool: JobPool | None = None
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
@@ -337,6 +363,9 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         what two equally trained specialists share; its loss is in controls.csv when it was scored).
     n_permutations : int
         Re-pairings of the examples for every value's permutation null (0: no null).
+    pool : JobPool, optional
+        Where the tasks run (one job each, the costliest first); default: one after another in this
+        process. The tables do not depend on it.
 
     Returns
     -------
@@ -345,28 +374,19 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
         cluster) with bootstrap intervals; it is also written to `results/medians.csv`.
     """
     measures = check_measures(measures)
-    sim_rows, control_rows, cross_rows = [], [], []
-    unscored: set[str] = set()
-    for task, cluster in tasks.items():
-        runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED)}
-        if task in heldout:
-            runs[HELDOUT] = study.activation_file(HELDOUT, task)
-        if task in ceiling:
-            runs["ceiling"] = study.activation_file("ceiling", task)
-        runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
-        data = _TaskData(runs, chunk_rows)
-        sim_rows += task_similarity(task, cluster, runs, measures, intervals=n_boot > 0,
-                                    n_permutations=n_permutations, seed=seed, data=data)
-        cross_rows += task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
-        control_rows.append({"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
-                             "control": mean_loss(runs["control"]),
-                             "experimental": mean_loss(runs["experimental"]),
-                             HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
-                             **({"ceiling": mean_loss(runs["ceiling"])} if "ceiling" in runs else {}),
-                             "cluster": cluster, "n_examples": len(runs["control"].ids)})
-        for model in ("experimental", HELDOUT, "ceiling"):
-            if model in runs and not int(runs[model].target_tokens.sum()):
-                unscored.add(model)  # extracted without its test loss (test_loss: base_and_controls)
+    extra = {t: tuple(m for m, among in ((HELDOUT, heldout), ("ceiling", ceiling)) if t in among) for t in tasks}
+    order = sorted(tasks, key=lambda t: -len(extra[t]))  # the tasks with most models first: a shorter tail
+    jobs = pool or JobPool()
+    futures = {t: jobs.submit(_task_tables, study, t, tasks[t], extra[t], measures, n_boot, n_permutations,
+                              seed, chunk_rows) for t in order}
+    done = {t: f.result() for t, f in futures.items()}
+    sim_rows, cross_rows, control_rows, unscored = [], [], [], set()
+    for task in tasks:
+        sims, crosses, control_row, unscored_here = done[task]
+        sim_rows += sims
+        cross_rows += crosses
+        control_rows.append(control_row)
+        unscored |= unscored_here
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
     controls = pd.DataFrame(control_rows).drop(columns=sorted(unscored))
     controls["control_better"] = controls["control"] < controls["base"]

@@ -47,6 +47,7 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
+from mossa.analysis._pool import JobPool
 from mossa.errors import MossaError
 
 MODELS = ("base", "experimental")
@@ -229,9 +230,27 @@ def _constant_reason(raw: np.ndarray, centred: np.ndarray) -> str | None:
     return None
 
 
+def _embed(raw: np.ndarray, seed: int, pca_dims: int, perplexity: float, max_iter: int,
+           n_threads: int | None) -> np.ndarray | str:
+    """The 2-D t-SNE [n, 2] of one panel's pooled rows [n, d], or why it has no structure to show (a job)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    x = raw - raw.mean(axis=0)
+    reason = _constant_reason(raw, x)
+    if reason is not None:
+        return reason
+    n = x.shape[0]
+    with threadpool_limits(limits=n_threads):
+        z = PCA(n_components=int(min(pca_dims, n, x.shape[1])), svd_solver="full").fit_transform(x)  # [n, k]
+        return TSNE(n_components=2, perplexity=float(min(perplexity, (n - 1) / 3)), init="pca", random_state=seed,
+                    max_iter=max_iter, learning_rate="auto").fit_transform(z)  # [n, 2]
+
+
 def tsne_embeddings(reps: dict[str, dict[str, np.ndarray]], clusters: dict[str, str], layers: list[int], *,
                     seed: int = 0, per_task: int | None = None, pca_dims: int = 50, perplexity: float = 30.0,
-                    max_iter: int = 500, n_threads: int | None = 1) -> pd.DataFrame:
+                    max_iter: int = 500, n_threads: int | None = 1, pool: JobPool | None = None) -> pd.DataFrame:
     """2-D t-SNE of each model's last-token representations at given layers, all tasks pooled.
 
     Parameters
@@ -261,6 +280,9 @@ def tsne_embeddings(reps: dict[str, dict[str, np.ndarray]], clusters: dict[str, 
         because at this size threads gain little, while OpenMP threads that share busy cores
         with another process spin-wait and ran t-SNE ~10x slower in our measurements. None
         leaves the libraries' defaults.
+    pool : JobPool, optional
+        Where the panels (one job per model and layer) run; default: one after another in this
+        process. The table does not depend on it.
 
     Returns
     -------
@@ -288,39 +310,31 @@ def tsne_embeddings(reps: dict[str, dict[str, np.ndarray]], clusters: dict[str, 
     Zhao, Ziser and Cohen, "Layer by Layer", EMNLP 2024, Fig 4.
     van der Maaten and Hinton, "Visualizing Data using t-SNE", JMLR 9, 2008.
     """
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
     checked = _check_inputs(reps, clusters, layers, seed, per_task, pca_dims, perplexity, max_iter)
     if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, Integral)
                                   or n_threads < 1):
         raise MossaError(f"tsne_embeddings: expected n_threads to be None or an integer >= 1, got {n_threads!r}; "
                          "fix: use n_threads=1 (the default) on a shared machine")
-    frames: list[pd.DataFrame] = []
-    skipped: list[tuple[str, int, str]] = []
+    jobs = pool or JobPool()
+    panels = []  # (model, layer, columns, future of the 2-D embedding or the reason it is skipped)
     for model, tasks in checked.items():
         names = list(tasks)  # sorted by _check_inputs
         keep = {t: _subsample(tasks[t].shape[1], per_task, seed, i) for i, t in enumerate(names)}
         task_col = np.concatenate([np.full(len(keep[t]), t, dtype=object) for t in names])
-        cluster_col = np.array([clusters[t] for t in task_col], dtype=object)
-        example_col = np.concatenate([keep[t] for t in names])
+        columns = {"task": task_col, "cluster": np.array([clusters[t] for t in task_col], dtype=object),
+                   "example": np.concatenate([keep[t] for t in names])}
         for layer in (int(v) for v in layers):
             raw = np.concatenate([tasks[t][layer, keep[t]] for t in names]).astype(np.float64)  # [n, d]
-            x = raw - raw.mean(axis=0)
-            reason = _constant_reason(raw, x)
-            if reason is not None:
-                skipped.append((model, layer, reason))
-                continue
-            n = x.shape[0]
-            n_comp = int(min(pca_dims, n, x.shape[1]))
-            perp = float(min(perplexity, (n - 1) / 3))
-            with threadpool_limits(limits=n_threads):
-                z = PCA(n_components=n_comp, svd_solver="full").fit_transform(x)  # [n, n_comp]
-                xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, max_iter=max_iter,
-                          learning_rate="auto").fit_transform(z)  # [n, 2]
-            frames.append(pd.DataFrame({"model": model, "layer": layer, "task": task_col, "cluster": cluster_col,
-                                        "example": example_col, "x": xy[:, 0], "y": xy[:, 1]}))
+            panels.append((model, layer, columns,
+                           jobs.submit(_embed, raw, seed, pca_dims, perplexity, max_iter, n_threads)))
+    frames: list[pd.DataFrame] = []
+    skipped: list[tuple[str, int, str]] = []
+    for model, layer, columns, future in panels:
+        xy = future.result()
+        if isinstance(xy, str):
+            skipped.append((model, layer, xy))
+            continue
+        frames.append(pd.DataFrame({"model": model, "layer": layer, **columns, "x": xy[:, 0], "y": xy[:, 1]}))
     if frames:
         df = pd.concat(frames, ignore_index=True)
     else:
@@ -336,20 +350,21 @@ TSNE_PER_TASK = 1000  # rows per task embedded from a store; more add time and n
 
 
 def tsne_of_runs(runs: dict, clusters: dict[str, str], layers: list[int], *, seed: int = 0,
-                 per_task: int | None = TSNE_PER_TASK, n_threads: int | None = 1) -> pd.DataFrame:
+                 per_task: int | None = TSNE_PER_TASK, n_threads: int | None = 1,
+                 pool: JobPool | None = None) -> pd.DataFrame:
     """:func:`tsne_embeddings` over stored runs ``{model: {task: ActivationFile}}``, reading only
     the embedded layers of the seeded per-task subsample (memory independent of n). ``n_threads``
     as in :func:`tsne_embeddings` (a study passes its unit's thread count).
 
     ``example`` in the result is the row index within the task's stored activations, as in
-    :func:`tsne_embeddings` with the same ``per_task``.
+    :func:`tsne_embeddings` with the same ``per_task``; ``pool`` as there.
     """
     first = next(iter(next(iter(runs.values())).values()))
     layers = check_tsne_layers(list(layers), first.shape[0] - 1, where="t-SNE layers")
     names = sorted(next(iter(runs.values())))
     keep = {t: _subsample(next(iter(runs.values()))[t].n, per_task, seed, i) for i, t in enumerate(names)}
     reps = {m: {t: tasks[t].read(rows=keep[t], layers=layers) for t in names} for m, tasks in runs.items()}
-    df = tsne_embeddings(reps, clusters, list(range(len(layers))), seed=seed, n_threads=n_threads)
+    df = tsne_embeddings(reps, clusters, list(range(len(layers))), seed=seed, n_threads=n_threads, pool=pool)
     skipped = [(m, layers[k], reason) for m, k, reason in df.attrs["skipped"]]
     params = {**df.attrs["params"], "per_task": per_task}
     df["layer"] = [layers[k] for k in df["layer"]]

@@ -30,6 +30,7 @@ class StudySummary:
     median_experimental_upper: float
     heldout: dict = field(default_factory=dict)
     controls_better: tuple[int, int] = (0, 0)
+    loss_scored: tuple[int, int] | None = None  # (fewest scored, most test prompts) when not all were scored
     n_values: int = 0
     n_undefined: int = 0
     undefined_reasons: list[str] = field(default_factory=list)
@@ -111,12 +112,14 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
                    "experimental_upper_seen": _median(seen, "experimental", upper),
                    "base_upper_seen": _median(seen, "base", upper)}
     better = int(controls["control_better"].sum()) if "control_better" in controls else 0
+    partial = "n_scored" in controls and bool((controls["n_scored"] < controls["n_examples"]).any())
+    loss_scored = (int(controls["n_scored"].min()), int(controls["n_examples"].max())) if partial else None
     return StudySummary(
         model=study_json["model"]["name"], n_layers=n_layers, n_tasks=sim["task"].nunique(), clusters=clusters,
         sections={k: v for k, v in sections.items() if k != "heldout"}, heldout_sections=sections.get("heldout", {}),
         upper_layers=upper, base_upper_by_cluster=base_upper, gain_by_cluster=gains,
         median_base_upper=_median(sim, "base", upper), median_experimental_upper=_median(sim, "experimental", upper),
-        heldout=heldout, controls_better=(better, len(controls)), n_values=len(sim),
+        heldout=heldout, controls_better=(better, len(controls)), loss_scored=loss_scored, n_values=len(sim),
         n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
         undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper))
 
@@ -192,8 +195,10 @@ def _reference_sentences(ref: dict, up: str) -> list[str]:
 def summary_sentences(s: StudySummary) -> list[str]:
     """The report's summary, one sentence per finding, written from the numbers; when no similarity
     value is defined, the controls' losses and why the values are undefined."""
+    scored = (f" (scored on {s.loss_scored[0]} of each task's {s.loss_scored[1]} test prompts, the same ones for "
+              f"both)" if s.loss_scored else "")
     controls = (f"{s.controls_better[0]} of {s.controls_better[1]} control models beat the base model on their "
-                f"own task's test loss.")
+                f"own task's test loss{scored}.")
     if s.all_undefined:
         return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"

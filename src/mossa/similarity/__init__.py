@@ -21,6 +21,7 @@ from mossa.similarity._kernel import rbf_cka, rbf_cka_result
 from mossa.similarity._kernel import squared_distances as pairwise_squared_distances
 from mossa.similarity._knn import mutual_knn, mutual_knn_result
 from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
+from mossa.similarity._validation import row_space_factor
 from mossa.similarity._streaming import StreamingLinearCKA, cross_layer_cka, stream_chunks
 from mossa.similarity._registry import (
     Measure,
@@ -53,6 +54,7 @@ __all__ = [
     "rbf_cka_result",
     "register_measure",
     "register_permuted",
+    "row_space_factor",
     "select_form",
     "stream_chunks",
     "svcca",

@@ -26,6 +26,7 @@ from mossa.similarity._validation import (
     centre_and_check_variation,
     check_paired_representations,
     check_scalar,
+    row_space_factor,
     value_or_warn,
 )
 
@@ -34,8 +35,11 @@ __all__ = ["pwcca", "pwcca_permuted", "pwcca_result", "svcca", "svcca_permuted",
 
 def _principal_basis(Ac: np.ndarray, variance: float) -> np.ndarray:
     """Orthonormal basis [n, k] of the fewest top principal directions of the centred ``Ac``
-    [n, d] that explain at least ``variance`` of its variance, null directions excluded."""
-    U, s, _ = np.linalg.svd(Ac, full_matrices=False)  # U [n, min(n, d)], s descending
+    [n, d] that explain at least ``variance`` of its variance, null directions excluded.
+
+    The SVD is of Ac's row-space factor, which has Ac's left singular vectors and singular values:
+    for n < d an n x n SVD instead of an n x d one."""
+    U, s, _ = np.linalg.svd(row_space_factor(Ac), full_matrices=False)  # U [n, min(n, d)], s descending
     rank = int(np.sum(s > s[0] * max(Ac.shape) * np.finfo(np.float64).eps))
     explained = np.cumsum(s[:rank] ** 2)
     explained /= explained[-1]

@@ -21,19 +21,11 @@ from mossa.similarity._registry import register_measure, register_permuted
 from mossa.similarity._validation import (
     centre_and_check_variation,
     check_paired_representations,
+    row_space_factor,
     value_or_warn,
 )
 
 __all__ = ["procrustes_distance", "procrustes_distance_result", "procrustes_permuted"]
-
-
-def _gram_factor(Ac: np.ndarray) -> np.ndarray:
-    """A matrix ``B`` [n, min(n, d)] with ``B B^T = Ac Ac^T`` and ``||Ac^T M||_* = ||B^T M||_*``."""
-    n, d = Ac.shape
-    if d <= n:
-        return Ac
-    _, R = np.linalg.qr(Ac.T)  # Ac^T = Q R, Q [d, n] orthonormal columns, R [n, n]
-    return R.T
 
 
 def procrustes_distance_result(X: Any, Y: Any) -> SimilarityResult:
@@ -76,8 +68,8 @@ def procrustes_distance_result(X: Any, Y: Any) -> SimilarityResult:
         return SimilarityResult(math.nan, pair.reason, n)
     norm_x = np.linalg.norm(pair.X)
     norm_y = np.linalg.norm(pair.Y)
-    Bx = _gram_factor(pair.X / norm_x)  # [n, min(n, d1)]
-    By = _gram_factor(pair.Y / norm_y)  # [n, min(n, d2)]
+    Bx = row_space_factor(pair.X / norm_x)  # [n, min(n, d1)]
+    By = row_space_factor(pair.Y / norm_y)  # [n, min(n, d2)]
     nuclear = float(np.sum(np.linalg.svd(Bx.T @ By, compute_uv=False)))
     return SimilarityResult(2.0 - 2.0 * nuclear, None, n)
 
@@ -177,8 +169,8 @@ def procrustes_permuted(X: Any, Y: Any, perms: np.ndarray, *, chunk: int = 64) -
     pair = centre_and_check_variation(Xv, Yv)
     if pair.reason is not None:
         return np.full(len(perms), math.nan)
-    Bx = _gram_factor(pair.X / np.linalg.norm(pair.X))
-    By = _gram_factor(pair.Y / np.linalg.norm(pair.Y))
+    Bx = row_space_factor(pair.X / np.linalg.norm(pair.X))
+    By = row_space_factor(pair.Y / np.linalg.norm(pair.Y))
     out = np.empty(len(perms))
     for start in range(0, len(perms), chunk):
         M = np.einsum("nr,kns->krs", Bx, By[perms[start:start + chunk]])  # [c, r1, r2]

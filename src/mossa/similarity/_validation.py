@@ -26,6 +26,7 @@ __all__ = [
     "as_float64",
     "is_torch_tensor",
     "centre_and_check_variation",
+    "row_space_factor",
     "check_paired_representations",
     "check_scalar",
     "value_or_warn",
@@ -280,3 +281,18 @@ def value_or_warn(result: SimilarityResult, measure: str) -> float:
             stacklevel=3,
         )
     return result.value
+
+
+def row_space_factor(A: Any) -> np.ndarray:
+    """`A` [n, d] rotated onto its row space, [n, n] float64, when it is more than twice as wide as
+    it is tall: R' from A' = Q R (so A = R' Q' and R' = A Q); otherwise `A` itself (in float64),
+    where the QR would cost more than it saves.
+
+    R' has A's Gram matrix A A', hence its distances, cosines, column centring, singular values
+    and left singular vectors: every rotation-invariant measure gives the same value on it, at
+    a cost set by n instead of d. Only R is computed (`mode="r"`), not Q.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    if A.shape[1] <= 2 * A.shape[0]:
+        return A
+    return np.linalg.qr(A.T, mode="r").T

@@ -1,0 +1,91 @@
+"""Worker processes for the analysis: independent jobs (a task's tables, a t-SNE panel) on all cores.
+
+Stage: analysis (runs job callables; reads and writes nothing itself).
+
+The analysis is NumPy work on small matrices (96 x 640 at the demo's size), where one BLAS
+thread is fastest: more threads spin more than they compute. So the cores are used by
+running independent jobs side by side, one process each with one BLAS/OpenMP thread.
+Workers are spawned, never forked: the parent may hold a loaded model and torch's OpenMP
+threads, which a forked child cannot use safely. Start-up (importing NumPy, SciPy, torch) costs
+about 2 s per worker, so small analyses run in this process (`choose_workers`).
+
+Every job is a module-level function of picklable arguments whose result depends on its
+arguments alone (its seeds are among them), so the tables are identical whatever the number
+of workers and whichever finishes first.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable
+
+from threadpoolctl import threadpool_limits
+
+from mossa.errors import MossaError
+
+PARALLEL_MIN_WORK = 10_000  # (example, layer) pairs compared below which workers do not pay for their start-up
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def choose_workers(workers: int | str, work: int, jobs: int) -> int:
+    """Worker processes for an analysis of `work` (example, layer) pairs in `jobs` jobs.
+
+    `workers` is a count (>= 1) or "auto": one per usable core (at most one per job) when the
+    work is at least PARALLEL_MIN_WORK, else 1 (this process).
+    """
+    if workers == "auto":
+        return max(1, min(usable_cores(), jobs)) if work >= PARALLEL_MIN_WORK else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise MossaError(f"field 'analysis_workers': expected 'auto' or an integer >= 1, got {workers!r}")
+    return max(1, min(workers, jobs))
+
+
+def _one_thread() -> None:
+    threadpool_limits(1)  # BLAS and OpenMP of this worker, for its whole life
+
+
+class JobPool:
+    """Runs jobs in `workers` spawned processes while entered as a context manager; with one
+    worker, or outside the context, each job runs at once in this process (under one BLAS
+    thread, as in a worker). `submit(fn, *args)` returns a Future either way.
+    """
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> JobPool:
+        if self.workers > 1:
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_one_thread)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._executor is not None:
+            return self._executor.submit(fn, *args)
+        future: Future = Future()
+        try:
+            with threadpool_limits(1):
+                future.set_result(fn(*args))
+        except Exception as exc:  # re-raised by result(), as from a worker
+            future.set_exception(exc)
+        return future
+
+    def map(self, fn: Callable[..., Any], argument_lists: list[tuple]) -> list[Any]:
+        """`fn(*args)` for each tuple of arguments, in the list's order (the work runs in any order)."""
+        futures = [self.submit(fn, *args) for args in argument_lists]
+        return [f.result() for f in futures]
