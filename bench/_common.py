@@ -69,7 +69,7 @@ def machine() -> dict:
 def load(model: str, dtype: str, device: str):
     """The mossa-loaded model (as the study loads it) and an AdapterHost over it."""
     from mossa.models import load_model, resolve_model
-    from mossa.models._adapters import AdapterHost
+    from mossa.models import AdapterHost
 
     t0 = time.perf_counter()
     loaded = load_model(resolve_model(model), dtype=dtype, device=device, progress=lambda m: print(f"  {m}"))

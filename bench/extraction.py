@@ -91,7 +91,7 @@ def main() -> None:
 
     from mossa.config import LoraSettings
     from mossa.extraction import extract
-    from mossa.models._forward import body_forward, collate, length_batches
+    from mossa.models import body_forward, collate, length_batches
     from mossa.store import StudyDir
 
     loaded, host, by_task = common.setup(args, "test", args.n_test)

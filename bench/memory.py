@@ -38,7 +38,7 @@ def _extract(root: Path, n: int, model: str) -> dict:
 
     from mossa.extraction import extract
     from mossa.models import load_model, resolve_model
-    from mossa.models._adapters import AdapterHost
+    from mossa.models import AdapterHost
     from mossa.store import StudyDir
     from mossa.tasks import Prompt
 

@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mossa.config import LoraSettings, TrainSettings
-    from mossa.models._forward import body_forward, collate, target_nll
+    from mossa.models import body_forward, collate, target_nll
     from mossa.training import _batches, examples_seen, train_adapter, unit_seed
 
     loaded, host, by_task = common.setup(args, "train", args.n_train)

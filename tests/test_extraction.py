@@ -4,7 +4,7 @@ import pytest
 from mossa.config import LoraSettings
 from mossa.extraction import extract
 from mossa.models import load_model, resolve_model
-from mossa.models._adapters import AdapterHost
+from mossa.models import AdapterHost
 from mossa.tasks import PromptBuilder, load_tasks
 
 

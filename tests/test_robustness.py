@@ -234,7 +234,7 @@ def _adapter_full(mp):
     """Saving an adapter fails as safetensors does on a full disk (its own error type, not an OSError)."""
     from safetensors import SafetensorError
 
-    from mossa.models._adapters import AdapterHost
+    from mossa.models import AdapterHost
 
     def failing(self, name, path):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")

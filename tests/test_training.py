@@ -4,7 +4,7 @@ import pytest
 from mossa.config import LoraSettings, TrainSettings
 from mossa.extraction import extract
 from mossa.models import load_model, resolve_model
-from mossa.models._adapters import AdapterHost
+from mossa.models import AdapterHost
 from mossa.tasks import Prompt, PromptBuilder, load_tasks
 from mossa.training import examples_seen, lr_factor, mixture, n_steps, parity_stream, train_adapter
 

@@ -234,7 +234,7 @@ def compare(
 def _summary(result) -> None:
     """The end-of-run terminal summary: medians at a few layers, sections, clusters, where the report is."""
     from mossa.report.html import load_results
-    from mossa.report._summary import summarize, summary_sentences
+    from mossa.report import summarize, summary_sentences
 
     sim = result.similarity
     sim = sim[sim["measure"] == "linear_cka"]

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mossa.models._adapters import AdapterHost
-from mossa.models._forward import body_forward, collate, length_batches, target_nll
+from mossa.models import AdapterHost, body_forward, collate, length_batches, target_nll
 from mossa.store import Activations
 from mossa.tasks import Prompt
 

@@ -22,7 +22,7 @@ Round-off conventions (shared by both paths, so that they agree):
   values below about ``sqrt(max(n, d) * eps)`` of the largest (5e-7 at d = 1000) count as zero.
 - A representation is *constant* (does not vary across examples) when
   ``||Xc||_F <= 1e-12 * ||X||_F``, the rule used by the similarity measures (see
-  ``mossa.similarity._cka``): two-pass centring of a constant matrix leaves residuals far below
+  ``mossa.similarity._result``): two-pass centring of a constant matrix leaves residuals far below
   that, and float32 or bfloat16 hidden states cannot carry real variation that small.
 
 Degenerate cases, decided once here:
@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 from mossa.errors import MossaError
-from mossa.similarity._validation import as_float64, is_torch_tensor
+from mossa.similarity import as_float64, is_torch_tensor
 
 __all__ = [
     "SPECTRUM_COLUMNS",

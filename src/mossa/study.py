@@ -56,6 +56,7 @@ from mossa.errors import MossaError, StorageError
 from mossa.executors import Unit, check_executor, make_executor
 from mossa.extraction import extract
 from mossa.models import (
+    AdapterHost,
     adapter_digest,
     check_model_available,
     linear_module_names,
@@ -65,7 +66,6 @@ from mossa.models import (
     resolve_lora_targets,
     resolve_model,
 )
-from mossa.models._adapters import AdapterHost
 from mossa.progress import Reporter
 from mossa.report import (
     plot_cka_by_cluster,

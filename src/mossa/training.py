@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from mossa.config import LoraSettings, TrainSettings
-from mossa.models._adapters import AdapterHost
-from mossa.models._forward import body_forward, collate, target_nll
+from mossa.models import AdapterHost, body_forward, collate, target_nll
 from mossa.tasks import Prompt
 
 

@@ -11,7 +11,7 @@ import torch
 from mossa.config import LoraSettings
 from mossa.errors import MossaError
 from mossa.models import adapter_digest, check_model_available, load_model, resolve_model
-from mossa.models._adapters import AdapterHost
+from mossa.models import AdapterHost
 from mossa.models._loading import quiet_peft
 from tests.conftest import build_tiny_model
 

@@ -8,7 +8,7 @@ import pytest
 
 from mossa.extraction import extract
 from mossa.models import load_model, resolve_model
-from mossa.models._adapters import AdapterHost
+from mossa.models import AdapterHost
 from mossa.tasks import PromptBuilder, load_tasks, sample_split
 from tests.conftest import FLAN_MINI
 

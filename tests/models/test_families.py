@@ -7,7 +7,7 @@ import torch
 from mossa.config import LoraSettings, TrainSettings
 from mossa.extraction import extract
 from mossa.models import default_lora_targets, load_model, resolve_model
-from mossa.models._adapters import AdapterHost
+from mossa.models import AdapterHost
 from mossa.tasks import PromptBuilder, load_tasks
 from mossa.training import train_adapter
 from tests.conftest import TINY_FAMILIES, build_tiny_model, write_tiny_tasks

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from mossa.models import load_model, resolve_model
-from mossa.models._forward import body_forward, collate, length_batches, target_nll
+from mossa.models import body_forward, collate, length_batches, target_nll
 from mossa.tasks import Prompt
 
 

@@ -1,6 +1,6 @@
 """The report's summary sentences: never a cluster listed as both best and worst, signs as measured."""
 
-from mossa.report._summary import StudySummary, summary_sentences
+from mossa.report import StudySummary, summary_sentences
 
 
 def _summary(base_upper, gains):

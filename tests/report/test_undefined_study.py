@@ -13,7 +13,7 @@ import pytest
 
 from mossa.cli import main
 from mossa.report import figures, plot_layer_by_layer
-from mossa.report._summary import summarize, summary_sentences
+from mossa.report import summarize, summary_sentences
 
 NOTES = {"cka_by_layer": "no defined value: ", "heldout_cka_by_layer": "no defined value: ",
          "cka_by_cluster": "no task has a defined value", "layer_by_layer_cka": "no defined value at any layer pair",

@@ -5,9 +5,12 @@ Stage: analysis (runs job callables; reads and writes nothing itself).
 The analysis is NumPy work on small matrices (96 x 640 at the demo's size), where one BLAS
 thread is fastest: more threads spin more than they compute. So the cores are used by
 running independent jobs side by side, one process each with one BLAS/OpenMP thread.
-Workers are spawned, never forked: the parent may hold a loaded model and torch's OpenMP
-threads, which a forked child cannot use safely. Start-up (importing NumPy, SciPy, torch) costs
-about 2 s per worker, so small analyses run in this process (`choose_workers`).
+Workers come from loky (joblib's executor): started fresh (fork + exec), never forked from the
+parent, which may hold a loaded model and torch's OpenMP threads that a forked child cannot use
+safely; unlike multiprocessing's spawn, a loky worker does not re-run the caller's script, so a
+study started from a plain script without a `__main__` guard works too. Workers are reused
+across pools and stop after 60 s idle. Start-up (importing NumPy, SciPy, torch) costs about
+2 s per worker, so small analyses run in this process (`choose_workers`).
 
 Every job is a module-level function of picklable arguments whose result depends on its
 arguments alone (its seeds are among them), so the tables are identical whatever the number
@@ -16,15 +19,16 @@ of workers and whichever finishes first.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Callable
 
+from joblib.externals.loky import get_reusable_executor
 from threadpoolctl import threadpool_limits
 
 from mossa.errors import MossaError
 
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 PARALLEL_MIN_WORK = 10_000  # (example, layer) pairs compared below which workers do not pay for their start-up
 
 
@@ -61,18 +65,16 @@ class JobPool:
 
     def __init__(self, workers: int = 1):
         self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
+        self._executor = None
 
     def __enter__(self) -> JobPool:
         if self.workers > 1:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_one_thread)
+            self._executor = get_reusable_executor(self.workers, timeout=60, initializer=_one_thread,
+                                                   env=_ONE_THREAD)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        self._executor = None  # the workers stay for the next pool until idle
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         if self._executor is not None:

@@ -2,7 +2,7 @@
 
 Stage: analysis. Reads activation arrays that the caller has loaded from the store (no store
 access here, no model); returns a long table that the report stage draws with
-:func:`mossa.report._tsne_figure.plot_tsne`.
+:func:`mossa.report.plot_tsne`.
 
 Method
 ------
@@ -30,8 +30,10 @@ Cost is dominated by the t-SNE optimisation, linear in ``max_iter`` and roughly
 1000; the first 250 iterations are early exaggeration) gives settled embeddings at the demo's
 size: 12 tasks x 96 examples (1152 rows), d=640, 5 layers x 2 models took 23-29 s on a shared
 2-core CPU with one thread (``n_threads=1``, the default), but 86 s with the libraries' default
-two OpenMP threads while another process held a core. For larger studies pass ``per_task`` (e.g. 100) to bound the rows per task: the
-time then grows with the number of tasks, not with their size.
+two OpenMP threads while another process held a core. Each (model, layer) panel is one job, so a
+``pool`` of worker processes embeds panels side by side, one thread each (the embedding does
+not depend on the thread count or the pool). For larger studies pass ``per_task`` (e.g. 100) to
+bound the rows per task: the time then grows with the number of tasks, not with their size.
 
 References
 ----------
@@ -303,7 +305,7 @@ def tsne_embeddings(reps: dict[str, dict[str, np.ndarray]], clusters: dict[str, 
     See Also
     --------
     default_tsne_layers : which layers to embed.
-    mossa.report._tsne_figure.plot_tsne : draws the table as a models x layers grid.
+    mossa.report.plot_tsne : draws the table as a models x layers grid.
 
     References
     ----------

@@ -1,9 +1,11 @@
 """Models: the registry of embedded models, source resolution (BASE+ADAPTER included), conversion,
-loading, and per-family defaults (LoRA targets).
+loading, per-family defaults (LoRA targets), adapters swapped on one loaded base, and batched
+body-only forward passes with target-only logits (shared by training and extraction).
 
 Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_CACHE`).
 """
 
+from mossa.models._adapters import AdapterHost
 from mossa.models._families import default_lora_targets, linear_module_names, resolve_lora_targets
 from mossa.models._loading import (
     LoadedModel,
@@ -16,6 +18,7 @@ from mossa.models._loading import (
     pick_dtype,
     sha256_file,
 )
+from mossa.models._forward import Batch, body_forward, collate, length_batches, target_nll
 from mossa.models._registry import (
     EmbeddedModel,
     ModelSource,
@@ -26,7 +29,8 @@ from mossa.models._registry import (
 )
 
 __all__ = [
-    "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "cache_root", "check_model_available",
-    "cpu_name", "default_lora_targets", "linear_module_names", "load_model", "materialize", "pick_device",
+    "AdapterHost", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
+    "collate", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "load_model", "materialize", "pick_device",
     "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "sha256_file",
+    "target_nll",
 ]

@@ -1,8 +1,9 @@
-"""Report: figures (and later the HTML report) from the result tables.
+"""Report: figures, the summary written from the numbers, and the HTML report, from the result tables.
 
 Stage: report (reads results/ tables; writes figures/). Loads no model and no activations.
 """
 
+from mossa.report._summary import StudySummary, summarize, summary_sentences
 from mossa.report._tsne_figure import plot_tsne
 from mossa.report.figures import (
     plot_cka_by_cluster,
@@ -12,5 +13,5 @@ from mossa.report.figures import (
     plot_variance_dims,
 )
 
-__all__ = ["plot_cka_by_cluster", "plot_cka_by_layer", "plot_correlations", "plot_layer_by_layer",
-           "plot_tsne", "plot_variance_dims"]
+__all__ = ["StudySummary", "plot_cka_by_cluster", "plot_cka_by_layer", "plot_correlations", "plot_layer_by_layer",
+           "plot_tsne", "plot_variance_dims", "summarize", "summary_sentences"]

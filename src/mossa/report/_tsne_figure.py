@@ -1,6 +1,6 @@
 """The paper's Fig 4: t-SNE panels of B's and E's representations, coloured by task cluster.
 
-Stage: report. Reads the long table from :func:`mossa.analysis._tsne.tsne_embeddings`
+Stage: report. Reads the long table from :func:`mossa.analysis.tsne_embeddings`
 (columns ``model, layer, task, cluster, x, y`` and ``attrs["skipped"]``); writes one image.
 """
 
@@ -45,7 +45,7 @@ def plot_tsne(emb: pd.DataFrame, path: Path, *, title: str) -> None:
     Parameters
     ----------
     emb : pandas.DataFrame
-        Table from :func:`mossa.analysis._tsne.tsne_embeddings`; needs columns ``model, layer,
+        Table from :func:`mossa.analysis.tsne_embeddings`; needs columns ``model, layer,
         cluster, x, y``.
     path : Path
         Output image; its suffix (``.png``, ``.pdf``, ``.svg``) picks the format. Written

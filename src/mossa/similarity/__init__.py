@@ -3,7 +3,8 @@
 The ``similarity`` stage: it reads per-layer hidden-state matrices (rows = examples) of two
 models and returns how similar they are, layer by layer. Each measure family lives in a
 private module (``_cka.py``, ``_kernel.py``, ``_cca.py``, ``_procrustes.py``, ``_knn.py``) and
-is re-exported here; shared input checks live in ``_validation.py``. Every measure registers
+is re-exported here; what every measure returns lives in ``_result.py``, shared input checks
+in ``_validation.py``. Every measure registers
 itself by name in the measure registry (``_registry.py``) when its module is imported.
 """
 
@@ -21,7 +22,7 @@ from mossa.similarity._kernel import rbf_cka, rbf_cka_result
 from mossa.similarity._kernel import squared_distances as pairwise_squared_distances
 from mossa.similarity._knn import mutual_knn, mutual_knn_result
 from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
-from mossa.similarity._validation import row_space_factor
+from mossa.similarity._validation import as_float64, is_torch_tensor, row_space_factor
 from mossa.similarity._streaming import StreamingLinearCKA, cross_layer_cka, stream_chunks
 from mossa.similarity._registry import (
     Measure,
@@ -36,10 +37,12 @@ __all__ = [
     "SimilarityResult",
     "StreamingLinearCKA",
     "UndefinedSimilarityWarning",
+    "as_float64",
     "available_measures",
     "cross_layer_cka",
     "cross_layer_linear_cka",
     "get_measure",
+    "is_torch_tensor",
     "layerwise_linear_cka",
     "linear_cka",
     "linear_cka_result",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mossa.errors import MossaError
-from mossa.similarity._cka import SimilarityResult
+from mossa.similarity._result import SimilarityResult
 from mossa.similarity._registry import register_measure, register_permuted
 from mossa.similarity._validation import (
     centre_and_check_variation,

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from mossa.errors import MossaError
+from mossa.similarity._result import (
+    _CONSTANT_RTOL,
+    SimilarityResult,
+    UndefinedSimilarityWarning,
+    _center,
+    _constant_reason,
+    _scale_pow2,
+)
 from mossa.similarity._validation import check_paired_representations
 
 __all__ = [
@@ -34,15 +41,6 @@ __all__ = [
     "linear_cka",
     "linear_cka_result",
 ]
-
-# A representation "does not vary across examples" when the Frobenius norm of its centred
-# matrix is at most this fraction of the norm of the uncentred one, i.e. when
-# trace(K) = ||Xc||_F^2 <= (rtol * ||X||_F)^2. Two-pass centring leaves a constant matrix
-# with residuals around (n * 2.2e-16)^2 of its scale, and real float32/bfloat16 hidden states
-# cannot carry variation 1e-12 below their own magnitude (float32 resolves 6e-8), so 1e-12
-# separates round-off from signal with orders of magnitude to spare on both sides.
-# In terms of self-HSIC this is ||Xc^T Xc||_F <= (rtol * ||X||_F)^2 up to a sqrt(rank) factor.
-_CONSTANT_RTOL = 1e-12
 
 # The debiased self-HSIC is a difference of non-negative terms. An estimate at or below this
 # fraction of the terms' total is cancellation noise (or truly non-positive for tiny n), and
@@ -56,38 +54,6 @@ _BATCH_BYTES = 256 * 2**20
 _MIN_DEBIASED_EXAMPLES = 4
 
 
-@dataclass(frozen=True)
-class SimilarityResult:
-    """The value of a similarity measure, or why it is undefined.
-
-    Parameters
-    ----------
-    value : float
-        The similarity. NaN only when the measure is undefined for these inputs.
-    reason : str or None
-        None when ``value`` is defined; otherwise a short human-readable reason, such as
-        ``"X does not vary across examples (0/0)"``.
-    n_examples : int
-        Number of examples (rows) the value was computed from.
-    """
-
-    value: float
-    reason: str | None
-    n_examples: int
-
-    def __post_init__(self) -> None:
-        # A programmer error, not a user one: results are built by the measures only.
-        if math.isnan(self.value) != (self.reason is not None):
-            raise ValueError(
-                f"SimilarityResult: value must be NaN exactly when a reason is given, got "
-                f"value={self.value!r}, reason={self.reason!r}"
-            )
-
-
-class UndefinedSimilarityWarning(RuntimeWarning):
-    """A similarity was undefined (for example 0/0) and NaN was returned in its place."""
-
-
 Form = Literal["gram", "feature"]
 
 
@@ -99,30 +65,6 @@ def select_form(n: int, d1: int, d2: int) -> Form:
     chooses the Gram space when ``n < 1.5 d``.
     """
     return "gram" if n * (d1 + d2) < d1 * d1 + d1 * d2 + d2 * d2 else "feature"
-
-
-def _scale_pow2(A: np.ndarray) -> np.ndarray:
-    """Scale each matrix of a ``[layers, n, d]`` stack by a power of two so max |a| is in [0.5, 1).
-
-    CKA is invariant to isotropic scaling and a power-of-two factor is exact, so this changes
-    no bit of the result for ordinary data while ruling out overflow of the fourth powers in
-    HSIC for very large inputs and underflow for very small ones.
-    """
-    peak = np.max(np.abs(A), axis=(1, 2), keepdims=True)  # [layers, 1, 1]
-    _, exponent = np.frexp(peak)
-    exponent = np.where(peak > 0, exponent, 0)
-    return np.ldexp(A, -exponent)
-
-
-def _center(A: np.ndarray) -> np.ndarray:
-    """Centre the columns of each matrix of a ``[layers, n, d]`` stack, in two passes.
-
-    The second pass removes the rounding error of the first mean, so a constant matrix
-    centres to (almost exactly) zero however many rows it has.
-    """
-    Ac = A - A.mean(axis=1, keepdims=True)
-    Ac -= Ac.mean(axis=1, keepdims=True)
-    return Ac
 
 
 def _frob_stats(Xc: np.ndarray, Yc: np.ndarray, form: Form) -> tuple[np.ndarray, ...]:
@@ -161,17 +103,6 @@ def _debiased_hsic(
     t2 = n / (n - 2) * np.einsum("li,li->l", rows_a, rows_b)
     t3 = rows_a.sum(axis=1) * rows_b.sum(axis=1) / ((n - 1) * (n - 2))
     return t1 - t2 + t3, np.abs(t1) + np.abs(t2) + np.abs(t3)
-
-
-def _constant_reason(const_x: bool, const_y: bool, names: tuple[str, str]) -> str | None:
-    name_x, name_y = names
-    if const_x and const_y:
-        return f"{name_x} and {name_y} do not vary across examples (0/0)"
-    if const_x:
-        return f"{name_x} does not vary across examples (0/0)"
-    if const_y:
-        return f"{name_y} does not vary across examples (0/0)"
-    return None
 
 
 def _cka_stack(

@@ -18,11 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mossa.similarity._cka import (
-    _DEBIASED_RTOL,
-    SimilarityResult,
-    _check_debiased_n,
-)
+from mossa.similarity._cka import _DEBIASED_RTOL, _check_debiased_n
+from mossa.similarity._result import SimilarityResult
 from mossa.similarity._registry import register_measure
 from mossa.similarity._validation import (
     centre_and_check_variation,

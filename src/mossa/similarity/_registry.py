@@ -19,8 +19,8 @@ import numpy as np
 
 from mossa.errors import MossaError, unknown_name_error
 
-if TYPE_CHECKING:  # _cka imports this module at its bottom; avoid the cycle at run time
-    from mossa.similarity._cka import SimilarityResult
+if TYPE_CHECKING:
+    from mossa.similarity._result import SimilarityResult
 
 __all__ = ["Measure", "available_measures", "get_measure", "register_measure", "register_permuted"]
 

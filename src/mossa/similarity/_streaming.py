@@ -54,13 +54,8 @@ import numpy as np
 import torch
 
 from mossa.errors import MossaError
-from mossa.similarity._cka import (
-    _CONSTANT_RTOL,
-    _DEBIASED_RTOL,
-    _MIN_DEBIASED_EXAMPLES,
-    SimilarityResult,
-    _results,
-)
+from mossa.similarity._cka import _DEBIASED_RTOL, _MIN_DEBIASED_EXAMPLES, _results
+from mossa.similarity._result import _CONSTANT_RTOL, SimilarityResult
 
 __all__ = ["StreamingLinearCKA", "cross_layer_cka", "stream_chunks"]
 

@@ -12,14 +12,20 @@ import math
 import numbers
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mossa.errors import MossaError
+from mossa.similarity._result import (
+    _CONSTANT_RTOL,
+    SimilarityResult,
+    UndefinedSimilarityWarning,
+    _center,
+    _constant_reason,
+    _scale_pow2,
+)
 
-if TYPE_CHECKING:  # _cka imports this module, so it is imported lazily below
-    from mossa.similarity._cka import SimilarityResult
 
 __all__ = [
     "CentredPair",
@@ -225,7 +231,7 @@ def check_scalar(
 class CentredPair(NamedTuple):
     """Two column-centred representations and whether each varies across examples.
 
-    ``X`` and ``Y`` are each scaled by a power of two (exact, see ``_cka._scale_pow2``) and
+    ``X`` and ``Y`` are each scaled by a power of two (exact, see ``_result._scale_pow2``) and
     then centred, so they may only feed quantities invariant to isotropic scaling. ``reason`` is
     None when both vary, else the reason linear CKA gives for the same inputs.
     """
@@ -243,7 +249,7 @@ def centre_and_check_variation(
     """Centre two validated float64 matrices and apply linear CKA's "does not vary" rule.
 
     Every measure uses the same threshold as :func:`mossa.similarity.linear_cka` (centred
-    Frobenius norm at most ``_cka._CONSTANT_RTOL`` of the uncentred one), so all measures
+    Frobenius norm at most ``_result._CONSTANT_RTOL`` of the uncentred one), so all measures
     agree on which representations count as constant.
 
     Parameters
@@ -254,8 +260,6 @@ def centre_and_check_variation(
     names : tuple of (str, str), default=("X", "Y")
         How the two sides are called in the reason.
     """
-    # _cka imports this module at its top, so its helpers are imported here, not there.
-    from mossa.similarity._cka import _CONSTANT_RTOL, _center, _constant_reason, _scale_pow2
 
     Xs = _scale_pow2(X[None])  # [1, n, d1]
     Ys = _scale_pow2(Y[None])  # [1, n, d2]
@@ -273,8 +277,6 @@ def value_or_warn(result: SimilarityResult, measure: str) -> float:
     the caller of that function (``stacklevel=3``).
     """
     if result.reason is not None:
-        from mossa.similarity._cka import UndefinedSimilarityWarning
-
         warnings.warn(
             f"{measure} is undefined, returning NaN: {result.reason}",
             UndefinedSimilarityWarning,
