@@ -41,7 +41,7 @@ from mossa.analysis import (
     check_measures,
     choose_workers,
     correlations,
-    find_sections,
+    layer_sections,
     median_over_tasks,
     check_tsne_layers,
     default_tsne_layers,
@@ -713,35 +713,6 @@ def experimental_info(study: StudyDir, provenance: dict) -> dict:
     return info
 
 
-def layer_sections(sim: pd.DataFrame, *, model: str = EXPERIMENTAL, measure: str = "debiased_cka", n_boot: int,
-                   seed: int) -> dict:
-    """Shared / transition / refinement layers from the per-task gain CKA(M, C_t) - CKA(B, C_t) of `measure`.
-
-    Debiased CKA by default: biased linear CKA is inflated when there are fewer test examples
-    than dimensions (the demo's 96 against 640), and its gain inherits that inflation
-    (mossa.analysis._sections explains). With fewer than 5 tasks the result says "too few tasks".
-    """
-    rows = sim[sim["measure"] == measure]
-    if rows.empty:
-        return {"transition_found": False, "model": model, "measure": measure,
-                "reason": f"the similarity table has no {measure} values (it has "
-                          f"{', '.join(sorted(set(sim['measure'])))}); rerun `mossa analyze` with {measure} among "
-                          "--measures"}
-    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
-    gain = (data[model] - data["base"]).unstack("layer")  # [tasks, layers]
-    try:
-        found = find_sections(gain.to_numpy(dtype=float), layers=gain.columns.to_numpy(), n_boot=max(n_boot, 100),
-                              seed=seed)
-    except MossaError as exc:
-        return {"transition_found": False, "reason": str(exc), "model": model, "measure": measure}
-    return {**found, "model": model, "measure": measure}
-
-
-def medians_for(sim: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """Per-layer medians with intervals over a subset of tasks (e.g. the held-out ones)."""
-    return median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=False)
-
-
 def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
                   n_permutations: int | None = None, tsne_layers: list[int] | None = None,
                   workers: int | str | None = None, provenance: dict | None = None,
@@ -827,7 +798,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     if heldout:
         plot_cka_by_layer(sim[sim["task"].isin(heldout)], figures / "heldout_cka_by_layer.png",
                           title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT),
-                          medians=medians_for(sim[sim["task"].isin(heldout)], n_boot, seed),
+                          medians=median_over_tasks(sim[sim["task"].isin(heldout)], n_boot=n_boot, seed=seed,
+                                                    by_cluster=False),
                           sections=sections[HELDOUT], ceiling=ceiling_rows)
     timings["figures"] = time.perf_counter() - t0
     rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")

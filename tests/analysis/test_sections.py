@@ -397,3 +397,26 @@ def test_report_says_too_few_tasks_plainly():
     found = find_sections(noisy(ramp_curve()), n_boot=100)
     assert "the median debiased CKA gain of E over B rises by" in _section_sentence({**found, "measure":
                                                                                      "debiased_cka"}, "E")
+
+
+def test_layer_sections_reads_the_gain_from_the_similarity_table():
+    """layer_sections pivots the long table into the per-task gain of E over B and finds the same
+    sections as find_sections on that gain; a table without the measure says so."""
+    import pandas as pd
+
+    from mossa.analysis import layer_sections
+
+    gain = noisy(ramp_curve(), n_tasks=12, sd=0.03, seed=4)
+    rows = []
+    for t, curve in enumerate(gain):
+        for layer, g in enumerate(curve):
+            rows += [{"task": f"t{t}", "layer": layer, "measure": "debiased_cka", "model": "base", "value": 0.5},
+                     {"task": f"t{t}", "layer": layer, "measure": "debiased_cka", "model": "experimental",
+                      "value": 0.5 + g}]
+    sim = pd.DataFrame(rows)
+    out = layer_sections(sim, n_boot=200, seed=0)
+    direct = find_sections(gain, layers=np.arange(gain.shape[1]), n_boot=200, seed=0)
+    assert out["transition_found"] and out["model"] == "experimental" and out["measure"] == "debiased_cka"
+    assert out["transition"] == direct["transition"]
+    missing = layer_sections(sim.assign(measure="linear_cka"), n_boot=200, seed=0)
+    assert not missing["transition_found"] and "no debiased_cka values" in missing["reason"]

@@ -8,7 +8,7 @@ from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._pool import JobPool, choose_workers, usable_cores
 from mossa.analysis._readability import readability
-from mossa.analysis._sections import find_sections
+from mossa.analysis._sections import find_sections, layer_sections
 from mossa.analysis._spectra import spectral_table
 from mossa.analysis._tsne import check_tsne_layers, default_tsne_layers, tsne_embeddings, tsne_of_runs
 from mossa.analysis._similarity import (
@@ -32,6 +32,6 @@ from mossa.analysis._similarity import (
 __all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "JobPool",
            "align", "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "choose_workers", "correlations",
            "default_tsne_layers",
-           "depth_map", "example_intervals", "find_sections", "mean_loss", "median_over_tasks", "on_grid",
+           "depth_map", "example_intervals", "find_sections", "layer_sections", "mean_loss", "median_over_tasks", "on_grid",
            "readability", "scan", "usable_cores",
            "spectral_table", "task_cross_layer", "task_similarity", "tsne_embeddings", "tsne_of_runs"]

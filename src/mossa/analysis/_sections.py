@@ -84,6 +84,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from mossa.errors import MossaError
 
@@ -454,4 +455,28 @@ def find_sections(gain: np.ndarray, *, layers: np.ndarray | None = None, n_boot:
     return out
 
 
-__all__ = ["CRITERION", "MIN_SECTION_TASKS", "SECTION_MEASURE", "find_sections"]
+def layer_sections(sim: pd.DataFrame, *, model: str = "experimental", measure: str = "debiased_cka", n_boot: int,
+                   seed: int) -> dict:
+    """Shared / transition / refinement layers from the per-task gain CKA(M, C_t) - CKA(B, C_t) of `measure`.
+
+    Debiased CKA by default: biased linear CKA is inflated when there are fewer test examples
+    than dimensions (the demo's 96 against 640), and its gain inherits that inflation
+    (this module's docstring explains). With fewer than 5 tasks the result says "too few tasks".
+    """
+    rows = sim[sim["measure"] == measure]
+    if rows.empty:
+        return {"transition_found": False, "model": model, "measure": measure,
+                "reason": f"the similarity table has no {measure} values (it has "
+                          f"{', '.join(sorted(set(sim['measure'])))}); rerun `mossa analyze` with {measure} among "
+                          "--measures"}
+    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
+    gain = (data[model] - data["base"]).unstack("layer")  # [tasks, layers]
+    try:
+        found = find_sections(gain.to_numpy(dtype=float), layers=gain.columns.to_numpy(), n_boot=max(n_boot, 100),
+                              seed=seed)
+    except MossaError as exc:
+        return {"transition_found": False, "reason": str(exc), "model": model, "measure": measure}
+    return {**found, "model": model, "measure": measure}
+
+
+__all__ = ["CRITERION", "MIN_SECTION_TASKS", "SECTION_MEASURE", "find_sections", "layer_sections"]
