@@ -53,12 +53,8 @@ def choose_workers(workers: int | str, work: int, jobs: int) -> int:
     return max(1, min(workers, jobs))
 
 
-def _one_thread() -> None:
-    threadpool_limits(1)  # BLAS and OpenMP of this worker, for its whole life
-
-
 class JobPool:
-    """Runs jobs in `workers` spawned processes while entered as a context manager; with one
+    """Runs jobs in `workers` loky worker processes while entered as a context manager; with one
     worker, or outside the context, each job runs at once in this process (under one BLAS
     thread, as in a worker). `submit(fn, *args)` returns a Future either way.
     """
@@ -69,8 +65,8 @@ class JobPool:
 
     def __enter__(self) -> JobPool:
         if self.workers > 1:
-            self._executor = get_reusable_executor(self.workers, timeout=60, initializer=_one_thread,
-                                                   env=_ONE_THREAD)
+            # one BLAS/OpenMP thread per worker: set in its environment before anything is imported
+            self._executor = get_reusable_executor(self.workers, timeout=60, env=_ONE_THREAD)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -86,8 +82,3 @@ class JobPool:
         except Exception as exc:  # re-raised by result(), as from a worker
             future.set_exception(exc)
         return future
-
-    def map(self, fn: Callable[..., Any], argument_lists: list[tuple]) -> list[Any]:
-        """`fn(*args)` for each tuple of arguments, in the list's order (the work runs in any order)."""
-        futures = [self.submit(fn, *args) for args in argument_lists]
-        return [f.result() for f in futures]
