@@ -168,7 +168,19 @@ def test_heldout_experiment(tiny_model, tiny_tasks, tmp_path):
     assert study["training"]["heldout"]["examples_seen"] == study["training"]["control-tiny_sentiment"]["examples_seen"]
     controls = pd.read_csv(out / "results/controls.csv")
     assert controls.set_index("task")["heldout"].notna().to_dict() == {"tiny_sentiment": False, "tiny_struct": True}
-    assert controls.set_index("task")["ceiling"].notna().to_dict() == {"tiny_sentiment": False, "tiny_struct": True}
+    assert "ceiling" not in controls  # C_t' is not evaluated unless evaluate_ceiling: its states serve the ceiling
+    assert controls["learned"].isin([True, False]).all() and controls["task_metric"].tolist() == ["accuracy", "rougeL"]
+    performance = pd.read_csv(out / "results/performance.csv")
+    models = performance.groupby("task")["model"].unique().map(set).to_dict()
+    assert models == {"tiny_sentiment": {"base", "experimental", "control"},
+                      "tiny_struct": {"base", "experimental", "control", "heldout"}}
+    assert {"accuracy", "accuracy_norm", "rougeL", "exact_match", "bleu", "chrf", "nll_per_token",
+            "nll_per_token_no_end"} <= set(performance["metric"])
+    lens, probes = pd.read_csv(out / "results/lens.csv"), pd.read_csv(out / "results/probes.csv")
+    assert len(lens) == 7 * 3 and set(probes["task"]) == {"tiny_sentiment"}  # 7 (task, model) x 3 layers
+    assert (out / "figures/answer_by_layer.png").is_file() and (out / "figures/probes_by_layer.png").is_file()
+    report = (out / "report.html").read_text()
+    assert "Task performance" in report and "Through the logit lens" in report and "linear probes read" in report
 
 
 def test_holdout_errors(tiny_model, tiny_tasks, tmp_path, capsys):

@@ -77,20 +77,20 @@ def test_streaming_to_the_store_equals_in_memory(setup, tmp_path):
 def test_states_without_loss_skip_the_targets(setup):
     host, prompts = setup
     with_loss = extract(host, None, prompts, token_budget=256)
-    states_only = extract(host, None, prompts, token_budget=256, with_loss=False)
+    states_only = extract(host, None, prompts, token_budget=256, evaluate=False)
     np.testing.assert_allclose(states_only.acts, with_loss.acts, atol=1e-5)  # causal: targets unseen
     assert np.isnan(states_only.target_nll).all() and (states_only.target_tokens == 0).all()
 
 
 def test_loss_on_the_first_prompts_only(setup):
-    """loss_rows: the first k prompts are scored exactly as in a full run, the rest only give states,
+    """eval_rows: the first k prompts are scored exactly as in a full run, the rest only give states,
     and the mean loss is over the scored targets alone."""
     from mossa.analysis import mean_loss
 
     host, prompts = setup
     full = extract(host, None, prompts, token_budget=256)
     k = len(prompts) // 2
-    part = extract(host, None, prompts, token_budget=256, loss_rows=k)
+    part = extract(host, None, prompts, token_budget=256, eval_rows=k)
     np.testing.assert_allclose(part.acts, full.acts, atol=1e-5)
     np.testing.assert_allclose(part.target_nll[:k], full.target_nll[:k], atol=1e-5)
     assert (part.target_tokens[:k] == full.target_tokens[:k]).all() and (part.target_tokens[k:] == 0).all()

@@ -118,17 +118,24 @@ def test_a_task_named_like_a_written_template_but_with_other_fields_gets_the_gen
     assert "generic template" in (out / "report.html").read_text()
 
 
-def test_e_can_extract_states_only_while_b_and_the_controls_keep_their_test_loss(tiny_model, tiny_tasks, tmp_path):
-    out = tmp_path / "study"
-    config = tmp_path / "states.yaml"
-    config.write_text("test_loss: base_and_controls\n")
-    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--config", str(config)) == 0
-    dirs = StudyDir(out)
-    assert dirs.activation_file("experimental", "tiny_sentiment").meta["test_loss"] is False
-    assert dirs.activation_file("heldout", "tiny_struct").meta["test_loss"] is False
-    assert dirs.activation_file("base", "tiny_sentiment").meta["test_loss"] is True
+def test_an_earlier_configs_test_loss_evaluates_every_model_but_the_ceiling(tiny_model, tiny_tasks, tmp_path):
+    """test_loss (an earlier setting) left E and E' unscored; every model but C_t' is evaluated now, and
+    its loss_examples are the evaluated rows."""
     import pandas as pd
 
+    out = tmp_path / "study"
+    config = tmp_path / "states.yaml"
+    config.write_text("test_loss: base_and_controls\nloss_examples: 6\n")
+    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--config", str(config)) == 0
+    dirs = StudyDir(out)
+    for model, task in (("experimental", "tiny_sentiment"), ("heldout", "tiny_struct"), ("base", "tiny_sentiment"),
+                        ("control", "tiny_struct")):
+        file = dirs.activation_file(model, task)
+        assert file.meta["evaluated"] is True and file.meta["eval_examples"] == 6
+        assert len(file.evaluation["rows"]) == 6 and (file.target_tokens[6:] == 0).all()
+    performance = pd.read_csv(out / "results/performance.csv")
+    assert set(performance["model"]) == {"base", "experimental", "heldout", "control"}
+    assert (performance["n_examples"] <= 6).all()
     controls = pd.read_csv(out / "results/controls.csv")
-    assert "experimental" not in controls and "heldout" not in controls
-    assert controls[["base", "control"]].notna().all().all() and "control_better" in controls
+    assert controls[["base", "control", "experimental"]].notna().all().all()
+    assert {"task_metric", "gain", "gain_low", "gain_high", "learned"} <= set(controls.columns)

@@ -50,14 +50,14 @@ def test_ceiling_control_is_a_second_seed_with_its_own_rows(tiny_model, tiny_tas
 
     from mossa.report import figures
 
-    monkeypatch.setattr(figures, "_save", lambda fig, path: plt.close(fig))
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: plt.close(fig))
     out = tmp_path / "s"
 
     def study(ceiling):
         return run_study(resolve_config({
             "model": str(tiny_model), "tasks_dir": tiny_tasks, "preset": "quick", "out": out, "n_boot": 0,
             "tasks": ["tiny_sentiment", "tiny_struct"], "measures": ["linear_cka"], "ceiling_tasks": ceiling,
-            "test_loss": "base_and_controls", "tsne_layers": [1]}), reporter=Reporter(quiet=True))
+            "tsne_layers": [1]}), reporter=Reporter(quiet=True))
 
     result = study(["tiny_struct"])
     sim = result.similarity
@@ -74,7 +74,7 @@ def test_ceiling_control_is_a_second_seed_with_its_own_rows(tiny_model, tiny_tas
     weights = [load_file(out / f"adapters/{u}-tiny_struct/adapter_model.safetensors") for u in ("control", "ceiling")]
     assert weights[0].keys() == weights[1].keys()
     assert not all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert not StudyDir(out).activation_file("ceiling", "tiny_struct").meta["test_loss"]
+    assert not StudyDir(out).activation_file("ceiling", "tiny_struct").meta["evaluated"]
 
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")}
     study(["tiny_sentiment", "tiny_struct"])

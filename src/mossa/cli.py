@@ -70,6 +70,12 @@ def _workers(value: Optional[str]) -> int | str | None:
     return int(value)
 
 
+def _count(value: str, flag: str) -> int:
+    if not value.isdigit() or int(value) < 2:
+        raise MossaError(f"{flag}: expected 'all' or an integer >= 2, got {value!r}")
+    return int(value)
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with study settings."),
@@ -195,18 +201,21 @@ def analyze(
     tsne_layers: Optional[str] = typer.Option(None, help="Comma-separated layers for the t-SNE figure."),
     workers: Optional[str] = typer.Option(None, help="Analysis processes: a number or 'auto' (default: the "
                                           "study's analysis_workers); the tables do not depend on it."),
+    probe_examples: Optional[str] = typer.Option(None, help="Test prompts per task the linear probes are fitted "
+                                                 "on: a number or 'all' (default: the study's probe_examples)."),
 ) -> None:
     """Recompute every table and figure of a study from its stored activations (loads no model)."""
     from mossa.analysis import DEFAULT_MEASURES
     from mossa.progress import Reporter
-    from mossa.study import analyze_study
+    from mossa.report.html import write_report
+    from mossa.study import analyze_and_report
 
     chosen = tuple(_split_list(measures, "--measures") or DEFAULT_MEASURES)
-    from mossa.report.html import write_report
-
-    result = analyze_study(study_dir, measures=chosen, n_boot=n_boot, n_permutations=n_permutations,
-                           tsne_layers=_int_list(tsne_layers, "--tsne-layers"), workers=_workers(workers),
-                           reporter=Reporter())
+    probes = "config" if probe_examples is None else None if probe_examples == "all" else _count(
+        probe_examples, "--probe-examples")
+    result = analyze_and_report(study_dir, measures=chosen, n_boot=n_boot, n_permutations=n_permutations,
+                                tsne_layers=_int_list(tsne_layers, "--tsne-layers"), workers=_workers(workers),
+                                probe_examples=probes, reporter=Reporter())
     write_report(study_dir)
     _summary(result)
 

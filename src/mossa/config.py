@@ -143,14 +143,17 @@ class StudyConfig(BaseModel):
         "BLAS thread each; 'auto' = one per core when the study compares at least 10,000 (example, layer) pairs "
         "(below that, starting workers costs more than it saves). The tables do not depend on it.")
     extract_token_budget: int = Field(2048, gt=0, description="Max padded tokens per extraction batch.")
-    test_loss: Literal["all", "base_and_controls"] = Field(
-        "all", description="Which models' extractions also score the test targets (results/controls.csv): all, or "
-        "only B and each control (the check that every control learned its task; E and E' then extract states "
-        "only, which saves a quarter of their extraction on short targets and more on long ones).")
-    loss_examples: int | None = Field(
-        None, ge=1, description="Test prompts per task whose targets are scored for the test loss: the first n of "
-        "the seeded test sample, the same ones for every model (None = all). The states are taken on every prompt; "
-        "scoring a target costs its tokens and the LM head at each of them.")
+    eval_examples: int | None = Field(
+        None, ge=1, description="Test prompts per task each model is evaluated on: the first n of the seeded test sample, "
+        "the same ones for every model (None = all). On them the prompt's cache is kept and the model is scored: test "
+        "loss with and without the end of answer, each option's log-likelihood (accuracy), a greedy answer on tasks "
+        "without options (exact match, ROUGE-L, BLEU, chrF) and the logit lens at every layer. The states are taken on "
+        "every prompt; evaluating one costs its options' or answer's tokens and the LM head at each of them.")
+    probe_examples: int | None = Field(None, ge=2, description="Test prompts per task the linear probes are fitted on "
+                                       "(results/probes.csv): the first n of the seeded test sample (None = all).")
+    evaluate_ceiling: bool = Field(False, description="Also evaluate each second-seed control C_t' (B, E, E' and "
+                                   "every C_t always are); C_t' serves the similarity ceiling, where only its states "
+                                   "are used.")
     executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
                           "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
                           "Ray task per unit; same results).")
@@ -172,6 +175,11 @@ class StudyConfig(BaseModel):
     control: TrainSettings = Field(default_factory=TrainSettings, description="Training of each control C_t.")
     experimental: TrainSettings = Field(default_factory=TrainSettings, description="Training of E and E' (unused "
                                         "when experimental_model gives E).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_evaluation(cls, data):
+        return upgrade_legacy(data) if isinstance(data, dict) else data
 
     @model_validator(mode="before")
     @classmethod
@@ -300,6 +308,27 @@ class StudyConfig(BaseModel):
         return v
 
 
+def upgrade_legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings of earlier versions in today's terms: loss_examples is eval_examples (those rows are now
+    evaluated, not only scored); test_loss 'all' also scored C_t', which evaluate_ceiling now says
+    ('base_and_controls' left E and E' unscored: every model but C_t' is evaluated now)."""
+    if "loss_examples" not in values and "test_loss" not in values:
+        return values
+    values = dict(values)
+    for old, new in (("loss_examples", "eval_examples"), ("test_loss", "evaluate_ceiling")):
+        if old in values and new in values:
+            raise ValueError(f"gives both {old} (an earlier setting) and {new}; keep {new}")
+    if "loss_examples" in values:
+        values["eval_examples"] = values.pop("loss_examples")
+    if "test_loss" in values:
+        old = values.pop("test_loss")
+        if old not in ("all", "base_and_controls"):
+            raise ValueError(f"test_loss (an earlier setting) must be 'all' or 'base_and_controls', got {old!r}; use "
+                             f"evaluate_ceiling")
+        values["evaluate_ceiling"] = old == "all"
+    return values
+
+
 # One task per Flan 2021 cluster, picked among flan-mini's tasks for short inputs and targets
 # (CPU budget) and at least 96 test examples. copa stands for commonsense reasoning: piqa's
 # targets (whole solutions, 63 tokens at the 95th percentile) would need a target limit of 64.
@@ -319,14 +348,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # are cut at 224 tokens, and 48 target tokens hold >= 95% of every task's targets (e2e_nlg's
     # are the longest). Each control sees its 16 examples once, in 4 steps of 4 (bench/
     # demo_budget.py: 7% less time per example than steps of 2, and no worse a test loss), E by
-    # parity each task's 16, and E and E' extract states only: test extraction of 4,128 prompts
-    # is over half of the demo's compute. 100 permutations per null (p-values from 1/101).
+    # parity each task's 16. Every model is evaluated on the first 48 test prompts (`eval_examples`):
+    # scoring options and answers costs their tokens and the 262k-token LM head at each of them;
+    # the states of 4,128 test prompts are about half of the demo's compute. 100 permutations per
+    # null (p-values from 1/101).
     # ceiling_tasks auto picks snli, winogrande, e2e_nlg and trec (4 of the 12 clusters): 4 more
     # controls of 8 steps and 384 prompts of states only, about 50 s (+7%) on 2 CPU cores.
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "test_loss": "base_and_controls", "loss_examples": 48, "n_permutations": 100,
+        "eval_examples": 48, "n_permutations": 100,
         "control": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
         "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
@@ -406,7 +437,11 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path
     if not isinstance(preset, str) or preset not in PRESETS:
         where = f"{config_file}: " if "preset" not in overrides and config_file is not None else ""
         raise MossaError(f"{where}field 'preset': unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    file_values = {k: v for k, v in file_values.items() if k not in unset}
+    try:
+        file_values = upgrade_legacy({k: v for k, v in file_values.items() if k not in unset})
+        overrides = upgrade_legacy(overrides)
+    except ValueError as exc:
+        raise MossaError(f"{config_file or 'config'}: {exc}") from None
     preset_values = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}  # see preset_tasks
     merged = _merge(_merge(preset_values, file_values), overrides)
     merged["preset"] = preset

@@ -1,13 +1,19 @@
-"""Last-prompt-token hidden states at every layer, plus each example's test loss.
+"""Last-prompt-token hidden states at every layer and, on the evaluated prompts, everything that
+says how well the model does the task: the test loss, the options' log-likelihoods, a greedy
+answer, and the logit lens of every layer.
 
 Stage: extraction (reads prompts and the loaded base + adapters; the caller stores the result).
 
-One forward pass over prompt+target serves both outputs: with causal attention the state at
-the last prompt token does not see the target, and the target positions give the test loss.
-No generation and no LM head beyond the target positions (none at all with `with_loss=False`).
-Each batch's rows go to a sink as soon as they exist: the store's writer puts them on disk
-from a background thread while the next batch runs. Batches are length-sorted under a
-token budget, left-padded, with position ids taken from the attention mask.
+Each prompt runs once. On an evaluated prompt (the first `eval_rows` of the sample) that pass
+keeps its key/value cache, and everything else continues from it: each option (and the
+target, when it is not an option) is scored token by token from the cache, and a task without
+options is answered by greedy decoding from the same cache. The lens reads the states already in
+memory through the final norm and the output head; its last layer is the model's next-token
+distribution, which scores every continuation's first token. The other prompts run without a
+cache and without any LM head. Each batch's rows go to a sink as soon as they exist: the
+store's writer puts them on disk from a background thread while the next batch runs. Batches
+are length-sorted under a token budget, left-padded, with position ids taken from the
+attention mask.
 
 Layer 0 is the embedding output; layer L (the last) is after the final norm in the Hugging
 Face convention (`last_layer="post_norm"`) or the last block's output (`"pre_norm"`).
@@ -18,7 +24,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mossa.models import AdapterHost, body_forward, collate, length_batches, target_nll
+from mossa.lens import LogitLens
+from mossa.models import (
+    AdapterHost,
+    AnswerStop,
+    Batch,
+    body_forward,
+    collate,
+    greedy_decode,
+    head_logits,
+    kv_cache,
+    length_batches,
+    score_continuations,
+    select_rows,
+)
 from mossa.store import Activations
 from mossa.tasks import Prompt
 
@@ -29,19 +48,116 @@ class ArraySink:
     def __init__(self, ids: list[str], n_states: int, hidden: int):
         self.ids = ids
         self.acts = np.empty((n_states, len(ids), hidden), dtype=np.float32)
-        self.target_nll = self.target_tokens = None
+        self.target_nll = self.target_tokens = self.evaluation = None
 
     def put(self, rows, states: np.ndarray) -> None:
         self.acts[:, rows] = states
 
-    def finish(self, target_nll, target_tokens) -> None:
-        self.target_nll, self.target_tokens = target_nll, target_tokens
+    def finish(self, target_nll, target_tokens, evaluation: dict | None = None) -> None:
+        self.target_nll, self.target_tokens, self.evaluation = target_nll, target_tokens, evaluation
+
+
+class _Evaluation:
+    """The evaluated prompts' per-example record, filled batch by batch (see `evaluation` in the store)."""
+
+    def __init__(self, prompts: list[Prompt], n_states: int, lens: bool, score: bool):
+        n = len(prompts)
+        self.prompts, self.scored = prompts, score
+        self.nll = np.zeros(n)
+        self.nll_tokens = np.zeros(n, dtype=np.int64)
+        self.nll_no_end = np.zeros(n)
+        self.nll_no_end_tokens = np.zeros(n, dtype=np.int64)
+        self.option_loglik: list = [None] * n
+        self.generated: list = [None] * n
+        self.lens = {"logprob": np.zeros((n_states, n)), "rank": np.zeros((n_states, n), dtype=np.int64),
+                     "option_hit": np.zeros((n_states, n))} if lens else None
+
+    def record(self) -> dict:
+        ps = self.prompts
+        out = {"rows": list(range(len(ps))), "target": [p.target for p in ps]}
+        if self.scored:
+            out.update(self._scores())
+        if self.lens is not None:
+            hit = self.lens["option_hit"]
+            out["lens"] = {"logprob": self.lens["logprob"].tolist(), "rank": self.lens["rank"].tolist(),
+                           "option_hit": [[None if np.isnan(x) else float(x) for x in layer] for layer in hit]}
+        return out
+
+    def _scores(self) -> dict:
+        ps = self.prompts
+        return {
+            "nll": self.nll.tolist(), "nll_tokens": self.nll_tokens.tolist(),
+            "nll_no_end": self.nll_no_end.tolist(), "nll_no_end_tokens": self.nll_no_end_tokens.tolist(),
+            "gold": [p.gold for p in ps], "option_loglik": self.option_loglik,
+            "option_tokens": [[len(i) - e for i, e in zip(p.option_ids, p.option_end)] if p.options else None
+                              for p in ps],
+            "option_chars": [[len(o) for o in p.options] if p.options else None for p in ps],
+            "generated": self.generated,
+        }
+
+
+def _nll(token_logprobs: torch.Tensor, end: int) -> tuple[float, float]:
+    """Summed NLL of a continuation's tokens, with and without its last `end` tokens (the end of answer)."""
+    lp = token_logprobs.double().cpu().numpy()
+    return float(-lp.sum()), float(-lp[:len(lp) - end].sum())
+
+
+def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
+    """The prompt rows `idx` of a prompt-only batch."""
+    return Batch(input_ids=batch.input_ids[idx], attention_mask=batch.attention_mask[idx],
+                 position_ids=batch.position_ids[idx], last_prompt=batch.last_prompt[idx],
+                 target_rows=batch.target_rows[:0], target_pos=batch.target_pos[:0], target_ids=batch.target_ids[:0],
+                 ids=[batch.ids[i] for i in idx.tolist()])
+
+
+def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndarray, states: torch.Tensor,
+                    lens: LogitLens | None, stop: AnswerStop, max_new_tokens: int, ev: _Evaluation,
+                    score: bool) -> None:
+    """Lens, continuation scores and greedy answers (with `score`) of one evaluated batch, into `ev` at `rows`."""
+    if lens is not None:
+        gold_first = torch.tensor([p.target_ids[0] for p in group], device=states.device)
+        values, last = lens(states, gold_first, [[i[0] for i in p.option_ids] or None for p in group],
+                            [p.gold for p in group])
+        for key, value in values.items():
+            ev.lens[key][:, rows] = value
+    else:
+        last = torch.log_softmax(head_logits(model, states[-1]), -1)
+    if not score:
+        return
+    owners, conts, where = [], [], []
+    for i, p in enumerate(group):
+        for k, ids in enumerate(p.option_ids):
+            owners.append(i), conts.append(list(ids)), where.append((i, k))
+        if not p.options or tuple(p.target_ids) != p.option_ids[p.gold]:
+            owners.append(i), conts.append(list(p.target_ids)), where.append((i, None))
+    scores = score_continuations(model, kv_cache(out), batch, last, owners, conts)
+    loglik: dict[int, list[float]] = {}
+    for (i, k), lp in zip(where, scores):
+        p, r = group[i], int(rows[i])
+        if k is not None:
+            loglik.setdefault(i, [0.0] * len(p.options))[k] = -_nll(lp, p.option_end[k])[1]
+        if k is None or (k == p.gold and tuple(p.target_ids) == p.option_ids[k]):
+            ev.nll[r], ev.nll_no_end[r] = _nll(lp, p.target_end)
+            ev.nll_tokens[r], ev.nll_no_end_tokens[r] = len(p.target_ids), len(p.target_ids) - p.target_end
+    for i, values in loglik.items():
+        ev.option_loglik[int(rows[i])] = values
+    open_rows = [i for i, p in enumerate(group) if not p.options]
+    if open_rows:
+        idx = torch.tensor(open_rows, device=states.device)
+        whole = len(open_rows) == len(group)
+        answers = greedy_decode(model, kv_cache(out) if whole else select_rows(kv_cache(out), idx),
+                                batch if whole else _rows(batch, idx), last[idx], max_new_tokens=max_new_tokens,
+                                is_stop=stop)
+        for i, ids in zip(open_rows, answers):
+            ev.generated[int(rows[i])] = stop.text(ids)
 
 
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
-            last_layer: str = "post_norm", sink=None, with_loss: bool = True, loss_rows: int | None = None,
-            on_batch=None) -> Activations | None:
-    """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32.
+            last_layer: str = "post_norm", sink=None, evaluate: bool = True, eval_rows: int | None = None,
+            lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
+            max_new_tokens: int = 32, on_batch=None) -> Activations | None:
+    """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32, and the
+    evaluation record of the first `eval_rows` prompts.
 
     Parameters
     ----------
@@ -51,36 +167,42 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         Adapter to run (None = the base model B).
     prompts : list of Prompt
     token_budget : int
-        Max padded tokens per forward pass.
+        Max padded tokens per prompt batch.
     last_layer : {"post_norm", "pre_norm"}
-    sink : object with put(rows, states) and finish(target_nll, target_tokens), optional
-        Where each batch's rows go as soon as they are computed: a store
-        `ActivationWriter` streams them to disk from a background thread, so memory does not
-        grow with the number of prompts. None collects them in memory and returns them.
-    with_loss : bool
-        Also run prompt+target and score the target tokens (each example's test loss). False
-        runs the prompts alone with no LM head at all (losses are then NaN).
-    loss_rows : int, optional
-        With `with_loss`, score only the first `loss_rows` prompts; the others run without their
-        targets (NaN loss, 0 target tokens). None scores all.
+    sink : object with put(rows, states) and finish(target_nll, target_tokens, evaluation), optional
+        Where each batch's rows go as soon as they are computed: a store `ActivationWriter`
+        streams them to disk from a background thread, so memory does not grow with the number
+        of prompts. None collects them in memory and returns them.
+    evaluate : bool
+        Evaluate the first `eval_rows` prompts (None = all): test loss with and without the end
+        of answer, option log-likelihoods, greedy answers of prompts without options, and with
+        `lens` the logit lens at every layer. False takes the states alone with no LM head at all
+        (losses NaN, no record).
+    score : bool
+        Score continuations and generate answers on the evaluated prompts; False leaves only the
+        lens there (what `bench/extraction.py` times on its own).
+    answer_end : list of int, optional
+        The tokens that close an answer (`PromptBuilder.end_of_answer()`); default EOS.
+    one_line : bool
+        A generated answer also ends at a line break (plain-text prompts).
+    max_new_tokens : int
+        The longest greedy answer (the study's target limit).
     on_batch : callable, optional
         Called with the number of examples done after each batch.
 
     Returns
     -------
     Activations or None
-        The states when `sink` is None.
+        The states (and the record) when `sink` is None.
     """
     loaded = host.loaded
     n = len(prompts)
     own = sink is None
     if own:
         sink = ArraySink([p.id for p in prompts], loaded.n_layers + 1, loaded.hidden_size)
-    scored = np.zeros(n, dtype=bool)
-    if with_loss:
-        scored[:n if loss_rows is None else loss_rows] = True
-    nll = np.where(scored, 0.0, np.nan)
-    n_tok = np.zeros(n, dtype=np.int64)
+    n_eval = (n if eval_rows is None else min(eval_rows, n)) if evaluate and (score or lens) else 0
+    ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, lens, score) if n_eval else None
+    stop = AnswerStop(loaded.tokenizer, answer_end or [], one_line=one_line)
     captured: dict[str, torch.Tensor] = {}
     hook = None
     if last_layer == "pre_norm":
@@ -90,30 +212,38 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         hook = norm.register_forward_pre_hook(lambda _m, args: captured.__setitem__("pre", args[0]))
     try:
         with host.use(adapter) as model, torch.inference_mode(), loaded.autocast():
-            for members, targets in ((np.flatnonzero(scored), True), (np.flatnonzero(~scored), False)):
+            reader = LogitLens(model, loaded.final_norm) if lens and n_eval else None
+            for members, evaluated in ((np.arange(n_eval), True), (np.arange(n_eval, n), False)):
                 group = [prompts[i] for i in members]
-                for idx in length_batches(group, token_budget, with_targets=targets):
+                for idx in length_batches(group, token_budget, with_targets=False):
                     rows_np = members[idx]  # the batch's rows among all prompts
-                    batch = collate([group[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device,
-                                    with_targets=targets)
-                    out = body_forward(model, batch, output_hidden_states=True)
-                    states = list(out.hidden_states)
-                    if hook is not None:
-                        states[-1] = captured.pop("pre")
+                    batch_prompts = [group[i] for i in idx]
+                    batch = collate(batch_prompts, loaded.tokenizer.pad_token_id, loaded.device, with_targets=False)
+                    out = body_forward(model, batch, output_hidden_states=True, use_cache=evaluated)
                     rows = torch.arange(len(idx), device=loaded.device)
-                    sink.put(rows_np, torch.stack([h[rows, batch.last_prompt] for h in states]).float().cpu().numpy())
-                    if targets:
-                        per_token = target_nll(model, out.last_hidden_state, batch).double().cpu().numpy()
-                        token_rows = rows_np[batch.target_rows.cpu().numpy()]
-                        np.add.at(nll, token_rows, per_token)
-                        np.add.at(n_tok, token_rows, 1)
+                    states = torch.stack([h[rows, batch.last_prompt] for h in out.hidden_states])
+                    kept = states
+                    if hook is not None:
+                        kept = torch.cat([states[:-1], captured.pop("pre")[rows, batch.last_prompt][None]])
+                    sink.put(rows_np, kept.float().cpu().numpy())
+                    if evaluated:
+                        _evaluate_batch(model, out, batch, batch_prompts, rows_np, states, reader, stop,
+                                        max_new_tokens, ev, score)
+                    del out
                     if on_batch:
                         on_batch(len(idx))
     finally:
         if hook is not None:
             hook.remove()
-    sink.finish(nll, n_tok)
+    nll = np.full(n, np.nan)
+    n_tok = np.zeros(n, dtype=np.int64)
+    record = None
+    if ev is not None and score:
+        nll[:n_eval], n_tok[:n_eval] = ev.nll, ev.nll_tokens
+    if ev is not None:
+        record = ev.record()
+    sink.finish(nll, n_tok, record)
     if own:
         return Activations(ids=sink.ids, acts=sink.acts, target_nll=nll, target_tokens=n_tok,
-                           meta={"last_layer": last_layer, "n_layers": loaded.n_layers})
+                           meta={"last_layer": last_layer, "n_layers": loaded.n_layers}, evaluation=record)
     return None

@@ -165,6 +165,7 @@ class Activations:
     target_nll: np.ndarray
     target_tokens: np.ndarray
     meta: dict
+    evaluation: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -317,7 +318,7 @@ class StudyDir:
                 tokens = (writer.target_tokens if writer.target_tokens is not None
                           else np.zeros(len(ids), np.int64))
                 started = time.time_ns()
-                digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens)
+                digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens, writer.evaluation)
                 # Nothing else writes our temp folder, so the hash just taken is the file's: date the
                 # file a second before it, and the stamp holds until anything writes the file again.
                 os.utime(tmp / ACTS_FILE, ns=(started - 1_000_000_000, started - 1_000_000_000))
@@ -326,7 +327,9 @@ class StudyDir:
                     "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
                     "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
                     "nonfinite_rows": [int(i) for i in np.flatnonzero(~writer.finite)],
-                    "sha256": digest, "meta": meta or {}}, indent=2, default=str) + "\n", encoding="utf-8")
+                    "sha256": digest, "meta": meta or {},
+                    **({"evaluation": writer.evaluation} if writer.evaluation is not None else {})},
+                    indent=2, default=str) + "\n", encoding="utf-8")
                 _stamp_verified(tmp, digest, started)
                 _publish_dir(tmp, final)
             finally:
@@ -340,13 +343,13 @@ class StudyDir:
         with self.activation_writer(model, task, ids=acts.ids, n_states=n_states, hidden=hidden, inputs=inputs,
                                     meta=acts.meta) as sink:
             sink.put(np.arange(n), acts.acts)
-            sink.finish(acts.target_nll, acts.target_tokens)
+            sink.finish(acts.target_nll, acts.target_tokens, acts.evaluation)
 
     def read_activations(self, model: str, task: str) -> Activations:
         """Read one (model, task) whole into memory, verifying its content hash."""
         file = self.activation_file(model, task)
         return Activations(ids=file.ids, acts=file.read(), target_nll=file.target_nll,
-                           target_tokens=file.target_tokens, meta=file.meta)
+                           target_tokens=file.target_tokens, meta=file.meta, evaluation=file.evaluation)
 
     @contextlib.contextmanager
     def lock(self, *, wait: bool = False):
@@ -399,8 +402,10 @@ class StudyDir:
         return found
 
 
-def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray) -> str:
-    """sha256 over the .npy header, the sha256 of each layer's bytes, the ids and the losses.
+def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray,
+                  evaluation: dict | None = None) -> str:
+    """sha256 over the .npy header, the sha256 of each layer's bytes, the ids, the losses and the
+    evaluation record (when there is one: folders written before it existed keep their hash).
 
     The layers are hashed by two threads at once (hashlib releases the GIL on large buffers).
     """
@@ -437,6 +442,8 @@ def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.n
     digest.update(json.dumps(list(ids)).encode())
     digest.update(np.asarray(nll, dtype=np.float64).tobytes())
     digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
+    if evaluation is not None:
+        digest.update(json.dumps(evaluation, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -494,6 +501,7 @@ class ActivationWriter:
         self.finite = np.ones(len(ids), dtype=bool)
         self.target_nll: np.ndarray | None = None
         self.target_tokens: np.ndarray | None = None
+        self.evaluation: dict | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-writer")
         self._pending: list = []
         self._max_pending = max_pending
@@ -508,10 +516,12 @@ class ActivationWriter:
             self._pending.pop(0).result()
         self._pending.append(self._pool.submit(self._write, rows, states))
 
-    def finish(self, target_nll, target_tokens) -> None:
-        """Record each example's summed target NLL and number of target tokens."""
+    def finish(self, target_nll, target_tokens, evaluation: dict | None = None) -> None:
+        """Record each example's summed target NLL and number of target tokens, and the evaluation
+        record of the evaluated examples (JSON-able: see `mossa.extraction`)."""
         self.target_nll = np.asarray(target_nll, dtype=np.float64)
         self.target_tokens = np.asarray(target_tokens, dtype=np.int64)
+        self.evaluation = evaluation
 
     def _write(self, rows: np.ndarray, states: np.ndarray) -> None:
         order = np.argsort(rows, kind="stable")
@@ -560,6 +570,7 @@ class ActivationFile:
             self.target_nll = np.asarray(info["target_nll"], dtype=np.float64)
             self.target_tokens = np.asarray(info["target_tokens"], dtype=np.int64)
             self.meta: dict = dict(info.get("meta", {}))
+            self.evaluation: dict | None = info.get("evaluation")
             self._sha256 = info["sha256"]
             self._nonfinite = np.asarray(info["nonfinite_rows"], dtype=np.int64)
             with open(self.folder / ACTS_FILE, "rb") as fh:
@@ -593,7 +604,8 @@ class ActivationFile:
         if not full and _hash_is_current(self.folder, self._sha256):
             return
         started = time.time_ns()
-        if _content_hash(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens) != self._sha256:
+        if _content_hash(self.folder / ACTS_FILE, self.ids, self.target_nll, self.target_tokens,
+                         self.evaluation) != self._sha256:
             raise MossaError(f"{self.folder}: content does not match its hash (corrupted or truncated); rerun "
                              f"`mossa run` on this study to recompute it")
         _stamp_verified(self.folder, self._sha256, started)

@@ -1,4 +1,5 @@
-"""One study, end to end: validate, train adapters, extract, analyze, plot, record provenance.
+"""One study, end to end: validate, train adapters, extract (and evaluate), analyze, plot, record
+provenance. This module schedules the stages; each lives in its own package.
 
 Each unit (an adapter, an activation file) carries the fingerprint of its inputs; a unit whose
 output exists with the same fingerprint is skipped, which makes a rerun both a resume and a
@@ -27,29 +28,19 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
 from mossa.analysis import (
-    COMPARED,
     DEFAULT_MEASURES,
     HELDOUT,
-    PROPERTIES,
-    JobPool,
-    analyze,
+    LEARNED_RULE,
+    analyze_study,
     check_measures,
-    choose_workers,
-    correlations,
-    layer_sections,
-    median_over_tasks,
     check_tsne_layers,
-    default_tsne_layers,
     depth_map,
-    on_grid,
+    not_learned,
     readability,
-    spectral_table,
-    tsne_of_runs,
 )
 from mossa.config import StudyConfig, preset_tasks
 from mossa.errors import MossaError, StorageError
@@ -67,16 +58,9 @@ from mossa.models import (
     resolve_model,
 )
 from mossa.progress import Reporter
-from mossa.report import (
-    plot_cka_by_cluster,
-    plot_cka_by_layer,
-    plot_correlations,
-    plot_layer_by_layer,
-    plot_tsne,
-    plot_variance_dims,
-)
+from mossa.report import plot_study
 from mossa.report.html import write_report
-from mossa.store import MARKER, StudyDir, atomic_path, read_json, write_json
+from mossa.store import MARKER, StudyDir, atomic_path, write_json
 from mossa.tasks import (
     PromptBuilder,
     MODEL_TEMPLATE,
@@ -305,15 +289,14 @@ class _Study:
         self.train_logs: dict[str, dict] = {}
         self.seconds = {"train": 0.0, "extract": 0.0}
 
-    def scored(self, label: str) -> bool:
-        """Whether `label`'s extraction also scores the targets (test loss): always for B and the
-        controls (the check that each control learned its task), for E and E' with test_loss all."""
-        return label in ("base", "control") or self.cfg.test_loss == "all"
+    def evaluated(self, label: str) -> bool:
+        """Whether `label`'s extraction also evaluates the model on its first `eval_examples` prompts
+        (test loss, options, answers, lens): B, E, E' and every C_t always; C_t' with evaluate_ceiling."""
+        return label != CEILING or self.cfg.evaluate_ceiling
 
-    def loss_key(self, label: str) -> tuple:
-        """What an extraction's cache key adds for scoring only some prompts (`loss_examples`); nothing
-        when all are scored, so the keys of studies that score all stay as they were."""
-        return ("loss on", self.cfg.loss_examples) if self.cfg.loss_examples and self.scored(label) else ()
+    def eval_key(self, label: str) -> tuple:
+        """What an extraction's cache key adds for its evaluation (or for having none)."""
+        return ("evaluation v1", self.cfg.eval_examples) if self.evaluated(label) else ("states only",)
 
     def prompt_builder(self, loaded, fmt: PromptFormat) -> PromptBuilder:
         cfg = self.cfg
@@ -388,23 +371,25 @@ class _Study:
                      f"{log['train_loss'][-1]:.3f}, {log['tokens_per_second']:.0f} tokens/s")
 
     def _extract(self, label: str, adapter: str | None, task: str, inputs: str, *, host: AdapterHost | None = None,
-                 test: dict | None = None, fmt: PromptFormat | None = None) -> None:
-        """States of `label` on `task`'s test prompts: B + `adapter` by default, or another model's
-        `host` with its own encoding `test` of the prompts and its format `fmt` (a given E). The
-        file's meta records the format and a digest of the prompt texts the model read."""
+                 test: dict | None = None, builder: PromptBuilder | None = None) -> None:
+        """States (and evaluation) of `label` on `task`'s test prompts: B + `adapter` by default, or
+        another model's `host` with its own encoding `test` of the prompts by its `builder` (a given
+        E). The file's meta records the format and a digest of the prompt texts the model read."""
         if self.study.activations_done(label, task, inputs):
             return
         t0 = time.perf_counter()
-        host, test = host or self.host, test or self.test
+        host, test, builder = host or self.host, test or self.test, builder or self.builder
         prompts, loaded = test[task], host.loaded
-        meta = {"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers, "test_loss": self.scored(label),
-                "loss_examples": self.cfg.loss_examples if self.scored(label) else 0,
-                "prompt_format": (fmt or self.fmt).describe(), "prompt_text_sha256": prompt_digest(prompts)}
+        evaluated = self.evaluated(label)
+        meta = {"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers, "evaluated": evaluated,
+                "eval_examples": min(self.cfg.eval_examples or len(prompts), len(prompts)) if evaluated else 0,
+                "prompt_format": builder.fmt.describe(), "prompt_text_sha256": prompt_digest(prompts)}
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
                                           hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
-                    last_layer=self.cfg.last_layer, sink=sink, with_loss=self.scored(label),
-                    loss_rows=self.cfg.loss_examples)
+                    last_layer=self.cfg.last_layer, sink=sink, evaluate=evaluated, eval_rows=self.cfg.eval_examples,
+                    answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
+                    max_new_tokens=self.cfg.max_target_tokens)
         self.seconds["extract"] += time.perf_counter() - t0
 
     def _single_task(self, label: str, task: str) -> None:
@@ -413,9 +398,7 @@ class _Study:
         unit = f"{label}-{task}"
         inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.model_dump(), self.cfg.control.model_dump(),
                        label)
-        # a control is always scored: its key stays as it was, so existing studies keep their controls
-        acts_key = (_hash(inputs, "acts", *self.loss_key(label)) if label == "control"
-                    else _hash(inputs, "acts", self.scored(label), *self.loss_key(label)))
+        acts_key = _hash(inputs, "acts", *self.eval_key(label))
         done = self.study.unit_done(unit, inputs)
         if done is not None and self.study.activations_done(label, task, acts_key):
             self.train_logs[unit] = done["log"]
@@ -430,7 +413,7 @@ class _Study:
 
     def ceiling(self, task: str) -> None:
         """C_t': C_t's recipe and training examples under another seed (a unit's seed comes from its
-        name, so LoRA init and data order differ); states scored only with test_loss all."""
+        name, so LoRA init and data order differ); evaluated only with evaluate_ceiling."""
         self._single_task(CEILING, task)
 
     def experimental(self) -> None:
@@ -446,8 +429,7 @@ class _Study:
         kind, where = experimental_source(self.cfg.experimental_model)
         if kind == "adapter":
             key = _hash(self.base_key, "given adapter", adapter_digest(where))
-            keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL), *self.loss_key(EXPERIMENTAL))
-                    for t, fp in self.task_fp.items()}
+            keys = {t: _hash(key, fp, *self.eval_key(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
             if not all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
                 self.host.load(EXPERIMENTAL, where)
                 self._extract_tasks(EXPERIMENTAL, EXPERIMENTAL, keys)
@@ -456,8 +438,7 @@ class _Study:
         _, fingerprint = materialize(where, progress=self.rep.log)
         key = _hash(fingerprint, self.cfg.dtype, self.cfg.last_layer, self.prompt_key, "given model",
                     self.cfg.experimental_prompt_format)
-        keys = {t: _hash(key, fp, self.scored(EXPERIMENTAL), *self.loss_key(EXPERIMENTAL))
-                for t, fp in self.task_fp.items()}
+        keys = {t: _hash(key, fp, *self.eval_key(EXPERIMENTAL)) for t, fp in self.task_fp.items()}
         if all(self.study.activations_done(EXPERIMENTAL, t, k) for t, k in keys.items()):
             return
         loaded = load_model(where, dtype=self.cfg.dtype, device=self.cfg.device, progress=self.rep.log)
@@ -467,7 +448,7 @@ class _Study:
                              own_template=loaded.chat_template) if own else self.fmt
         builder = self.prompt_builder(loaded, fmt)
         test = {t: [builder.reencode(p, rewrap=own) for p in prompts] for t, prompts in self.test.items()}
-        self._extract_tasks(EXPERIMENTAL, None, keys, host=AdapterHost(loaded), test=test, fmt=fmt)
+        self._extract_tasks(EXPERIMENTAL, None, keys, host=AdapterHost(loaded), test=test, builder=builder)
         del loaded
         gc.collect()
 
@@ -483,7 +464,7 @@ class _Study:
         budget = cfg.control.model_dump() if cfg.experimental_budget == "parity" else None
         inputs = _hash(self.base_key, fps, cfg.lora.model_dump(), cfg.experimental.model_dump(), cfg.cluster_cap,
                        unit, cfg.experimental_budget, budget)
-        keys = {t: _hash(inputs, "acts", self.task_fp[t], self.scored(unit), *self.loss_key(unit)) for t in evaluate_on}
+        keys = {t: _hash(inputs, "acts", self.task_fp[t], *self.eval_key(unit)) for t in evaluate_on}
         done = self.study.unit_done(unit, inputs)
         if done is not None and all(self.study.activations_done(unit, t, k) for t, k in keys.items()):
             self.train_logs[unit] = done["log"]
@@ -502,15 +483,15 @@ class _Study:
 
     def base(self) -> None:
         """B: the plain base model's states on every task."""
-        self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp, *self.loss_key("base"))
+        self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp, *self.eval_key("base"))
                                            for t, fp in self.task_fp.items()})
 
     def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
                        host: AdapterHost | None = None, test: dict | None = None,
-                       fmt: PromptFormat | None = None) -> None:
+                       builder: PromptBuilder | None = None) -> None:
         with self.rep.bar(f"extract {label}", total=sum(len(self.test[t]) for t in keys)) as advance:
             for task, key in keys.items():
-                self._extract(label, adapter, task, key, host=host, test=test, fmt=fmt)
+                self._extract(label, adapter, task, key, host=host, test=test, builder=builder)
                 advance(len(self.test[task]), info=task)
 
 
@@ -686,13 +667,18 @@ def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict,
         rep = run.rep if run is not None else Reporter(enabled=False)
         study = StudyDir(root)
         provenance = {**provenance, "experimental": experimental_info(study, provenance)}
-        analysis = analyze_study(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
-                                 n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
-                                 provenance=provenance, reporter=rep)
+        analysis = analyze_and_report(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
+                                      n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
+                                      provenance=provenance, reporter=rep)
         timings = {**timings, **analysis.timings, "total": time.time() - started}
+        missed = not_learned(analysis.controls)
+        if missed:
+            rep.log(f"controls that did not learn their task ({LEARNED_RULE}): {', '.join(missed)}")
         write_json(study.path("study.json"), {
             **provenance, "status": "complete", "finished": datetime.now().isoformat(timespec="seconds"),
-            "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": training})
+            "seconds": {k: round(v, 2) for k, v in timings.items()}, "training": training,
+            "controls_learned": {"rule": LEARNED_RULE, "not_learned": missed,
+                                 "learned": [t for t in analysis.controls["task"] if t not in missed]}})
         write_report(root)
         return StudyResult(root=study.root, similarity=analysis.similarity, controls=analysis.controls,
                            timings=timings)
@@ -713,98 +699,17 @@ def experimental_info(study: StudyDir, provenance: dict) -> dict:
     return info
 
 
-def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n_boot: int | None = None,
-                  n_permutations: int | None = None, tsne_layers: list[int] | None = None,
-                  workers: int | str | None = None, provenance: dict | None = None,
-                  reporter: Reporter | None = None) -> StudyResult:
-    """Recompute every table and figure of a study from its stored activations (no model).
-
-    `workers` (default: the study's `analysis_workers`) sets the analysis processes; the tables do
-    not depend on it.
-
-    Raises
-    ------
-    MossaError
-        When the folder is not a study, an activation file is missing, or a measure is unknown.
-    """
+def analyze_and_report(root: Path, *, provenance: dict | None = None, reporter: Reporter | None = None,
+                       **options) -> StudyResult:
+    """The analysis stage's tables of a study (`mossa.analysis.analyze_study`, with `options`), then its
+    figures (`mossa.report.plot_study`). The HTML report is the caller's (it reads study.json)."""
     rep = reporter or Reporter()
-    measures = check_measures(measures)
-    study = StudyDir(Path(root))
-    if provenance is None:
-        path = study.path("study.json")
-        if not path.is_file():
-            raise MossaError(f"{path}: not found; STUDY_DIR must be a folder written by `mossa run`")
-        provenance = read_json(path)
-        if provenance.get("status") != "complete":
-            raise MossaError(f"{path}: the study is not complete (status {provenance.get('status')!r}); rerun "
-                             f"`mossa run` with the same --out first")
-    try:
-        clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
-        title = provenance["model"]["name"]
-        heldout = tuple(provenance.get("heldout_tasks", ()))
-        ceiling = tuple(provenance.get("ceiling_tasks", ()))
-        config = provenance["config"]
-        seed = int(config.get("seed", 0))
-        n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
-        n_permutations = int(config.get("n_permutations", 200)) if n_permutations is None else n_permutations
-        n_layers = int(provenance["model"]["n_layers"])
-        tsne_layers = tsne_layers or config.get("tsne_layers") or default_tsne_layers(n_layers)
-        workers = config.get("analysis_workers", "auto") if workers is None else workers
-        work = sum(int(info.get("n_test", 0)) * (n_layers + 1) * (len(COMPARED) + (t in heldout) + (t in ceiling))
-                   for t, info in provenance["tasks"].items())
-    except (KeyError, TypeError, AttributeError, ValueError):
-        raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
-                         f"file") from None
-    if n_boot < 0:
-        raise MossaError(f"--n-boot must be 0 or more, got {n_boot}")
-    if n_permutations < 0:
-        raise MossaError(f"--n-permutations must be 0 or more, got {n_permutations}")
-    check_tsne_layers(list(tsne_layers), n_layers, where="--tsne-layers")  # before any table is recomputed
-    workers = choose_workers(workers, work, jobs=len(clusters))
-    timings = {}
+    tables = analyze_study(root, provenance=provenance, log=rep.log, **options)
     t0 = time.perf_counter()
-    with JobPool(workers) as pool:
-        sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
-                                                seed=seed, ceiling=ceiling, n_permutations=n_permutations, pool=pool)
-        runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
-                for m in ("base", EXPERIMENTAL)}
-        tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=1, pool=pool)
-    spectral = spectral_table(study, clusters, threshold=float(config.get("variance_threshold", 0.99)), seed=seed)
-    with atomic_path(study.path("results", "spectral.csv")) as tmp:
-        spectral.to_csv(tmp, index=False)
-    props = pd.DataFrame({t: info.get("properties", {}) for t, info in provenance["tasks"].items()}).T
-    corr = correlations(sim, props) if set(PROPERTIES) <= set(props.columns) else None
-    if corr is not None:
-        with atomic_path(study.path("results", "correlations.csv")) as tmp:
-            corr.to_csv(tmp, index=False)
-    sections = {**layer_sections(sim, n_boot=n_boot, seed=seed),
-                HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
-                if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
-    write_json(study.path("results", "sections.json"), sections)
-    with atomic_path(study.path("results", "tsne.csv")) as tmp:
-        tsne.to_csv(tmp, index=False)
-    timings["analyze"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    figures = study.path("figures")
-    ceiling_rows = sim[sim["model"] == "ceiling"]
-    plot_cka_by_layer(sim, figures / "cka_by_layer.png", title=title, medians=medians, sections=sections,
-                      ceiling=ceiling_rows)
-    plot_cka_by_cluster(medians, figures / "cka_by_cluster.png", title=title)
-    plot_layer_by_layer(cross, figures / "layer_by_layer_cka.png", title=title)
-    plot_variance_dims(spectral, figures / "variance_dims.png", title=title)
-    plot_tsne(tsne, figures / "tsne_layers.png", title=title)
-    if corr is not None:
-        plot_correlations(corr, figures / "correlations.png", title=title, labels=PROPERTIES)
-    if heldout:
-        plot_cka_by_layer(sim[sim["task"].isin(heldout)], figures / "heldout_cka_by_layer.png",
-                          title=f"{title}, {len(heldout)} tasks held out of E'", models=("base", HELDOUT),
-                          medians=median_over_tasks(sim[sim["task"].isin(heldout)], n_boot=n_boot, seed=seed,
-                                                    by_cluster=False),
-                          sections=sections[HELDOUT], ceiling=ceiling_rows)
-    timings["figures"] = time.perf_counter() - t0
-    rep.log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
-    return StudyResult(root=study.root, similarity=sim, controls=controls, timings=timings)
+    plot_study(tables)
+    timings = {**tables.timings, "figures": time.perf_counter() - t0}
+    return StudyResult(root=tables.root, similarity=tables.similarity, controls=tables.controls, timings=timings)
 
 
-__all__ = ["StudyResult", "analyze_study", "experimental_info", "experimental_source", "finish_study", "run_study",
+__all__ = ["StudyResult", "analyze_and_report", "experimental_info", "experimental_source", "finish_study", "run_study",
            "run_unit", "study_units", "unit_config", "validate"]

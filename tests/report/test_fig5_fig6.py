@@ -16,14 +16,14 @@ LABELS = {"flesch_kincaid_grade": "FK grade", "train_size": "training examples"}
 @pytest.fixture
 def drawn(monkeypatch):
     """Each figure's axes, texts and title, by file stem, as it is saved."""
-    out, save = {}, figures._save
+    out, save = {}, figures.save_figure
 
     def record(fig, path):
         out[Path(path).stem] = {"axes": fig.axes, "title": fig._suptitle.get_text() if fig._suptitle else "",
                                 "text": " ".join(t.get_text() for ax in fig.axes for t in ax.texts)}
         save(fig, path)
 
-    monkeypatch.setattr(figures, "_save", record)
+    monkeypatch.setattr(figures, "save_figure", record)
     return out
 
 

@@ -34,14 +34,14 @@ def _visible(html: str) -> str:
 
 def _recording(monkeypatch) -> dict:
     """Patch the figures' saver to keep each figure's texts and images (by file stem) as it saves."""
-    drawn, save = {}, figures._save
+    drawn, save = {}, figures.save_figure
 
     def record(fig, path):
         drawn[Path(path).stem] = {"text": " ".join(t.get_text() for ax in fig.axes for t in ax.texts),
                                   "images": [im.get_array().shape for ax in fig.axes for im in ax.images]}
         save(fig, path)
 
-    monkeypatch.setattr(figures, "_save", record)
+    monkeypatch.setattr(figures, "save_figure", record)
     return drawn
 
 

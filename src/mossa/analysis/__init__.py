@@ -1,4 +1,5 @@
-"""Analysis: tables and statistics computed from stored activations. Loads no model.
+"""Analysis: tables and statistics computed from stored activations and evaluation records, and
+`analyze_study`, which computes every table of a finished study. Loads no model.
 
 Stage: analysis (reads activation files from the store; writes results/).
 """
@@ -10,6 +11,7 @@ from mossa.analysis._pool import JobPool, choose_workers, usable_cores
 from mossa.analysis._readability import readability
 from mossa.analysis._sections import find_sections, layer_sections
 from mossa.analysis._spectra import spectral_table
+from mossa.analysis._study import EVALUATED, LEARNED_RULE, StudyTables, analyze_study, evaluation_records, not_learned
 from mossa.analysis._tsne import check_tsne_layers, default_tsne_layers, tsne_embeddings, tsne_of_runs
 from mossa.analysis._similarity import (
     COMPARED,
@@ -29,7 +31,8 @@ from mossa.analysis._similarity import (
     task_similarity,
 )
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "JobPool",
+__all__ = ["COMPARED", "DEFAULT_MEASURES", "EVALUATED", "HELDOUT", "LEARNED_RULE", "StudyTables", "analyze_study",
+           "evaluation_records", "not_learned", "PROPERTIES", "SIMILARITY_COLUMNS", "DepthMapped", "JobPool",
            "align", "aligned_rows", "analyze", "check_measures", "check_tsne_layers", "choose_workers", "correlations",
            "default_tsne_layers",
            "depth_map", "example_intervals", "find_sections", "layer_sections", "mean_loss", "median_over_tasks", "on_grid",

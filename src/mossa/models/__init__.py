@@ -1,6 +1,7 @@
 """Models: the registry of embedded models, source resolution (BASE+ADAPTER included), conversion,
-loading, per-family defaults (LoRA targets), adapters swapped on one loaded base, and batched
-body-only forward passes with target-only logits (shared by training and extraction).
+loading, per-family defaults (LoRA targets), adapters swapped on one loaded base, batched
+body-only forward passes with target-only logits (shared by training and extraction), and
+continuations of a prompt batch from its key/value cache (option scoring, greedy decoding).
 
 Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_CACHE`).
 """
@@ -18,7 +19,8 @@ from mossa.models._loading import (
     pick_dtype,
     sha256_file,
 )
-from mossa.models._forward import Batch, body_forward, collate, length_batches, target_nll
+from mossa.models._forward import Batch, body_forward, collate, head_logits, length_batches, target_nll
+from mossa.models._decoding import AnswerStop, greedy_decode, kv_cache, score_continuations, select_rows
 from mossa.models._registry import (
     EmbeddedModel,
     ModelSource,
@@ -29,8 +31,8 @@ from mossa.models._registry import (
 )
 
 __all__ = [
-    "AdapterHost", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
-    "collate", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "load_model", "materialize", "pick_device",
-    "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "sha256_file",
-    "target_nll",
+    "AdapterHost", "AnswerStop", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
+    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "load_model", "materialize", "pick_device",
+    "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "score_continuations",
+    "select_rows", "sha256_file", "target_nll",
 ]

@@ -81,11 +81,12 @@ def length_batches(prompts: list[Prompt], token_budget: int, *, with_targets: bo
     return batches
 
 
-def body_forward(model: torch.nn.Module, batch: Batch, *, output_hidden_states: bool):
-    """The decoder body (no LM head) on a batch; returns the HF BaseModelOutput."""
+def body_forward(model: torch.nn.Module, batch: Batch, *, output_hidden_states: bool, use_cache: bool = False):
+    """The decoder body (no LM head) on a batch; returns the HF BaseModelOutputWithPast (with the
+    key/value cache of the batch in `past_key_values` when `use_cache`)."""
     return model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             position_ids=batch.position_ids, output_hidden_states=output_hidden_states,
-                            use_cache=False)
+                            use_cache=use_cache)
 
 
 def target_nll(model: torch.nn.Module, last_hidden: torch.Tensor, batch: Batch, *, chunk: int = 256) -> torch.Tensor:
@@ -96,12 +97,16 @@ def target_nll(model: torch.nn.Module, last_hidden: torch.Tensor, batch: Batch, 
     matrix for a whole extraction batch would take gigabytes).
     """
     h = last_hidden[batch.target_rows, batch.target_pos]  # [k, d]
-    head = model.get_output_embeddings()
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     out = []
     for start in range(0, len(h), chunk):
-        logits = head(h[start:start + chunk]).float()  # [<=chunk, vocab]
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = head_logits(model, h[start:start + chunk])  # [<=chunk, vocab]
         out.append(torch.nn.functional.cross_entropy(logits, batch.target_ids[start:start + chunk], reduction="none"))
     return torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
+
+
+def head_logits(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """float32 next-token logits of final-normed states `h` [..., d]: the LM head, then the final
+    logit soft-capping of the families that have one (Gemma 2), as the model's own forward does."""
+    logits = model.get_output_embeddings()(h).float()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -31,6 +31,7 @@ class StudySummary:
     heldout: dict = field(default_factory=dict)
     controls_better: tuple[int, int] = (0, 0)
     loss_scored: tuple[int, int] | None = None  # (fewest scored, most test prompts) when not all were scored
+    not_learned: list[str] | None = None  # tasks whose control failed the task-metric check (None: no check)
     n_values: int = 0
     n_undefined: int = 0
     undefined_reasons: list[str] = field(default_factory=list)
@@ -114,12 +115,15 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
     better = int(controls["control_better"].sum()) if "control_better" in controls else 0
     partial = "n_scored" in controls and bool((controls["n_scored"] < controls["n_examples"]).any())
     loss_scored = (int(controls["n_scored"].min()), int(controls["n_examples"].max())) if partial else None
+    not_learned = ([str(t) for t, ok in zip(controls["task"], controls["learned"]) if not (ok is True or ok == 1)]
+                   if "learned" in controls else None)
     return StudySummary(
         model=study_json["model"]["name"], n_layers=n_layers, n_tasks=sim["task"].nunique(), clusters=clusters,
         sections={k: v for k, v in sections.items() if k != "heldout"}, heldout_sections=sections.get("heldout", {}),
         upper_layers=upper, base_upper_by_cluster=base_upper, gain_by_cluster=gains,
         median_base_upper=_median(sim, "base", upper), median_experimental_upper=_median(sim, "experimental", upper),
-        heldout=heldout, controls_better=(better, len(controls)), loss_scored=loss_scored, n_values=len(sim),
+        heldout=heldout, controls_better=(better, len(controls)), loss_scored=loss_scored, not_learned=not_learned,
+        n_values=len(sim),
         n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
         undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper))
 
@@ -199,6 +203,12 @@ def summary_sentences(s: StudySummary) -> list[str]:
               f"both)" if s.loss_scored else "")
     controls = (f"{s.controls_better[0]} of {s.controls_better[1]} control models beat the base model on their "
                 f"own task's test loss{scored}.")
+    if s.not_learned is not None:
+        n = s.controls_better[1]
+        missed = (f"; not learned: {', '.join(s.not_learned)}" if s.not_learned else "")
+        controls += (f" By their task metric (accuracy over the options, or ROUGE-L / chrF of a greedy answer), "
+                     f"{n - len(s.not_learned)} of {n} controls beat B with a paired 95% interval of the gain above "
+                     f"0{missed}.")
     if s.all_undefined:
         return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"

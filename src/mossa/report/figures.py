@@ -118,12 +118,7 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     ax.set_title(f"{title}: similarity to per-task controls ({n_tasks} tasks)", pad=8)
     ax.set_ylim(top=max(1.0, ax.get_ylim()[1]) + 0.06)  # room for the section labels
     ax.grid(axis="y", alpha=0.3)
-    if sections and sections.get("transition_found"):
-        for name, shade in (("shared", "#dddddd"), ("transition", "#f6e3b4"), ("refinement", "#d5e8d4")):
-            first, last = sections[name]
-            ax.axvspan(first - 0.5, last + 0.5, color=shade, alpha=0.5, zorder=0, linewidth=0)
-            ax.text((first + last) / 2, 0.985, f"{name} {first}-{last}", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=8, color="#555555")
+    shade_sections(ax, sections)
     if medians is not None:
         ax.errorbar([], [], yerr=[], fmt="_", color="#b2182b", ecolor="#b2182b",
                     label="median and its 95% CI (over tasks)")
@@ -138,10 +133,20 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
                     f"{', '.join(map(str, undefined_layers))}", transform=ax.transAxes, ha="right", va="bottom",
                     fontsize=8, color="dimgray")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def shade_sections(ax, sections: dict | None) -> None:
+    """Shade a found transition's shared / transition / refinement layers, each labelled at the top."""
+    if sections and sections.get("transition_found"):
+        for name, shade in (("shared", "#dddddd"), ("transition", "#f6e3b4"), ("refinement", "#d5e8d4")):
+            first, last = sections[name]
+            ax.axvspan(first - 0.5, last + 0.5, color=shade, alpha=0.5, zorder=0, linewidth=0)
+            ax.text((first + last) / 2, 0.985, f"{name} {first}-{last}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=8, color="#555555")
+
+
+def save_figure(fig, path: Path) -> None:
     for ax in fig.axes:
         if ax.get_xlabel().startswith("layer"):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -204,7 +209,7 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
     fig.suptitle(f"{title}: similarity to per-task controls by cluster (median, band = 95% CI)", x=0.02,
                  ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_layer_by_layer(cross: pd.DataFrame, path: Path, *, title: str) -> None:
@@ -232,7 +237,7 @@ def plot_layer_by_layer(cross: pd.DataFrame, path: Path, *, title: str) -> None:
         ax.set_yticklabels(mean.index[::step])
     fig.colorbar(image, ax=axes, label="linear CKA (mean over tasks; blank = undefined)")
     fig.suptitle(f"{title}: which layer matches which")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 SPECTRAL_STYLE = {"base": ("B (base)", "#4c72b0"), "experimental": ("E (multi-task)", "#dd8452"),
@@ -287,7 +292,7 @@ def plot_variance_dims(spectral: pd.DataFrame, path: Path, *, title: str) -> Non
     fig.suptitle(f"{title}: spectral analysis of last-token representations ({spectral['task'].nunique()} "
                  f"tasks, each on n = {n} examples)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dict[str, str],
@@ -326,4 +331,4 @@ def plot_correlations(corr: pd.DataFrame, path: Path, *, title: str, labels: dic
     fig.suptitle(f"{title}: what CKA with the controls tracks ({n_tasks} tasks; circled: Benjamini-Hochberg "
                  f"adjusted p < {alpha:g} over {n_tests} tests)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -16,6 +16,13 @@ from jinja2 import Environment
 from markupsafe import Markup
 
 from mossa.errors import MossaError
+from mossa.report._performance import (
+    control_check_table,
+    lens_reading,
+    performance_pivot,
+    probe_reading,
+    read_optional,
+)
 from mossa.report._summary import MEASURE, StudySummary, summarize, summary_sentences, upper_third
 from mossa.store import atomic_path, read_json
 
@@ -51,6 +58,18 @@ CAPTIONS = {
                     "computed on fewer than 5 tasks.",
     "layer_by_layer_cka": "Linear CKA between every layer of B (left) or E (right) and every layer of C_t, averaged "
                           "over tasks: which layer of one model matches which of the other.",
+}
+EVALUATION_CAPTIONS = {
+    "answer_by_layer": "The logit lens: each layer's last-prompt-token state through the model's final norm and "
+                       "output head, on the evaluated test prompts. Left: mean log-probability of the gold answer's "
+                       "first token; right (tasks with options): how often the option whose first token has the "
+                       "highest lens logit is the gold one, against chance (dotted). Lines are medians over tasks, "
+                       "bands their middle half; E' on its held-out tasks only; shaded: the layer sections.",
+    "probes_by_layer": "Linear probes: a cross-validated, L2-regularised logistic probe predicting the gold option "
+                       "from each layer's stored state (tasks with options). Left: held-out accuracy (solid) against "
+                       "the same probe on labels permuted within the task (dashed) and the majority share (dotted); "
+                       "right: selectivity, accuracy minus permuted-label accuracy. Medians over tasks, bands their "
+                       "middle half; shaded: the layer sections.",
 }
 
 
@@ -200,12 +219,16 @@ def write_report(root: Path) -> Path:
               f"examples, bootstrap over tasks ({cfg.get('n_boot')} resamples) / {cfg.get('n_permutations', 0)} "
               f"permutations"),
              ("last layer", cfg["last_layer"])]
-    figures = []
-    for name, caption in CAPTIONS.items():
-        path = root / "figures" / f"{name}.png"
-        if path.is_file():
-            figures.append({"name": name, "caption": caption,
+    figures, evaluation_figures = [], []
+    lens, probes, performance = (read_optional(root, name) for name in ("lens", "probes", "performance"))
+    readings = {"answer_by_layer": lens_reading(lens), "probes_by_layer": probe_reading(probes)}
+    for captions, out in ((CAPTIONS, figures), (EVALUATION_CAPTIONS, evaluation_figures)):
+        for name, caption in captions.items():
+            path = root / "figures" / f"{name}.png"
+            if path.is_file():
+                out.append({"name": name, "caption": caption, "reading": readings.get(name),
                             "data": base64.b64encode(path.read_bytes()).decode("ascii")})
+    check = control_check_table(controls)
     provenance = [(f"version: {k}", v) for k, v in study.get("versions", {}).items()]
     provenance += [("model fingerprint", model["fingerprint"])]
     provenance += [(f"task fingerprint: {t}", f"{info['fingerprint']} ({info['path']}, {info['template']})")
@@ -222,6 +245,9 @@ def write_report(root: Path) -> Path:
         task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
         cluster_table=_table(_cluster_table(summary, sim)),
         controls_table=_table(controls), prompts_table=_table(_prompts_table(study)),
+        performance_table=_table(performance_pivot(performance)) if performance is not None and len(performance)
+        else None, check_table=_table(check) if check is not None else None, evaluation_figures=evaluation_figures,
+        eval_examples=cfg.get("eval_examples") or cfg.get("loss_examples"),
         training_table=_table(_training_table(study)), rerun=f"mossa run --config {root / 'config.yaml'}",
         provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False),
         given=(study.get("experimental") or {}).get("mode") == "given",

@@ -37,11 +37,14 @@ TEMPLATE_MODES = ("first", "all")
 @dataclass(frozen=True)
 class Prompt:
     """A tokenized example: prompt ids (ending with the cue) and target ids (ending with the
-    format's end of answer: EOS in plain mode, the end-of-turn text in chat mode).
+    format's end of answer: EOS in plain mode, the end-of-turn text in chat mode; `target_end`
+    counts those last tokens, 0 when the target was cut before its end).
 
     `body` is the instruction after truncation, `text` the whole prompt text; `template` the
     index of the task template used, `shorter` how many times it fell back to a shorter form;
-    `kept` the share of tokens kept of each field that was cut.
+    `kept` the share of tokens kept of each field that was cut. A task with options also has
+    each option encoded as an answer (`option_ids`, the end of answer included; `option_end`
+    tokens of it) and `gold`, the target's index among `options`.
     """
 
     id: str
@@ -55,12 +58,17 @@ class Prompt:
     template: int = 0
     shorter: int = 0
     kept: dict[str, float] = field(default_factory=dict)
+    target_end: int = 0
+    options: tuple[str, ...] = ()
+    option_ids: tuple[tuple[int, ...], ...] = ()
+    option_end: tuple[int, ...] = ()
+    gold: int | None = None
 
     def record(self) -> dict:
         """The prompt as one row of `prompts.jsonl` (no token ids)."""
         return {"task": self.task, "id": self.id, "template": self.template, "shorter": self.shorter,
                 "cut_tokens": self.n_cut_tokens, "kept": self.kept, "tokens": len(self.prompt_ids), "text": self.text,
-                "target": self.target}
+                "target": self.target, "options": list(self.options) or None, "gold": self.gold}
 
 
 def prompt_digest(prompts: list[Prompt]) -> str:
@@ -178,17 +186,35 @@ class PromptBuilder:
     def encode_target(self, target: str) -> list[int]:
         """Answer ids: the target, then the format's end of answer when it fits the target limit
         (EOS in plain mode, the template's end-of-turn in chat mode); a longer target is cut."""
-        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        return self.encode_answer(target)[0]
+
+    def encode_answer(self, target: str) -> tuple[list[int], int]:
+        """`encode_target`'s ids and how many of the last ones are the end of answer (0 when cut)."""
         if self._answer is None:
             content = self.tok((" " if self.mode == "plain" else "") + target, add_special_tokens=False)["input_ids"]
-            end = eos
         else:
-            before, after = self._answer
-            content = self.tok(before + target, add_special_tokens=False)["input_ids"]
-            end = self.tok(after, add_special_tokens=False)["input_ids"] if after else eos
+            content = self.tok(self._answer[0] + target, add_special_tokens=False)["input_ids"]
+        end = self.end_of_answer()
         if len(content) + len(end) <= self.max_target_tokens:
-            return content + end
-        return content[: self.max_target_tokens]
+            return content + end, len(end)
+        return content[: self.max_target_tokens], 0
+
+    def end_of_answer(self) -> list[int]:
+        """The token ids that close an answer: EOS in plain mode, the template's end of turn in chat."""
+        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        if self._answer is None or not self._answer[1]:
+            return eos
+        return self.tok(self._answer[1], add_special_tokens=False)["input_ids"]
+
+    def _answers(self, target: str, options: tuple[str, ...]) -> dict:
+        """The Prompt fields of an example's answer: its target and, with options, each option."""
+        ids, end = self.encode_answer(target)
+        out = {"target_ids": ids, "target_end": end, "target": target}
+        if options:
+            encoded = [self.encode_answer(o) for o in options]
+            out.update(options=tuple(options), option_ids=tuple(tuple(i) for i, _ in encoded),
+                       option_end=tuple(e for _, e in encoded), gold=options.index(target))
+        return out
 
     def _render(self, task: TaskSpec, example: Example, fields: dict[str, str], template: Template) -> tuple[str, str]:
         body = render_body(task, example, fields, template=template)
@@ -234,9 +260,9 @@ class PromptBuilder:
             fitted = self._fit(task, example, form)
             if fitted is not None:
                 body, text, ids, kept, cut = fitted
-                return Prompt(id=example.id, task=task.name, prompt_ids=ids,
-                              target_ids=self.encode_target(example.target), n_cut_tokens=cut, body=body, text=text,
-                              target=example.target, template=template, shorter=shorter, kept=kept)
+                return Prompt(id=example.id, task=task.name, prompt_ids=ids, n_cut_tokens=cut, body=body, text=text,
+                              template=template, shorter=shorter, kept=kept,
+                              **self._answers(example.target, example.options or ()))
             form, shorter = form.shorter, shorter + 1
         return None
 
@@ -282,4 +308,4 @@ class PromptBuilder:
         text, or with `rewrap` the same instruction in this builder's own format."""
         text = self.fmt.text(prompt.body, eos_token=self.eos) if rewrap else prompt.text
         return replace(prompt, text=text, prompt_ids=self.encode_prompt(text),
-                       target_ids=self.encode_target(prompt.target))
+                       **self._answers(prompt.target, prompt.options))

@@ -1,0 +1,95 @@
+"""Figures of where the answer becomes available, layer by layer: the logit lens
+(answer_by_layer.png) and the linear probes (probes_by_layer.png), sections shaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mossa.report import figures  # noqa: E402
+from mossa.report.figures import _note_empty, shade_sections  # noqa: E402
+
+MODELS = {"base": ("B (base)", "#4c72b0"), "experimental": ("E (multi-task)", "#dd8452"),
+          "control": ("C_t (its own task's control)", "#c44e52"),
+          "heldout": ("E' (held-out tasks only)", "#55a868")}
+
+
+def _median_lines(ax, table: pd.DataFrame, column: str, *, style: str = "-", label_suffix: str = "",
+                  band: bool = True) -> bool:
+    """Per model, the median over tasks of `column` per layer (band: the middle half of the tasks)."""
+    drawn = False
+    for model, (label, colour) in MODELS.items():
+        rows = table[(table["model"] == model) & np.isfinite(table[column].to_numpy(dtype=float))]
+        if not len(rows):
+            continue
+        per = rows.groupby("layer")[column].quantile([0.25, 0.5, 0.75]).unstack()
+        n = rows["task"].nunique()
+        ax.plot(per.index, per[0.5], style, color=colour, linewidth=1.5, marker="." if style == "-" else None,
+                label=f"{label}{label_suffix}, median over {n} task{'s' if n != 1 else ''}")
+        if band and n > 1:
+            ax.fill_between(per.index, per[0.25], per[0.75], color=colour, alpha=0.12, linewidth=0)
+        drawn = True
+    return drawn
+
+
+def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
+    """Logit lens per layer: the gold answer's first token's mean log-probability (left) and, on tasks
+    with options, the option accuracy of the lens logits against chance (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    layers = sorted(lens["layer"].unique()) if len(lens) else []
+    left, right = axes
+    if not _median_lines(left, lens, "logprob"):
+        _note_empty(left, "no evaluated prompts with a lens in this study", layers)
+    left.set_ylabel("log p(gold answer's first token)")
+    options = lens[lens["n_option_examples"] > 0] if len(lens) else lens
+    if _median_lines(right, options, "option_accuracy"):
+        chance = options.groupby("layer")["option_chance"].median()
+        right.plot(chance.index, chance.values, ":", color="#666666", label="chance (1 / number of options)")
+        right.set_ylim(-0.02, 1.02)
+    else:
+        _note_empty(right, "no task with options was evaluated", layers)
+    right.set_ylabel("option accuracy of the lens logits (first tokens)")
+    for ax in axes:
+        ax.set_xlabel("layer (0 = embedding output)")
+        ax.grid(alpha=0.3)
+        shade_sections(ax, sections)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{title}: the answer through the logit lens (final norm + output head at every layer)")
+    fig.tight_layout()
+    figures.save_figure(fig, path)
+
+
+def plot_probes_by_layer(probes: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
+    """Linear probes per layer: held-out accuracy of the gold option (solid) against the same probe on
+    permuted labels (dashed) and the majority share (left); selectivity, their difference (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    layers = sorted(probes["layer"].unique()) if len(probes) else []
+    left, right = axes
+    if _median_lines(left, probes, "accuracy"):
+        _median_lines(left, probes, "control_accuracy", style="--", label_suffix=", labels permuted", band=False)
+        chance = probes.groupby("layer")["chance"].median()
+        left.plot(chance.index, chance.values, ":", color="#666666", label="majority-class share")
+        left.set_ylim(-0.02, 1.02)
+        _median_lines(right, probes, "selectivity")
+        right.axhline(0, color="#666666", linewidth=0.8)
+    else:
+        for ax in axes:
+            _note_empty(ax, "no task with options, or too few labelled examples, to probe", layers)
+    left.set_ylabel("probe accuracy (cross-validated)")
+    right.set_ylabel("selectivity (accuracy - permuted-label accuracy)")
+    for ax in axes:
+        ax.set_xlabel("layer (0 = embedding output)")
+        ax.grid(alpha=0.3)
+        shade_sections(ax, sections)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{title}: linear probes for the gold option, per layer")
+    fig.tight_layout()
+    figures.save_figure(fig, path)

@@ -1,0 +1,104 @@
+"""The report's task-performance section: each model's metric on each task, the controls' check,
+and one-sentence readings of the logit lens and the probes, all computed from results/ tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+MODEL_NAMES = {"base": "B", "experimental": "E", "heldout": "E'", "control": "C_t", "ceiling": "C_t'"}
+
+
+def read_optional(root: Path, name: str) -> pd.DataFrame | None:
+    """results/<name>.csv, or None for a study analysed before it existed."""
+    path = Path(root) / "results" / f"{name}.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _cell(value: float, low: float, high: float, metric: str) -> str:
+    if not np.isfinite(value):
+        return "undefined"
+    digits = 1 if metric in ("bleu", "chrf") else 3
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{value:.{digits}f}{interval}"
+
+
+def performance_pivot(performance: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, metric), one column per model: value [95% interval]."""
+    rows = []
+    models = [m for m in MODEL_NAMES if m in set(performance["model"])]
+    for (task, cluster, metric), group in performance.groupby(["task", "cluster", "metric"], sort=False):
+        by = group.set_index("model")
+        row = {"task": task, "cluster": cluster, "metric": metric}
+        for m in models:
+            row[MODEL_NAMES[m]] = (_cell(by.at[m, "value"], by.at[m, "ci_low"], by.at[m, "ci_high"], metric)
+                                   if m in by.index else "")
+        row["n examples"] = int(group["n_examples"].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def control_check_table(controls: pd.DataFrame) -> pd.DataFrame | None:
+    """Per task: the primary metric of B and of C_t on the same prompts, the gain, its interval and the verdict."""
+    if "learned" not in controls.columns:
+        return None
+    return pd.DataFrame({
+        "task": controls["task"], "metric": controls["task_metric"], "B": controls["metric_base"],
+        "C_t": controls["metric_control"], "gain": controls["gain"],
+        "gain 95% interval": [f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "undefined"
+                              for lo, hi in zip(controls["gain_low"], controls["gain_high"])],
+        "n examples": controls["n_evaluated"],
+        "learned": ["yes" if ok is True or ok == 1 else "no" for ok in controls["learned"]]})
+
+
+def _peak(table: pd.DataFrame, column: str, model: str) -> tuple[int, float] | None:
+    rows = table[(table["model"] == model) & np.isfinite(table[column].to_numpy(dtype=float))]
+    if not len(rows):
+        return None
+    per = rows.groupby("layer")[column].median()
+    return int(per.idxmax()), float(per.max())
+
+
+def lens_reading(lens: pd.DataFrame | None) -> str | None:
+    """Where, through the logit lens, each model's gold answer becomes most probable."""
+    if lens is None or not len(lens):
+        return None
+    parts = []
+    for model in ("control", "experimental", "base"):
+        peak = _peak(lens, "logprob", model)
+        if peak:
+            parts.append(f"{MODEL_NAMES[model]} at layer {peak[0]} (median log-probability {peak[1]:.2f})")
+    last = int(lens["layer"].max())
+    top = lens[(lens["layer"] == last) & (lens["n_option_examples"] > 0)]
+    acc = {m: float(top[top["model"] == m]["option_accuracy"].median()) for m in ("control", "base") if
+           (top["model"] == m).any()}
+    tail = ""
+    if acc:
+        chance = float(top["option_chance"].median())
+        tail = ("; at the last layer the lens picks the gold option's first token for "
+                + ", ".join(f"{MODEL_NAMES[m]} {v:.2f}" for m, v in acc.items()) + f" of the time (chance {chance:.2f})")
+    return ("Through the logit lens the gold answer's first token is most probable for " + ", for ".join(parts)
+            + " (medians over tasks)" + tail + ".")
+
+
+def probe_reading(probes: pd.DataFrame | None) -> str | None:
+    """Where the linear probes read the gold option best, against their permuted-label control."""
+    if probes is None or not len(probes):
+        return None
+    parts = []
+    for model in ("base", "experimental", "control"):
+        peak = _peak(probes, "selectivity", model)
+        if peak:
+            rows = probes[(probes["model"] == model) & (probes["layer"] == peak[0])]
+            parts.append(f"{MODEL_NAMES[model]} at layer {peak[0]} (selectivity {peak[1]:.2f}: accuracy "
+                         f"{rows['accuracy'].median():.2f} against {rows['control_accuracy'].median():.2f} on "
+                         f"permuted labels)")
+    if not parts:
+        return None
+    n = probes["task"].nunique()
+    best = max(p for p in (_peak(probes, "selectivity", m) for m in ("base", "experimental", "control")) if p)[1]
+    weak = " No layer's probe beats its control by more than 0.05." if best <= 0.05 else ""
+    return (f"Over {n} option tasks, linear probes read the gold option best for " + ", for ".join(parts)
+            + " (medians over tasks)." + weak)
