@@ -79,3 +79,17 @@ def test_ceiling_tasks_words_and_lists():
     assert resolve_config({"ceiling_tasks": ["sst2", "trec"]}).ceiling_tasks == ["sst2", "trec"]
     with pytest.raises(MossaError, match=r"^config: field 'ceiling_tasks': .*names a task twice: sst2"):
         resolve_config({"ceiling_tasks": ["sst2", "sst2"]})
+
+
+def test_an_earlier_configs_evaluation_settings_are_upgraded(tmp_path):
+    """loss_examples is eval_examples; test_loss 'all' also evaluated C_t'. A file's earlier key overrides
+    the preset's new one; both keys at once is an error naming them."""
+    old = tmp_path / "old.yaml"
+    old.write_text("loss_examples: 12\ntest_loss: all\n")
+    cfg = resolve_config({"preset": "demo"}, config_file=old)
+    assert cfg.eval_examples == 12 and cfg.evaluate_ceiling is True
+    old.write_text("test_loss: base_and_controls\n")
+    assert resolve_config({}, config_file=old).evaluate_ceiling is False
+    old.write_text("loss_examples: 12\neval_examples: 8\n")
+    with pytest.raises(MossaError, match="both loss_examples .* and eval_examples"):
+        resolve_config({}, config_file=old)

@@ -28,7 +28,7 @@ def _reference(loaded, prompt):
 
 def test_last_layer_is_the_models_next_token_distribution(setup):
     loaded, prompts = setup
-    lens = LogitLens(loaded.model, loaded.final_norm, chunk=5)  # chunks that split layers
+    lens = LogitLens(loaded.model, loaded.final_norm, slice=7)  # slices that do not divide the vocabulary
     for p in prompts[:4]:
         states, logits = _reference(loaded, p)
         values, last = lens(states[:, None], torch.tensor([p.target_ids[0]]), [[o[0] for o in p.option_ids]], [p.gold])

@@ -348,16 +348,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # are cut at 224 tokens, and 48 target tokens hold >= 95% of every task's targets (e2e_nlg's
     # are the longest). Each control sees its 16 examples once, in 4 steps of 4 (bench/
     # demo_budget.py: 7% less time per example than steps of 2, and no worse a test loss), E by
-    # parity each task's 16. Every model is evaluated on the first 48 test prompts (`eval_examples`):
-    # scoring options and answers costs their tokens and the 262k-token LM head at each of them;
-    # the states of 4,128 test prompts are about half of the demo's compute. 100 permutations per
-    # null (p-values from 1/101).
+    # parity each task's 16. Every model is evaluated on the first 32 test prompts (`eval_examples`):
+    # scoring options and answers costs their tokens and the 262k-token LM head at each of them,
+    # the lens a pass over the whole vocabulary for each of 19 states, a greedy decoding step a read
+    # of every weight. The probes are fitted on the first 48 (`probe_examples`). The states of 4,128
+    # test prompts are about half of the demo's compute. 100 permutations per null (p-values from 1/101).
     # ceiling_tasks auto picks snli, winogrande, e2e_nlg and trec (4 of the 12 clusters): 4 more
     # controls of 8 steps and 384 prompts of states only, about 50 s (+7%) on 2 CPU cores.
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "eval_examples": 48, "n_permutations": 100,
+        "eval_examples": 32, "probe_examples": 48, "n_permutations": 100,
         "control": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
         "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",

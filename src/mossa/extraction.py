@@ -167,7 +167,8 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         Adapter to run (None = the base model B).
     prompts : list of Prompt
     token_budget : int
-        Max padded tokens per prompt batch.
+        Max padded tokens per prompt batch (twice that for evaluated prompts, whose greedy decoding
+        reads every weight once per step whatever the batch size).
     last_layer : {"post_norm", "pre_norm"}
     sink : object with put(rows, states) and finish(target_nll, target_tokens, evaluation), optional
         Where each batch's rows go as soon as they are computed: a store `ActivationWriter`
@@ -186,7 +187,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     one_line : bool
         A generated answer also ends at a line break (plain-text prompts).
     max_new_tokens : int
-        The longest greedy answer (the study's target limit).
+        The longest greedy answer (the study's target limit); no answer runs longer than the
+        longest target among the evaluated prompts without options (the task's target limit:
+        the same for every model, whatever the batching).
     on_batch : callable, optional
         Called with the number of examples done after each batch.
 
@@ -203,6 +206,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     n_eval = (n if eval_rows is None else min(eval_rows, n)) if evaluate and (score or lens) else 0
     ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, lens, score) if n_eval else None
     stop = AnswerStop(loaded.tokenizer, answer_end or [], one_line=one_line)
+    open_targets = [len(p.target_ids) for p in prompts[:n_eval] if not p.options]
+    if open_targets:
+        max_new_tokens = min(max_new_tokens, max(open_targets))
     captured: dict[str, torch.Tensor] = {}
     hook = None
     if last_layer == "pre_norm":
@@ -215,7 +221,8 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
             reader = LogitLens(model, loaded.final_norm) if lens and n_eval else None
             for members, evaluated in ((np.arange(n_eval), True), (np.arange(n_eval, n), False)):
                 group = [prompts[i] for i in members]
-                for idx in length_batches(group, token_budget, with_targets=False):
+                # evaluated batches twice as large: a decoding step reads every weight whatever its batch
+                for idx in length_batches(group, token_budget * (2 if evaluated else 1), with_targets=False):
                     rows_np = members[idx]  # the batch's rows among all prompts
                     batch_prompts = [group[i] for i in idx]
                     batch = collate(batch_prompts, loaded.tokenizer.pad_token_id, loaded.device, with_targets=False)

@@ -28,14 +28,16 @@ LENS_COLUMNS = ["task", "cluster", "model", "layer", "logprob", "rank_median",
 class LogitLens:
     """Reads stacked per-layer states [L+1, b, d] through `model`'s final norm and head.
 
-    `chunk` bounds memory: at most that many (layer, row) states have their vocabulary-sized
-    logits in memory at once.
+    The vocabulary is read `slice` tokens at a time (a running log-sum-exp and rank count), so
+    each part of the head is read once for all the states of a batch, and memory holds a
+    [states, slice] block of logits, not [states, vocabulary].
     """
 
-    def __init__(self, model: torch.nn.Module, final_norm: torch.nn.Module | None, *, chunk: int = 64):
+    def __init__(self, model: torch.nn.Module, final_norm: torch.nn.Module | None, *, slice: int = 8192):
         if final_norm is None:
             raise ValueError("the logit lens needs the model's final norm; none was found")
-        self.model, self.norm, self.chunk = model, final_norm, chunk
+        self.model, self.norm, self.slice = model, final_norm, slice
+        self.cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
     @torch.inference_mode()
     def __call__(self, states: torch.Tensor, gold_first: torch.Tensor, option_first: list[list[int] | None],
@@ -63,37 +65,52 @@ class LogitLens:
         n_states, b, _ = states.shape
         device = states.device
         flat = torch.cat([self.norm(states[:-1]), states[-1:]]).reshape(n_states * b, -1)
+        head = self.model.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
         gold = gold_first.repeat(n_states)
         width = max([len(o) for o in option_first if o] or [1])
-        options = torch.full((b, width), -1, dtype=torch.long)
+        options = torch.zeros((b, width), dtype=torch.long)
+        valid = torch.zeros((b, width), dtype=torch.bool)
         is_gold = torch.zeros((b, width), dtype=torch.bool)
         for i, o in enumerate(option_first):
             if o:
                 options[i, :len(o)] = torch.tensor(o, dtype=torch.long)
+                valid[i, :len(o)] = True
                 is_gold[i, gold_option[i]] = True
-        options = options.to(device).repeat(n_states, 1)  # [(L+1) * b, width], -1 = no option
-        is_gold = is_gold.to(device).repeat(n_states, 1)
-        logprob = np.empty(n_states * b)
-        rank = np.empty(n_states * b, dtype=np.int64)
-        hit = np.empty(n_states * b)
-        last = []
-        for s in range(0, n_states * b, self.chunk):
-            logits = head_logits(self.model, flat[s:s + self.chunk])  # [c, vocab]
-            e = s + len(logits)
-            g = logits.gather(1, gold[s:e, None])[:, 0]
-            logprob[s:e] = (g - torch.logsumexp(logits, -1)).double().cpu().numpy()
-            rank[s:e] = ((logits > g[:, None]).sum(-1) + 1).cpu().numpy()
-            o = options[s:e]
-            scores = logits.gather(1, o.clamp(min=0)).masked_fill(o < 0, -torch.inf)
-            best = (scores == scores.max(1, keepdim=True).values) & (o >= 0)
-            hits = (best & is_gold[s:e]).any(1).double() / best.sum(1).clamp(min=1)
-            hit[s:e] = torch.where((o >= 0).any(1), hits, torch.nan).cpu().numpy()
-            if e > (n_states - 1) * b:  # the chunk holds rows of the last layer
-                last.append(torch.log_softmax(logits[max(0, (n_states - 1) * b - s):], -1))
+        options, valid, is_gold = (t.to(device).repeat(n_states, 1) for t in (options, valid, is_gold))
+        g = self._logits(flat, weight[gold], bias[gold] if bias is not None else None, rowwise=True)
+        scores = self._logits(flat[:, None], weight[options], bias[options] if bias is not None else None,
+                              rowwise=True).masked_fill(~valid, -torch.inf)  # [rows, width]
+        best = (scores == scores.max(1, keepdim=True).values) & valid
+        hits = (best & is_gold).any(1).double() / best.sum(1).clamp(min=1)
+        hit = torch.where(valid.any(1), hits, torch.nan)
+        # the whole vocabulary a slice at a time: each slice of the head is read once for every row,
+        # and only a [rows, slice] block of logits exists at a time
+        top = torch.full_like(g, -torch.inf)
+        total = torch.zeros_like(g)
+        above = torch.zeros(len(g), dtype=torch.long, device=device)
+        for v0 in range(0, weight.shape[0], self.slice):
+            z = self._logits(flat, weight[v0:v0 + self.slice], bias[v0:v0 + self.slice] if bias is not None else None)
+            above += (z > g[:, None]).sum(1)
+            own = (gold >= v0) & (gold < v0 + len(z[0]))  # the gold token itself never counts as above it
+            above -= (own & (z.gather(1, (gold - v0).clamp(0, len(z[0]) - 1)[:, None])[:, 0] > g)).long()
+            new_top = torch.maximum(top, z.max(1).values)
+            total = total * torch.exp(top - new_top) + torch.exp(z - new_top[:, None]).sum(1)
+            top = new_top
+        logprob = g - (top + torch.log(total))
         shape = (n_states, b)
-        return ({"logprob": logprob.reshape(shape), "rank": rank.reshape(shape), "option_hit": hit.reshape(shape)},
-                torch.cat(last))
+        last = torch.log_softmax(head_logits(self.model, states[-1]), -1)
+        return ({"logprob": logprob.double().cpu().numpy().reshape(shape),
+                 "rank": (above + 1).cpu().numpy().reshape(shape),
+                 "option_hit": hit.cpu().numpy().reshape(shape)}, last)
 
+    def _logits(self, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, *, rowwise: bool = False):
+        """float32 logits of states `h` against head rows `w` (each state its own rows when `rowwise`),
+        soft-capped as the model's head is."""
+        z = ((h * w).sum(-1) if rowwise else h @ w.T).float()
+        if bias is not None:
+            z = z + bias.float()
+        return torch.tanh(z / self.cap) * self.cap if self.cap else z
 
 def lens_table(records: dict[tuple[str, str], dict | None], clusters: dict[str, str]) -> pd.DataFrame:
     """results/lens.csv: per (task, model, layer), over the evaluated examples, the gold first token's

@@ -85,3 +85,16 @@ def test_generated_answers_are_recorded_as_text(family):
     record = extract(AdapterHost(loaded), None, ps, token_budget=64, max_new_tokens=5).evaluation
     assert all(isinstance(g, str) for g in record["generated"]) and all(o is None for o in record["option_loglik"])
     assert all(len(loaded.tokenizer(g, add_special_tokens=False)["input_ids"]) <= 5 for g in record["generated"])
+
+
+def test_a_plain_answer_ends_at_its_first_line_break_after_some_text():
+    from mossa.models import AnswerStop
+
+    pieces = {0: "\n", 1: " Paris", 2: ".", 3: "\nQuestion", 4: "</s>"}
+    tok = type("T", (), {"eos_token_id": 4, "decode": lambda self, ids, skip_special_tokens=False: "".join(
+        pieces[i] for i in ids if not (skip_special_tokens and i == 4))})()
+    stop = AnswerStop(tok, [4], one_line=True)
+    assert not stop([0]) and not stop([0, 1]) and stop([0, 1, 2, 3])  # a leading line break is skipped
+    assert stop([1, 4]) and stop.text([0, 1, 2, 3]) == "Paris." and stop.text([1, 2, 4]) == "Paris."
+    chat = AnswerStop(tok, [4], one_line=False)
+    assert not chat([0, 1, 2, 3]) and chat.text([1, 3, 4]) == "Paris\nQuestion"

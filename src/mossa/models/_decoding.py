@@ -90,7 +90,8 @@ def score_continuations(model: torch.nn.Module, cache, batch: Batch, first_logpr
     picked = torch.empty(len(r), dtype=torch.float32, device=device)
     for s in range(0, len(r), chunk):
         logits = head_logits(model, hidden[r[s:s + chunk], j[s:s + chunk]])
-        picked[s:s + chunk] = torch.log_softmax(logits, -1).gather(1, ids[r[s:s + chunk], j[s:s + chunk] + 1, None])[:, 0]
+        token = logits.gather(1, ids[r[s:s + chunk], j[s:s + chunk] + 1, None])[:, 0]
+        picked[s:s + chunk] = token - torch.logsumexp(logits, -1)
     rest = torch.split(picked, [n - 1 for n in lengths])
     return [torch.cat([out[i], rest[i]]) for i in range(len(rows))]
 
