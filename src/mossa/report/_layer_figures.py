@@ -38,6 +38,19 @@ def _median_lines(ax, table: pd.DataFrame, column: str, *, style: str = "-", lab
     return drawn
 
 
+def _finish(fig, axes, path: Path, sections: dict | None, title: str) -> None:
+    """Layer axes with the sections shaded and a legend where something was drawn; title; save."""
+    for ax in axes:
+        ax.set_xlabel("layer (0 = embedding output)")
+        ax.grid(alpha=0.3)
+        shade_sections(ax, sections)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    figures.save_figure(fig, path)
+
+
 def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
     """Logit lens per layer: the gold answer's first token's mean log-probability (left) and, on tasks
     with options, the option accuracy of the lens logits against chance (right)."""
@@ -55,15 +68,8 @@ def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections
     else:
         _note_empty(right, "no task with options was evaluated", layers)
     right.set_ylabel("option accuracy of the lens logits (first tokens)")
-    for ax in axes:
-        ax.set_xlabel("layer (0 = embedding output)")
-        ax.grid(alpha=0.3)
-        shade_sections(ax, sections)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{title}: the answer through the logit lens (final norm + output head at every layer)")
-    fig.tight_layout()
-    figures.save_figure(fig, path)
+    _finish(fig, axes, path, sections, f"{title}: the answer through the logit lens (final norm + output head at "
+                                       f"every layer)")
 
 
 def plot_probes_by_layer(probes: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
@@ -84,12 +90,4 @@ def plot_probes_by_layer(probes: pd.DataFrame, path: Path, *, title: str, sectio
             _note_empty(ax, "no task with options, or too few labelled examples, to probe", layers)
     left.set_ylabel("probe accuracy (cross-validated)")
     right.set_ylabel("selectivity (accuracy - permuted-label accuracy)")
-    for ax in axes:
-        ax.set_xlabel("layer (0 = embedding output)")
-        ax.grid(alpha=0.3)
-        shade_sections(ax, sections)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{title}: linear probes for the gold option, per layer")
-    fig.tight_layout()
-    figures.save_figure(fig, path)
+    _finish(fig, axes, path, sections, f"{title}: linear probes for the gold option, per layer")
