@@ -110,3 +110,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MOSSA_CACHE", str(os.environ.get("MOSSA_TEST_CACHE") or tmp_path_factory.getbasetemp() /
                                           "mossa-cache"))
     monkeypatch.delenv("MOSSA_TASKS_DIR", raising=False)
+
+
+@pytest.fixture()
+def sentiment_prompts(tiny_model, tiny_tasks):
+    """The tiny model loaded in float32 and its plain prompts of tiny_sentiment's test split."""
+    from mossa.models import load_model, resolve_model
+    from mossa.tasks import PromptBuilder, load_tasks
+
+    loaded = load_model(resolve_model(str(tiny_model)), dtype="float32", device="cpu")
+    task = load_tasks(tiny_tasks, ["tiny_sentiment"])[0]
+    prompts = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=64,
+                            max_target_tokens=8).build_all(task, task.split("test"))
+    return loaded, prompts

@@ -3,17 +3,12 @@ import pytest
 
 from mossa.config import LoraSettings
 from mossa.extraction import extract
-from mossa.models import load_model, resolve_model
 from mossa.models import AdapterHost
-from mossa.tasks import PromptBuilder, load_tasks
 
 
 @pytest.fixture()
-def setup(tiny_model, tiny_tasks):
-    loaded = load_model(resolve_model(str(tiny_model)), dtype="float32", device="cpu")
-    task = load_tasks(tiny_tasks, ["tiny_sentiment"])[0]
-    prompts = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=64,
-                            max_target_tokens=8).build_all(task, task.split("test"))
+def setup(sentiment_prompts):
+    loaded, prompts = sentiment_prompts
     return AdapterHost(loaded), prompts
 
 
