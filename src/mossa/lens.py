@@ -21,6 +21,12 @@ import torch
 
 from mossa.models import head_logits
 
+# A logit more than 80 below the running maximum enters the log-sum-exp as e^-80 of it: at most
+# 262k x e^-80 = 5e-30 of the sum, far below float32's resolution, and exp never leaves the normal
+# range (exp's results in the subnormal range run 20x slower on x86: most logits of an inner
+# layer's lens lie hundreds below the top one).
+_FLOOR = -80.0
+
 LENS_COLUMNS = ["task", "cluster", "model", "layer", "logprob", "rank_median",
                 "top1", "top10", "option_accuracy", "option_chance", "n_examples", "n_option_examples"]
 
@@ -30,10 +36,11 @@ class LogitLens:
 
     The vocabulary is read `slice` tokens at a time (a running log-sum-exp and rank count), so
     each part of the head is read once for all the states of a batch, and memory holds a
-    [states, slice] block of logits, not [states, vocabulary].
+    [states, slice] block of logits, not [states, vocabulary]. 2048 keeps that block near the cache:
+    on 2 Xeon cores the head's products for 912 states take 1.2 s against 1.8 s at 8192.
     """
 
-    def __init__(self, model: torch.nn.Module, final_norm: torch.nn.Module | None, *, slice: int = 8192):
+    def __init__(self, model: torch.nn.Module, final_norm: torch.nn.Module | None, *, slice: int = 2048):
         if final_norm is None:
             raise ValueError("the logit lens needs the model's final norm; none was found")
         self.model, self.norm, self.slice = model, final_norm, slice
@@ -91,11 +98,11 @@ class LogitLens:
         above = torch.zeros(len(g), dtype=torch.long, device=device)
         for v0 in range(0, weight.shape[0], self.slice):
             z = self._logits(flat, weight[v0:v0 + self.slice], bias[v0:v0 + self.slice] if bias is not None else None)
-            above += (z > g[:, None]).sum(1)
+            above += torch.count_nonzero(z > g[:, None], 1)
             own = (gold >= v0) & (gold < v0 + len(z[0]))  # the gold token itself never counts as above it
             above -= (own & (z.gather(1, (gold - v0).clamp(0, len(z[0]) - 1)[:, None])[:, 0] > g)).long()
-            new_top = torch.maximum(top, z.max(1).values)
-            total = total * torch.exp(top - new_top) + torch.exp(z - new_top[:, None]).sum(1)
+            new_top = torch.maximum(top, z.amax(1))
+            total = total * torch.exp(top - new_top) + torch.exp((z - new_top[:, None]).clamp_(min=_FLOOR)).sum(1)
             top = new_top
         logprob = g - (top + torch.log(total))
         shape = (n_states, b)
