@@ -16,10 +16,15 @@ def test_preset_then_file_then_flags(tmp_path):
     assert cfg.control.max_steps == PRESETS["quick"]["control"]["max_steps"]  # preset fills the rest
 
 
-def test_demo_preset_covers_twelve_tasks():
+def test_demo_preset_tasks_span_clusters_with_enough_test_prompts():
+    from mossa.tasks import load_tasks
+    from tests.conftest import FLAN_MINI
     cfg = resolve_config({})
-    assert cfg.preset == "demo" and cfg.tasks is None and preset_tasks("demo") == DEMO_TASKS and len(DEMO_TASKS) == 12
-    assert cfg.n_test >= 96
+    assert cfg.preset == "demo" and cfg.tasks is None and preset_tasks("demo") == DEMO_TASKS
+    tasks = load_tasks(FLAN_MINI, DEMO_TASKS)
+    assert len({t.cluster for t in tasks}) >= 6
+    assert all(len(t.split("test")) >= cfg.n_test >= 96 for t in tasks)
+    assert set(cfg.holdout) < set(DEMO_TASKS) and cfg.generate_examples <= cfg.n_test
 
 
 @pytest.mark.parametrize("override, field", [

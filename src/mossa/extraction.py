@@ -35,6 +35,7 @@ from mossa.models import (
     head_logits,
     kv_cache,
     length_batches,
+    log_softmax,
     score_continuations,
     select_rows,
 )
@@ -112,7 +113,7 @@ def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
 
 def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndarray, states: torch.Tensor,
                     lens: LogitLens | None, stop: AnswerStop, max_new_tokens: int, ev: _Evaluation,
-                    score: bool) -> None:
+                    score: bool, n_gen: int) -> None:
     """Lens, continuation scores and greedy answers (with `score`) of one evaluated batch, into `ev` at `rows`."""
     if lens is not None:
         gold_first = torch.tensor([p.target_ids[0] for p in group], device=states.device)
@@ -121,7 +122,7 @@ def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndar
         for key, value in values.items():
             ev.lens[key][:, rows] = value
     else:
-        last = torch.log_softmax(head_logits(model, states[-1]), -1)
+        last = log_softmax(head_logits(model, states[-1]))
     if not score:
         return
     owners, conts, where = [], [], []
@@ -141,7 +142,7 @@ def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndar
             ev.nll_tokens[r], ev.nll_no_end_tokens[r] = len(p.target_ids), len(p.target_ids) - p.target_end
     for i, values in loglik.items():
         ev.option_loglik[int(rows[i])] = values
-    open_rows = [i for i, p in enumerate(group) if not p.options]
+    open_rows = [i for i, p in enumerate(group) if not p.options and rows[i] < n_gen]
     if open_rows:
         idx = torch.tensor(open_rows, device=states.device)
         whole = len(open_rows) == len(group)
@@ -154,7 +155,7 @@ def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndar
 
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
             last_layer: str = "post_norm", sink=None, evaluate: bool = True, eval_rows: int | None = None,
-            lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
+            generate_rows: int | None = None, lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
             max_new_tokens: int = 32, on_batch=None) -> Activations | None:
     """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32, and the
     evaluation record of the first `eval_rows` prompts.
@@ -180,6 +181,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         of answer, option log-likelihoods, greedy answers of prompts without options, and with
         `lens` the logit lens at every layer. False takes the states alone with no LM head at all
         (losses NaN, no record).
+    generate_rows : int, optional
+        Of the evaluated prompts without options, those among the first `generate_rows` get a greedy
+        answer (None = all); the others are scored alone (their `generated` is None).
     score : bool
         Score continuations and generate answers on the evaluated prompts; False leaves only the
         lens there (what `bench/extraction.py` times on its own).
@@ -207,7 +211,8 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     n_eval = (n if eval_rows is None else min(eval_rows, n)) if evaluate and (score or lens) else 0
     ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, lens, score) if n_eval else None
     stop = AnswerStop(loaded.tokenizer, answer_end or [], one_line=one_line)
-    open_targets = [len(p.target_ids) for p in prompts[:n_eval] if not p.options]
+    n_gen = n_eval if generate_rows is None else min(generate_rows, n_eval)
+    open_targets = [len(p.target_ids) for p in prompts[:n_gen] if not p.options]
     if open_targets:
         max_new_tokens = min(max_new_tokens, max(open_targets))
     captured: dict[str, torch.Tensor] = {}
@@ -235,7 +240,7 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
                     sink.put(rows_np, kept.float().cpu().numpy())
                     if evaluated:
                         _evaluate_batch(model, out, batch, batch_prompts, rows_np, states, reader, stop,
-                                        max_new_tokens, ev, score)
+                                        max_new_tokens, ev, score, n_gen)
                     del out
                     if on_batch:
                         on_batch(len(idx))

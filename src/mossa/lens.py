@@ -19,13 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mossa.models import head_logits
-
-# A logit more than 80 below the running maximum enters the log-sum-exp as e^-80 of it: at most
-# 262k x e^-80 = 5e-30 of the sum, far below float32's resolution, and exp never leaves the normal
-# range (exp's results in the subnormal range run 20x slower on x86: most logits of an inner
-# layer's lens lie hundreds below the top one).
-_FLOOR = -80.0
+from mossa.models import head_logits, log_softmax, logsumexp
 
 LENS_COLUMNS = ["task", "cluster", "model", "layer", "logprob", "rank_median",
                 "top1", "top10", "option_accuracy", "option_chance", "n_examples", "n_option_examples"]
@@ -93,20 +87,17 @@ class LogitLens:
         hit = torch.where(valid.any(1), hits, torch.nan)
         # the whole vocabulary a slice at a time: each slice of the head is read once for every row,
         # and only a [rows, slice] block of logits exists at a time
-        top = torch.full_like(g, -torch.inf)
-        total = torch.zeros_like(g)
+        lse = torch.full_like(g, -torch.inf)
         above = torch.zeros(len(g), dtype=torch.long, device=device)
         for v0 in range(0, weight.shape[0], self.slice):
             z = self._logits(flat, weight[v0:v0 + self.slice], bias[v0:v0 + self.slice] if bias is not None else None)
             above += torch.count_nonzero(z > g[:, None], 1)
             own = (gold >= v0) & (gold < v0 + len(z[0]))  # the gold token itself never counts as above it
             above -= (own & (z.gather(1, (gold - v0).clamp(0, len(z[0]) - 1)[:, None])[:, 0] > g)).long()
-            new_top = torch.maximum(top, z.amax(1))
-            total = total * torch.exp(top - new_top) + torch.exp((z - new_top[:, None]).clamp_(min=_FLOOR)).sum(1)
-            top = new_top
-        logprob = g - (top + torch.log(total))
+            lse = torch.logaddexp(lse, logsumexp(z))
+        logprob = g - lse
         shape = (n_states, b)
-        last = torch.log_softmax(head_logits(self.model, states[-1]), -1)
+        last = log_softmax(head_logits(self.model, states[-1]))
         return ({"logprob": logprob.double().cpu().numpy().reshape(shape),
                  "rank": (above + 1).cpu().numpy().reshape(shape),
                  "option_hit": hit.cpu().numpy().reshape(shape)}, last)

@@ -103,6 +103,15 @@ def test_empty_record_gives_nan():
     assert all(s.n_examples == 0 and np.isnan(s.value) for s in m.values())
 
 
+def test_unanswered_generation_rows_count_for_the_loss_alone():
+    """Rows past `generate_examples` (generated None) are left out of the answer metrics, not scored 0."""
+    rec = record([None, None, None], generated=["a b", "x", None], targets=["a b", "a b", "a b"],
+                 nll=[1.0, 2.0, 3.0])
+    m = record_metrics(rec, "QA")
+    assert m["exact_match"].n_examples == 2 and m["exact_match"].value == pytest.approx(0.5)
+    assert m["nll_per_token"].n_examples == 3 and m["nll_per_token"].value == pytest.approx(6 / 6)
+
+
 def test_primary_metric():
     assert primary_metric("Translation", True) == "accuracy"
     assert primary_metric("Translation", False) == "chrf"
@@ -112,7 +121,7 @@ def test_primary_metric():
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(nll=[1.0]), "one length"),
     (lambda r: r.update(gold=[5, 0]), "gold inside"),
-    (lambda r: r.update(gold=[None, 0]), "generated string"),
+    (lambda r: r.update(gold=[None, 0], generated=[5, None]), "generated string"),
     (lambda r: r.update(rows=[0, 0]), "unique row"),
     (lambda r: r.update(option_chars=[[0, 1], [1, 1]]), "positive option character"),
     (lambda r: r.pop("nll_tokens"), "lacks nll_tokens")])

@@ -59,3 +59,14 @@ def test_chunked_target_nll_equals_one_pass(tiny_model):
         h = body_forward(loaded.model, batch, output_hidden_states=False).last_hidden_state
         np.testing.assert_allclose(target_nll(loaded.model, h, batch, chunk=2).numpy(),
                                    target_nll(loaded.model, h, batch, chunk=1000).numpy(), atol=1e-6)
+
+
+def test_logsumexp_matches_float64_on_logits_hundreds_apart():
+    """The floored log-sum-exp is float32-exact where most terms would be subnormal."""
+    from mossa.models import log_softmax, logsumexp
+    z = torch.randn(64, 50_000, generator=torch.Generator().manual_seed(0)) * 120
+    exact = torch.logsumexp(z.double(), -1)
+    ulp = 1e-6 * float(z.abs().max())  # about 8 float32 ulps at the largest logit
+    assert (logsumexp(z).double() - exact).abs().max() < ulp
+    assert (log_softmax(z).double() - (z.double() - exact[:, None])).abs().max() < 2 * ulp
+    assert torch.allclose(logsumexp(torch.zeros(3, 1000)), torch.full((3,), float(np.log(1000))))

@@ -200,9 +200,9 @@ def check_record(record: dict, where: str) -> dict:
                          "rewrite the record")
     for i, g in enumerate(record["gold"]):
         if g is None:
-            if not isinstance(record["generated"][i], str):
-                raise MossaError(f"{where}, row {rows[i]}: a generation row (gold None) needs a generated string, "
-                                 f"got {record['generated'][i]!r}; rerun the generation")
+            if record["generated"][i] is not None and not isinstance(record["generated"][i], str):
+                raise MossaError(f"{where}, row {rows[i]}: a generation row (gold None) needs a generated string "
+                                 f"or None (not answered), got {record['generated'][i]!r}; rerun the generation")
             continue
         loglik, chars = record["option_loglik"][i], record["option_chars"][i]
         if loglik is None or chars is None or len(loglik) != len(chars) or not 0 <= g < len(loglik):
@@ -217,7 +217,7 @@ def check_record(record: dict, where: str) -> dict:
 def record_metrics(record: dict, cluster: str, *, names=None, rows=None, where: str = "record") -> dict:
     """Every metric that applies to one record, as `MetricScores` by name.
 
-    Option metrics use the option rows (gold not None), generation metrics the generation rows,
+    Option metrics use the option rows (gold not None), generation metrics the answered generation rows,
     the NLL ratio estimators all rows. `names` restricts which metrics are computed; `rows`
     restricts the record to those row indices (to pair two models on the same examples).
     """
@@ -229,7 +229,7 @@ def record_metrics(record: dict, cluster: str, *, names=None, rows=None, where: 
     keep = range(len(record["rows"])) if rows is None else np.flatnonzero(np.isin(record["rows"], list(rows)))
     field = {k: [record[k][i] for i in keep] for k in RECORD_KEYS}
     opt = [i for i, g in enumerate(field["gold"]) if g is not None]
-    gen = [i for i, g in enumerate(field["gold"]) if g is None]
+    gen = [i for i, g in enumerate(field["gold"]) if g is None and field["generated"][i] is not None]
     wanted = set(names) if names is not None else set(task_metrics(cluster, has_options=bool(opt),
                                                                     has_generation=bool(gen)))
 

@@ -19,7 +19,16 @@ from mossa.models._loading import (
     pick_dtype,
     sha256_file,
 )
-from mossa.models._forward import Batch, body_forward, collate, head_logits, length_batches, target_nll
+from mossa.models._forward import (
+    Batch,
+    body_forward,
+    collate,
+    head_logits,
+    length_batches,
+    log_softmax,
+    logsumexp,
+    target_nll,
+)
 from mossa.models._decoding import AnswerStop, greedy_decode, kv_cache, score_continuations, select_rows
 from mossa.models._registry import (
     EmbeddedModel,
@@ -32,7 +41,7 @@ from mossa.models._registry import (
 
 __all__ = [
     "AdapterHost", "AnswerStop", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
-    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "load_model", "materialize", "pick_device",
+    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "log_softmax", "logsumexp", "load_model", "materialize", "pick_device",
     "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "score_continuations",
     "select_rows", "sha256_file", "target_nll",
 ]

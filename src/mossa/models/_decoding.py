@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from mossa.models._forward import Batch, head_logits
+from mossa.models._forward import Batch, head_logits, logsumexp
 
 
 def kv_cache(out):
@@ -91,7 +91,7 @@ def score_continuations(model: torch.nn.Module, cache, batch: Batch, first_logpr
     for s in range(0, len(r), chunk):
         logits = head_logits(model, hidden[r[s:s + chunk], j[s:s + chunk]])
         token = logits.gather(1, ids[r[s:s + chunk], j[s:s + chunk] + 1, None])[:, 0]
-        picked[s:s + chunk] = token - torch.logsumexp(logits, -1)
+        picked[s:s + chunk] = token - logsumexp(logits)
     rest = torch.split(picked, [n - 1 for n in lengths])
     return [torch.cat([out[i], rest[i]]) for i in range(len(rows))]
 
