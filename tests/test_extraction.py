@@ -92,3 +92,36 @@ def test_loss_on_the_first_prompts_only(setup):
     assert np.isnan(part.target_nll[k:]).all()
     expected = full.target_nll[:k].sum() / full.target_tokens[:k].sum()
     assert abs(mean_loss(part) - expected) < 1e-6 and mean_loss(part) != mean_loss(full)
+
+
+def test_greedy_answers_on_the_first_generate_rows_only(tiny_model, tiny_tasks):
+    """generate_rows: the first k evaluated prompts without options are answered exactly as in a full
+    run, the rest are scored (test loss, lens) but not answered."""
+    from mossa.models import load_model, resolve_model
+    from mossa.tasks import PromptBuilder, load_tasks
+
+    loaded = load_model(resolve_model(str(tiny_model)), dtype="float32", device="cpu")
+    task = load_tasks(tiny_tasks, ["tiny_struct"])[0]
+    prompts = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=64,
+                            max_target_tokens=8).build_all(task, task.split("test"))
+    host = AdapterHost(loaded)
+    full = extract(host, None, prompts, token_budget=256).evaluation
+    k = len(prompts) // 2
+    part = extract(host, None, prompts, token_budget=256, generate_rows=k).evaluation
+    assert part["generated"][:k] == full["generated"][:k] and all(isinstance(g, str) for g in full["generated"])
+    assert part["generated"][k:] == [None] * (len(prompts) - k)
+    np.testing.assert_allclose(part["nll"], full["nll"], atol=1e-5)
+
+
+def test_lens_on_the_first_lens_rows_only(setup):
+    """lens_rows: the lens reads the first k evaluated prompts, as in a full run; every evaluated
+    prompt is still scored."""
+    host, prompts = setup
+    full = extract(host, None, prompts, token_budget=256).evaluation
+    k = len(prompts) // 2
+    part = extract(host, None, prompts, token_budget=256, lens_rows=k).evaluation
+    for key in ("logprob", "rank"):
+        got, want = np.asarray(part["lens"][key]), np.asarray(full["lens"][key])
+        assert got.shape == (want.shape[0], k)
+        np.testing.assert_allclose(got, want[:, :k], atol=1e-5)
+    np.testing.assert_allclose(part["option_loglik"], full["option_loglik"], atol=1e-5)

@@ -153,6 +153,9 @@ class StudyConfig(BaseModel):
         None, ge=1, description="Of the evaluated prompts of a task without options, the first n get a greedy answer "
         "(None = all evaluated): a decoding step reads every weight, so answers cost more than anything else the "
         "evaluation does. The others are still scored (test loss, lens).")
+    lens_examples: int | None = Field(
+        None, ge=1, description="Of the evaluated prompts, the first n are read by the logit lens (None = all): each "
+        "layer's state through the final norm and the whole LM head, about 0.7 of a short prompt's forward pass.")
     probe_examples: int | None = Field(None, ge=2, description="Test prompts per task the linear probes are fitted on "
                                        "(results/probes.csv): the first n of the seeded test sample (None = all).")
     evaluate_ceiling: bool = Field(False, description="Also evaluate each second-seed control C_t' (B, E, E' and "
@@ -360,13 +363,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # pass taught the answer's form, not the task: 3 of 12 controls learned); E and E' by parity
     # each task's 16 as often. E' holds out 3 tasks of 3 clusters. Every model is evaluated on all
     # 96 test prompts (the paired gains above need that many); tasks without options answer greedily
-    # on the first 32 (a decoding step reads every weight; their gains are 3-10x larger). The probes
+    # on the first 32 (a decoding step reads every weight; their gains are 3-10x larger) and the lens
+    # reads the first 32 (19 states through the 262k-token head cost 0.7 of a prompt's forward). The probes
     # are fitted on all 96. 100 permutations per null (p-values from 1/101). ceiling_tasks auto
     # picks sst2, ag_news_subset, e2e_nlg and fix_punct: 4 more controls, states only.
     "demo": {
         "tasks": DEMO_TASKS, "holdout": ["glue_mrpc", "tatoeba_translate_deen", "fix_punct"],
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "generate_examples": 32, "n_permutations": 100,
+        "generate_examples": 32, "lens_examples": 32, "n_permutations": 100,
         "control": {"lr": 2e-3, "epochs": 4, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
         "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",

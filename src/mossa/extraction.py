@@ -61,7 +61,7 @@ class ArraySink:
 class _Evaluation:
     """The evaluated prompts' per-example record, filled batch by batch (see `evaluation` in the store)."""
 
-    def __init__(self, prompts: list[Prompt], n_states: int, lens: bool, score: bool):
+    def __init__(self, prompts: list[Prompt], n_states: int, n_lens: int, score: bool):
         n = len(prompts)
         self.prompts, self.scored = prompts, score
         self.nll = np.zeros(n)
@@ -70,8 +70,8 @@ class _Evaluation:
         self.nll_no_end_tokens = np.zeros(n, dtype=np.int64)
         self.option_loglik: list = [None] * n
         self.generated: list = [None] * n
-        self.lens = {"logprob": np.zeros((n_states, n)), "rank": np.zeros((n_states, n), dtype=np.int64),
-                     "option_hit": np.zeros((n_states, n))} if lens else None
+        self.lens = {"logprob": np.zeros((n_states, n_lens)), "rank": np.zeros((n_states, n_lens), dtype=np.int64),
+                     "option_hit": np.zeros((n_states, n_lens))} if n_lens else None
 
     def record(self) -> dict:
         ps = self.prompts
@@ -113,15 +113,20 @@ def _rows(batch: Batch, idx: torch.Tensor) -> Batch:
 
 def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndarray, states: torch.Tensor,
                     lens: LogitLens | None, stop: AnswerStop, max_new_tokens: int, ev: _Evaluation,
-                    score: bool, n_gen: int) -> None:
-    """Lens, continuation scores and greedy answers (with `score`) of one evaluated batch, into `ev` at `rows`."""
-    if lens is not None:
-        gold_first = torch.tensor([p.target_ids[0] for p in group], device=states.device)
-        values, last = lens(states, gold_first, [[i[0] for i in p.option_ids] or None for p in group],
-                            [p.gold for p in group])
+                    score: bool, n_gen: int, n_lens: int) -> None:
+    """Lens (rows before `n_lens`), continuation scores and greedy answers (with `score`; answers on rows
+    before `n_gen`) of one evaluated batch, into `ev` at `rows`."""
+    last = None
+    sel = [i for i in range(len(group)) if rows[i] < n_lens]
+    if lens is not None and sel:
+        gold_first = torch.tensor([group[i].target_ids[0] for i in sel], device=states.device)
+        values, lensed_last = lens(states[:, sel], gold_first,
+                                   [[o[0] for o in group[i].option_ids] or None for i in sel], [group[i].gold for i in sel])
         for key, value in values.items():
-            ev.lens[key][:, rows] = value
-    else:
+            ev.lens[key][:, rows[sel]] = value
+        if len(sel) == len(group):
+            last = lensed_last
+    if last is None:
         last = log_softmax(head_logits(model, states[-1]))
     if not score:
         return
@@ -155,7 +160,7 @@ def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndar
 
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
             last_layer: str = "post_norm", sink=None, evaluate: bool = True, eval_rows: int | None = None,
-            generate_rows: int | None = None, lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
+            generate_rows: int | None = None, lens_rows: int | None = None, lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
             max_new_tokens: int = 32, on_batch=None) -> Activations | None:
     """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32, and the
     evaluation record of the first `eval_rows` prompts.
@@ -184,6 +189,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     generate_rows : int, optional
         Of the evaluated prompts without options, those among the first `generate_rows` get a greedy
         answer (None = all); the others are scored alone (their `generated` is None).
+    lens_rows : int, optional
+        With `lens`, the lens reads the evaluated prompts among the first `lens_rows` (None = all):
+        19 states through a 262k-token head cost about 0.7 of a short prompt's forward pass.
     score : bool
         Score continuations and generate answers on the evaluated prompts; False leaves only the
         lens there (what `bench/extraction.py` times on its own).
@@ -209,7 +217,8 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     if own:
         sink = ArraySink([p.id for p in prompts], loaded.n_layers + 1, loaded.hidden_size)
     n_eval = (n if eval_rows is None else min(eval_rows, n)) if evaluate and (score or lens) else 0
-    ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, lens, score) if n_eval else None
+    n_lens = (n_eval if lens_rows is None else min(lens_rows, n_eval)) if lens else 0
+    ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, n_lens, score) if n_eval else None
     stop = AnswerStop(loaded.tokenizer, answer_end or [], one_line=one_line)
     n_gen = n_eval if generate_rows is None else min(generate_rows, n_eval)
     open_targets = [len(p.target_ids) for p in prompts[:n_gen] if not p.options]
@@ -224,7 +233,7 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         hook = norm.register_forward_pre_hook(lambda _m, args: captured.__setitem__("pre", args[0]))
     try:
         with host.use(adapter) as model, torch.inference_mode(), loaded.autocast():
-            reader = LogitLens(model, loaded.final_norm) if lens and n_eval else None
+            reader = LogitLens(model, loaded.final_norm) if n_lens else None
             for members, evaluated in ((np.arange(n_eval), True), (np.arange(n_eval, n), False)):
                 group = [prompts[i] for i in members]
                 for idx in length_batches(group, token_budget, with_targets=False):
@@ -240,7 +249,7 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
                     sink.put(rows_np, kept.float().cpu().numpy())
                     if evaluated:
                         _evaluate_batch(model, out, batch, batch_prompts, rows_np, states, reader, stop,
-                                        max_new_tokens, ev, score, n_gen)
+                                        max_new_tokens, ev, score, n_gen, n_lens)
                     del out
                     if on_batch:
                         on_batch(len(idx))

@@ -298,8 +298,8 @@ class _Study:
         """What an extraction's cache key adds for its evaluation (or for having none)."""
         if not self.evaluated(label):
             return ("states only",)
-        return ("evaluation v1", self.cfg.eval_examples, *((self.cfg.generate_examples,) if self.cfg.generate_examples
-                                                          else ()))
+        limits = {"generate": self.cfg.generate_examples, "lens": self.cfg.lens_examples}
+        return ("evaluation v1", self.cfg.eval_examples, *(f"{k} {v}" for k, v in limits.items() if v))
 
     def prompt_builder(self, loaded, fmt: PromptFormat) -> PromptBuilder:
         cfg = self.cfg
@@ -387,12 +387,13 @@ class _Study:
         meta = {"last_layer": self.cfg.last_layer, "n_layers": loaded.n_layers, "evaluated": evaluated,
                 "eval_examples": min(self.cfg.eval_examples or len(prompts), len(prompts)) if evaluated else 0,
                 "generate_examples": self.cfg.generate_examples if evaluated else 0,
+                "lens_examples": self.cfg.lens_examples if evaluated else 0,
                 "prompt_format": builder.fmt.describe(), "prompt_text_sha256": prompt_digest(prompts)}
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
                                           hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
                     last_layer=self.cfg.last_layer, sink=sink, evaluate=evaluated, eval_rows=self.cfg.eval_examples,
-                    generate_rows=self.cfg.generate_examples, answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
+                    generate_rows=self.cfg.generate_examples, lens_rows=self.cfg.lens_examples, answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
                     max_new_tokens=self.cfg.max_target_tokens)
         self.seconds["extract"] += time.perf_counter() - t0
 

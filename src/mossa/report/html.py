@@ -248,6 +248,7 @@ def write_report(root: Path) -> Path:
         performance_table=_table(performance_pivot(performance)) if performance is not None and len(performance)
         else None, check_table=_table(check) if check is not None else None, evaluation_figures=evaluation_figures,
         eval_examples=cfg.get("eval_examples") or cfg.get("loss_examples"),
+        generate_examples=cfg.get("generate_examples"),
         training_table=_table(_training_table(study)), rerun=f"mossa run --config {root / 'config.yaml'}",
         provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False),
         given=(study.get("experimental") or {}).get("mode") == "given",
