@@ -15,7 +15,7 @@ from tests.conftest import FLAN_MINI
 
 @pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
 def test_auto_holdout_takes_one_task_from_each_of_seven_clusters():
-    tasks = load_tasks(FLAN_MINI, DEMO_TASKS)
+    tasks = load_tasks(FLAN_MINI)
     cluster = {t.name: t.cluster for t in tasks}
     held = resolve_holdout(resolve_config({"seed": 0}), tasks)
     assert len(held) == 7 and len({cluster[t] for t in held}) == 7
@@ -27,6 +27,12 @@ def test_auto_holdout_takes_one_task_from_each_of_seven_clusters():
 def test_auto_holdout_never_takes_every_task(tiny_tasks):
     tasks = load_tasks(tiny_tasks)
     assert len(resolve_holdout(resolve_config({"preset": "demo"}), tasks)) == 1
+
+
+@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
+def test_auto_holdout_takes_at_most_half_the_tasks():
+    held = resolve_holdout(resolve_config({}), load_tasks(FLAN_MINI, DEMO_TASKS))
+    assert len(held) == len(DEMO_TASKS) // 2 == 3
 
 
 @pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")

@@ -123,7 +123,7 @@ class StudyConfig(BaseModel):
     )
     holdout: list[str] | Literal["auto", "none"] = Field(
         "auto", description="Tasks held out of a second experimental model E' (Fig 7): names, 'auto' (one "
-                            "seeded task from each of up to 7 clusters) or 'none'.")
+                            "seeded task from each of up to 7 clusters, at most half the tasks) or 'none'.")
     ceiling_tasks: list[str] | Literal["auto", "none"] = Field(
         "auto", description="Tasks whose control is trained twice, the second time under another seed (LoRA "
         "init and data order) on the same examples: CKA(C_t', C_t) per layer is what two equally trained "
@@ -361,14 +361,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 224 prompt and 48 target tokens hold every demo prompt and >= 95% of every task's targets
     # (e2e_nlg's are the longest). Each control sees its 16 examples 4 times, in 16 steps of 4 (1
     # pass taught the answer's form, not the task: 3 of 12 controls learned); E and E' by parity
-    # each task's 16 as often. E' holds out 3 tasks of 3 clusters. Every model is evaluated on all
+    # each task's 16 as often. E' holds out 3 of the 7 tasks (holdout auto). Every model is evaluated on all
     # 96 test prompts (the paired gains above need that many); tasks without options answer greedily
     # on the first 32 (a decoding step reads every weight; their gains are 3-10x larger) and the lens
     # reads the first 32 (19 states through the 262k-token head cost 0.7 of a prompt's forward). The probes
     # are fitted on all 96. 100 permutations per null (p-values from 1/101). ceiling_tasks auto
     # picks sst2, ag_news_subset, e2e_nlg and fix_punct: 4 more controls, states only.
     "demo": {
-        "tasks": DEMO_TASKS, "holdout": ["glue_mrpc", "tatoeba_translate_deen", "fix_punct"],
+        "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
         "generate_examples": 32, "lens_examples": 32, "n_permutations": 100,
         "control": {"lr": 2e-3, "epochs": 4, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",

@@ -109,14 +109,14 @@ MAX_HELDOUT_CLUSTERS = 7  # as in the paper's unseen-task experiment
 
 def resolve_holdout(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
     """The tasks held out of E': named ones, none, or one seeded task from each of up to 7 clusters
-    (never all tasks, so E' always has something to learn from)."""
+    and at most half the tasks (E' learns from at least as many tasks as it is tested on)."""
     names = [t.name for t in tasks]
     if cfg.holdout == "none" or cfg.experimental_model is not None:  # a given E has no E'
         return ()
     if cfg.holdout == "auto":
         rng = np.random.default_rng(cfg.seed)
         clusters = sorted({t.cluster for t in tasks})
-        k = min(MAX_HELDOUT_CLUSTERS, len(clusters), len(tasks) - 1)
+        k = min(MAX_HELDOUT_CLUSTERS, len(clusters), len(tasks) // 2)
         picked = sorted(rng.choice(len(clusters), size=k, replace=False)) if k > 0 else []
         chosen = []
         for c in picked:
