@@ -51,6 +51,22 @@ def _finish(fig, axes, path: Path, sections: dict | None, title: str) -> None:
     figures.save_figure(fig, path)
 
 
+def _keep_layer_zero_off_scale(ax, lens: pd.DataFrame) -> None:
+    """Fit the log-prob axis to layers 1..L when layer 0 (the embedding of the prompt's last token,
+    the same cue for every example) lies far below them, and say where layer 0 is."""
+    median = lens.groupby(["model", "layer"])["logprob"].median()
+    inner = median[median.index.get_level_values("layer") > 0]
+    zero = median[median.index.get_level_values("layer") == 0]
+    if not len(inner) or not len(zero):
+        return
+    low, high = float(inner.min()), float(inner.max())
+    span = max(high - low, 1.0)
+    if float(zero.min()) < low - span:
+        ax.set_ylim(low - 0.08 * span, high + 0.08 * span)
+        ax.text(0.98, 0.04, f"layer 0 off the axis: median {float(zero.min()):.0f} to {float(zero.max()):.0f}",
+                transform=ax.transAxes, ha="right", fontsize=7, color="#444444")
+
+
 def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
     """Logit lens per layer: the gold answer's first token's mean log-probability (left) and, on tasks
     with options, the option accuracy of the lens logits against chance (right)."""
@@ -59,6 +75,8 @@ def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections
     left, right = axes
     if not _median_lines(left, lens, "logprob"):
         _note_empty(left, "no evaluated prompts with a lens in this study", layers)
+    else:
+        _keep_layer_zero_off_scale(left, lens)
     left.set_ylabel("log p(gold answer's first token)")
     options = lens[lens["n_option_examples"] > 0] if len(lens) else lens
     if _median_lines(right, options, "option_accuracy"):
