@@ -24,7 +24,7 @@ def test_demo_preset_tasks_span_clusters_with_enough_test_prompts():
     tasks = load_tasks(FLAN_MINI, DEMO_TASKS)
     assert len({t.cluster for t in tasks}) >= 4
     assert all(len(t.split("test")) >= cfg.n_test >= 96 for t in tasks)
-    assert cfg.eval_examples <= cfg.n_test
+    assert cfg.generate_examples <= cfg.n_test and cfg.lens_examples <= cfg.n_test
 
 
 @pytest.mark.parametrize("override, field", [

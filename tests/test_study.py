@@ -35,9 +35,13 @@ def test_auto_holdout_takes_at_most_half_the_tasks():
     assert len(held) == len(DEMO_TASKS) // 2 == 2
 
 
+TWELVE_CLUSTERS = ["snli", "openbookqa", "arc_easy", "copa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
+                   "tatoeba_translate_deen", "ag_news_subset", "cosmos_qa", "trec"]  # one task per cluster
+
+
 @pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
 def test_auto_ceiling_takes_four_tasks_of_different_clusters():
-    tasks = load_tasks(FLAN_MINI, DEMO_TASKS)
+    tasks = load_tasks(FLAN_MINI, TWELVE_CLUSTERS)
     cluster = {t.name: t.cluster for t in tasks}
     picked = resolve_ceiling(resolve_config({}), tasks)
     assert picked == ("snli", "winogrande", "e2e_nlg", "trec") and len({cluster[t] for t in picked}) == 4
