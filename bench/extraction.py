@@ -10,7 +10,7 @@ block includes the writer's fsync, content hash and publish):
   mossa-lens     `extract(..., score=False)`: the same, plus the logit lens at every layer on
                  every prompt (final norm + the 262k-token head on 19 states per prompt).
   mossa-lens-demo  the lens on the demo's share of each task's prompts (`--eval-share`, the demo's
-                 eval_examples / n_test = 32 / 96), the others states only.
+                 lens_examples / n_test = 32 / 96), the others states only.
   mossa-eval     `extract(...)` as the study runs it on the demo's share: the lens, every option
                  scored from the prompt cache (target loss included), greedy answers on tasks
                  without options; the other prompts states only.
@@ -83,7 +83,7 @@ def main() -> None:
                     help="run a fresh LoRA adapter (as for C_t, E, E') or the plain base model B")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--eval-share", type=float, default=1 / 3,
-                    help="share of each task's prompts lensed and evaluated (the demo: eval_examples 32 of 96)")
+                    help="share of each task's prompts lensed and evaluated (the demo lenses lens_examples 32 of 96)")
     ap.add_argument("--authors-n", type=int, default=8, help="examples for the authors' procedure per round")
     ap.add_argument("--authors-new-tokens", type=int, default=32)
     ap.add_argument("--authors-stop-at-eos", action="store_true",

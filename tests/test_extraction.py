@@ -95,8 +95,8 @@ def test_loss_on_the_first_prompts_only(setup):
 
 
 def test_greedy_answers_on_the_first_generate_rows_only(tiny_model, tiny_tasks):
-    """generate_rows: the first k evaluated prompts without options are answered exactly as in a full
-    run, the rest are scored (test loss, lens) but not answered."""
+    """generate_rows: in a task without options the first k prompts are evaluated (answered and
+    scored) exactly as in a full run, the rest give states alone."""
     from mossa.models import load_model, resolve_model
     from mossa.tasks import PromptBuilder, load_tasks
 
@@ -105,12 +105,14 @@ def test_greedy_answers_on_the_first_generate_rows_only(tiny_model, tiny_tasks):
     prompts = PromptBuilder(loaded.tokenizer, cue="Answer:", max_prompt_tokens=64,
                             max_target_tokens=8).build_all(task, task.split("test"))
     host = AdapterHost(loaded)
-    full = extract(host, None, prompts, token_budget=256).evaluation
+    full = extract(host, None, prompts, token_budget=256)
     k = len(prompts) // 2
-    part = extract(host, None, prompts, token_budget=256, generate_rows=k).evaluation
-    assert part["generated"][:k] == full["generated"][:k] and all(isinstance(g, str) for g in full["generated"])
-    assert part["generated"][k:] == [None] * (len(prompts) - k)
-    np.testing.assert_allclose(part["nll"], full["nll"], atol=1e-5)
+    part = extract(host, None, prompts, token_budget=256, generate_rows=k)
+    assert part.evaluation["rows"] == list(range(k)) and all(isinstance(g, str) for g in full.evaluation["generated"])
+    assert part.evaluation["generated"] == full.evaluation["generated"][:k]
+    np.testing.assert_allclose(part.target_nll[:k], full.target_nll[:k], atol=1e-5)
+    assert np.isnan(part.target_nll[k:]).all()
+    np.testing.assert_allclose(part.acts, full.acts, atol=1e-5)
 
 
 def test_lens_on_the_first_lens_rows_only(setup):

@@ -152,7 +152,8 @@ class StudyConfig(BaseModel):
     generate_examples: int | None = Field(
         None, ge=1, description="Of the evaluated prompts of a task without options, the first n get a greedy answer "
         "(None = all evaluated): a decoding step reads every weight, so answers cost more than anything else the "
-        "evaluation does. The others are still scored (test loss, lens).")
+        "evaluation does. A task without options is evaluated on its answered prompts alone (its metrics are "
+        "the answers'); in a task that mixes both, the other prompts without options are scored (loss, lens).")
     lens_examples: int | None = Field(
         None, ge=1, description="Of the evaluated prompts, the first n are read by the logit lens (None = all): each "
         "layer's state through the final norm and the whole LM head, about 0.7 of a short prompt's forward pass.")

@@ -188,7 +188,9 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         (losses NaN, no record).
     generate_rows : int, optional
         Of the evaluated prompts without options, those among the first `generate_rows` get a greedy
-        answer (None = all); the others are scored alone (their `generated` is None).
+        answer (None = all); in a task whose prompts all lack options these are the evaluated prompts
+        (an answer is what such a task is scored by), in a mixed one the others are scored alone
+        (their `generated` is None).
     lens_rows : int, optional
         With `lens`, the lens reads the evaluated prompts among the first `lens_rows` (None = all):
         19 states through a 262k-token head cost about 0.7 of a short prompt's forward pass.
@@ -217,10 +219,12 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
     if own:
         sink = ArraySink([p.id for p in prompts], loaded.n_layers + 1, loaded.hidden_size)
     n_eval = (n if eval_rows is None else min(eval_rows, n)) if evaluate and (score or lens) else 0
-    n_lens = (n_eval if lens_rows is None else min(lens_rows, n_eval)) if lens else 0
-    ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, n_lens, score) if n_eval else None
     stop = AnswerStop(loaded.tokenizer, answer_end or [], one_line=one_line)
     n_gen = n_eval if generate_rows is None else min(generate_rows, n_eval)
+    if not any(p.options for p in prompts[:n_eval]):  # a task without options: the answered prompts alone
+        n_eval = n_gen
+    n_lens = (n_eval if lens_rows is None else min(lens_rows, n_eval)) if lens else 0
+    ev = _Evaluation(prompts[:n_eval], loaded.n_layers + 1, n_lens, score) if n_eval else None
     open_targets = [len(p.target_ids) for p in prompts[:n_gen] if not p.options]
     if open_targets:
         max_new_tokens = min(max_new_tokens, max(open_targets))
