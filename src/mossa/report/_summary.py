@@ -30,7 +30,7 @@ class StudySummary:
     median_experimental_upper: float
     heldout: dict = field(default_factory=dict)
     controls_better: tuple[int, int] = (0, 0)
-    loss_scored: tuple[int, int] | None = None  # (fewest scored, most test prompts) when not all were scored
+    loss_scored: tuple[int, int, int] | None = None  # (fewest, most scored, most test prompts) when not all were
     not_learned: list[str] | None = None  # tasks whose control failed the task-metric check (None: no check)
     n_values: int = 0
     n_undefined: int = 0
@@ -114,7 +114,8 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
                    "base_upper_seen": _median(seen, "base", upper)}
     better = int(controls["control_better"].sum()) if "control_better" in controls else 0
     partial = "n_scored" in controls and bool((controls["n_scored"] < controls["n_examples"]).any())
-    loss_scored = (int(controls["n_scored"].min()), int(controls["n_examples"].max())) if partial else None
+    loss_scored = (int(controls["n_scored"].min()), int(controls["n_scored"].max()),
+                   int(controls["n_examples"].max())) if partial else None
     not_learned = ([str(t) for t, ok in zip(controls["task"], controls["learned"]) if not (ok is True or ok == 1)]
                    if "learned" in controls else None)
     return StudySummary(
@@ -199,8 +200,11 @@ def _reference_sentences(ref: dict, up: str) -> list[str]:
 def summary_sentences(s: StudySummary) -> list[str]:
     """The report's summary, one sentence per finding, written from the numbers; when no similarity
     value is defined, the controls' losses and why the values are undefined."""
-    scored = (f" (scored on {s.loss_scored[0]} of each task's {s.loss_scored[1]} test prompts, the same ones for "
-              f"both)" if s.loss_scored else "")
+    scored = ""
+    if s.loss_scored:
+        lo, hi, n = s.loss_scored
+        share = f"{lo}" if lo == hi else f"{lo} to {hi}"
+        scored = f" (scored on {share} of each task's {n} test prompts, the same ones for both)"
     controls = (f"{s.controls_better[0]} of {s.controls_better[1]} control models beat the base model on their "
                 f"own task's test loss{scored}.")
     if s.not_learned is not None:
