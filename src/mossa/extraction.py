@@ -160,7 +160,8 @@ def _evaluate_batch(model, out, batch: Batch, group: list[Prompt], rows: np.ndar
 
 def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, token_budget: int,
             last_layer: str = "post_norm", sink=None, evaluate: bool = True, eval_rows: int | None = None,
-            generate_rows: int | None = None, lens_rows: int | None = None, lens: bool = True, score: bool = True, answer_end: list[int] | None = None, one_line: bool = True,
+            generate_rows: int | None = None, lens_rows: int | None = None, lens: bool = True, score: bool = True,
+            answer_end: list[int] | None = None, one_line: bool = True,
             max_new_tokens: int = 32, on_batch=None) -> Activations | None:
     """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32, and the
     evaluation record of the first `eval_rows` prompts.
