@@ -393,7 +393,8 @@ class _Study:
                                           hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
                     last_layer=self.cfg.last_layer, sink=sink, evaluate=evaluated, eval_rows=self.cfg.eval_examples,
-                    generate_rows=self.cfg.generate_examples, lens_rows=self.cfg.lens_examples, answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
+                    generate_rows=self.cfg.generate_examples, lens_rows=self.cfg.lens_examples,
+                    answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
                     max_new_tokens=self.cfg.max_target_tokens)
         self.seconds["extract"] += time.perf_counter() - t0
 
