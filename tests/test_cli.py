@@ -14,7 +14,8 @@ OUTPUTS = ["results/similarity.parquet", "results/similarity.csv", "results/cont
            "results/spectral.csv", "results/correlations.csv", "results/sections.json",
            "results/layer_by_layer_cka.csv", "figures/cka_by_layer.png", "figures/cka_by_cluster.png",
            "figures/layer_by_layer_cka.png", "figures/variance_dims.png", "figures/correlations.png",
-           "figures/tsne_layers.png", "results/tsne.csv", "study.json"]
+           "figures/tsne_layers.png", "results/tsne.csv", "results/outliers.csv", "results/robustness.json",
+           "figures/outliers.png", "study.json"]
 
 
 def _run(tiny_model, tiny_tasks, out, *extra):
@@ -44,6 +45,9 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert (upper["ci_low"] <= upper["value"] + 1e-12).all() and (upper["value"] <= upper["ci_high"] + 1e-12).all()
     sections = json.loads((out / "results/sections.json").read_text())
     assert sections["transition_found"] is False and "layers without NaN, got 2" in sections["reason"]
+    robust = json.loads((out / "results/robustness.json").read_text())
+    assert robust["sentence"] and all(v["sentence"] and v["computed"] for v in robust["variants"].values())
+    assert set(pd.read_csv(out / "results/outliers.csv")["model"]) == {"base", "experimental", "control"}
     spectral = pd.read_csv(out / "results/spectral.csv")
     assert set(spectral["model"]) == {"base", "experimental", "control"} and (spectral["dims_for_variance"] <= 11).all()
     corr = pd.read_csv(out / "results/correlations.csv")

@@ -105,7 +105,8 @@ def run(
     templates: Optional[str] = typer.Option(None, help="Instruction templates: all (one drawn per example) | "
                                             "first."),
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
-                                           "linear_cka, debiased_cka, rbf_cka)."),
+                                           "linear_cka, debiased_cka, rbf_cka and the robust variants of "
+                                           "debiased CKA, mossa.similarity.ROBUST_MEASURES)."),
     holdout: Optional[str] = typer.Option(None, help="Tasks held out of E' (comma-separated), auto or none."),
     ceiling_tasks: Optional[str] = typer.Option(None, help="Tasks whose control is trained again under another "
                                                 "seed, for the ceiling CKA(C_t', C_t) (comma-separated), auto or "
@@ -131,6 +132,12 @@ def run(
                                                "E instead of training one."),
     experimental_train: bool = typer.Option(False, "--experimental-train", help="Train E on the task mixture "
                                             "(the default; overrides experimental_model of a --config file)."),
+    causal_full: bool = typer.Option(False, "--causal-full", help="Run the causal check (E's adapter on in one "
+                                     "section only, and outside it) on every task and every evaluated prompt, "
+                                     "not the preset's subset."),
+    restrict_sections: bool = typer.Option(False, "--restrict-sections", help="Also train one E per section "
+                                           "with LoRA on that section's layers only, and report their task "
+                                           "metrics beside E's."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
     from mossa.config import resolve_config
@@ -149,8 +156,11 @@ def run(
                           "ray_address": ray_address, "ray_cpus": ray_cpus, "threads": threads,
                           "cpus_per_unit": cpus_per_unit, "gpus_per_unit": gpus_per_unit,
                           "experimental_model": _experimental(experimental, experimental_train),
-                          "task_files": _task_files(task_file, cluster)},
+                          "task_files": _task_files(task_file, cluster),
+                          "restrict_sections": restrict_sections or None},
                          config_file=config, unset=("experimental_model",) if experimental_train else ())
+    if causal_full:
+        cfg = cfg.model_copy(update={"causal_examples": None, "causal_tasks": "all"})
     result = run_study(cfg, reporter=Reporter(), wait=wait)
     _summary(result)
 
@@ -194,7 +204,8 @@ def init(path: Path = typer.Argument(Path("study.yaml"), help="Where to write th
 def analyze(
     study_dir: Path = typer.Argument(..., help="A study folder written by `mossa run`."),
     measures: Optional[str] = typer.Option(None, help="Comma-separated similarity measures (default: "
-                                           "linear_cka, debiased_cka, rbf_cka)."),
+                                           "linear_cka, debiased_cka, rbf_cka and the robust variants of "
+                                           "debiased CKA, mossa.similarity.ROBUST_MEASURES)."),
     n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples (default: the study's)."),
     n_permutations: Optional[int] = typer.Option(None, help="Permutations of every value's null (default: the "
                                                  "study's)."),

@@ -35,12 +35,28 @@ class LoraSettings(BaseModel):
                                                  "attention query and value projections of the model's family "
                                                  "(q_proj/v_proj, GPT-2's c_attn, GPT-NeoX's query_key_value).")
 
+    layers: list[int] | None = Field(None, description="Train LoRA on the blocks of this layer range only, [first, "
+                                     "last] inclusive, numbered as the study's layers (1 = the first block, whose "
+                                     "output is layer 1); None = every layer. peft's layers_to_transform.")
+
     @field_validator("targets")
     @classmethod
     def _some_targets(cls, v):
         if isinstance(v, list) and not v:
             raise ValueError("name at least one module, or 'auto'")
         return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_range(cls, v):
+        if v is not None and (len(v) != 2 or v[0] < 1 or v[1] < v[0]):
+            raise ValueError(f"expected [first, last] with 1 <= first <= last, got {v}")
+        return v
+
+    def key(self) -> dict:
+        """The settings as cache keys hold them (an unset layer range is left out: keys of studies run before
+        it existed stay valid)."""
+        return self.model_dump(exclude={"layers"} if self.layers is None else set())
 
 
 class TrainSettings(BaseModel):
@@ -162,6 +178,20 @@ class StudyConfig(BaseModel):
     evaluate_ceiling: bool = Field(False, description="Also evaluate each second-seed control C_t' (B, E, E' and "
                                    "every C_t always are); C_t' serves the similarity ceiling, where only its states "
                                    "are used.")
+    causal_layers: list[list[int]] | Literal["sections", "none"] = Field(
+        "sections", description="Layer ranges E's adapter is switched on in (only there, and everywhere but there) "
+        "to test which layers carry E's gain over B (results/causal.csv): 'sections' = the shared, transition and "
+        "refinement sections found (the thirds of the depth when none is found), a list of [first, last] "
+        "ranges, or 'none' (no causal check).")
+    causal_examples: int | None = Field(
+        None, ge=1, description="Evaluated test prompts per task the causal check runs on: the first n (None = all "
+        "the evaluated ones). Each range costs two evaluations of E on them.")
+    causal_tasks: list[str] | Literal["all"] = Field("all", description="Tasks the causal check runs on (names, or "
+                                                     "'all'); `mossa run --causal-full` sets 'all' and every "
+                                                     "evaluated prompt.")
+    restrict_sections: bool = Field(False, description="Also train one E per layer range of causal_layers with LoRA "
+                                    "on that range only (lora.layers), same mixture and budget as E, and report "
+                                    "their task metrics beside E's (performance.csv, models 'restricted <range>').")
     executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
                           "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
                           "Ray task per unit; same results).")
@@ -238,6 +268,32 @@ class StudyConfig(BaseModel):
             if dupes:
                 raise ValueError(f"names a task twice: {', '.join(dupes)}")
         return v
+
+    @field_validator("causal_layers")
+    @classmethod
+    def _causal_ranges(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("name at least one [first, last] range, or 'sections' or 'none'")
+            for r in v:
+                if len(r) != 2 or r[0] < 1 or r[1] < r[0]:
+                    raise ValueError(f"expected [first, last] ranges with 1 <= first <= last, got {r}")
+        return v
+
+    @field_validator("causal_tasks", mode="before")
+    @classmethod
+    def _causal_all(cls, v):
+        return "all" if v == ["all"] else v
+
+    @model_validator(mode="after")
+    def _restrict_needs_ranges(self):
+        if self.restrict_sections and self.causal_layers == "none":
+            raise ValueError("restrict_sections trains one E per range of causal_layers, which is 'none'; name "
+                             "ranges or 'sections'")
+        if self.restrict_sections and self.experimental_model is not None:
+            raise ValueError("restrict_sections trains E on layer ranges, but E is given (experimental_model); "
+                             "train E instead")
+        return self
 
     @field_validator("executor")
     @classmethod
@@ -353,7 +409,7 @@ DEMO_TASKS = ["glue_mrpc", "e2e_nlg", "tatoeba_translate_deen", "fix_punct", "wo
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "tasks": ["sst2", "e2e_nlg"], "holdout": "none", "ceiling_tasks": "none",
+        "tasks": ["sst2", "e2e_nlg"], "holdout": "none", "ceiling_tasks": "none", "causal_examples": 8,
         "n_train": 16, "n_test": 16, "max_prompt_tokens": 64, "max_target_tokens": 8,
         "control": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
         "experimental": {"lr": 2e-3, "max_steps": 2, "batch_size": 4, "grad_accum": 1, "schedule": "constant"},
@@ -367,11 +423,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (`generate_examples`: a decoding step reads every weight) and the lens reads the first 32
     # (`lens_examples`: 19 states through the 262k-token head cost 0.7 of a prompt's forward). The
     # probes are fitted on all 96. 100 permutations per null (p-values from 1/101). ceiling_tasks
-    # auto picks one task of each of the 4 clusters: 4 more controls, states only.
+    # auto picks one task of each of the 4 clusters: 4 more controls, states only. The causal check
+    # (E's adapter on in one section only, and outside it; on the demo's 5 tasks no transition is
+    # found, so the thirds of the depth) runs on the first 32 prompts of 3 tasks: per mask, 32 prompts cost 5.6 s
+    # (glue_mrpc), 7 s (fix_punct, word_segment), 11 s (tatoeba) and 21 s (e2e_nlg, long answers) on
+    # a 2-core Xeon, so all 5 tasks (and E' on its 2) would add 8 minutes; `--causal-full` runs them.
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
         "generate_examples": 32, "lens_examples": 32, "n_permutations": 100,
+        "causal_examples": 32, "causal_tasks": ["glue_mrpc", "fix_punct", "word_segment"],
         "control": {"lr": 2e-3, "epochs": 2, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
         "experimental": {"lr": 2e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",

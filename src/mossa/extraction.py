@@ -162,7 +162,7 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
             last_layer: str = "post_norm", sink=None, evaluate: bool = True, eval_rows: int | None = None,
             generate_rows: int | None = None, lens_rows: int | None = None, lens: bool = True, score: bool = True,
             answer_end: list[int] | None = None, one_line: bool = True,
-            max_new_tokens: int = 32, on_batch=None) -> Activations | None:
+            max_new_tokens: int = 32, layers=None, on_batch=None) -> Activations | None:
     """Hidden states of the last prompt token at every layer, [layers+1, n, d] float32, and the
     evaluation record of the first `eval_rows` prompts.
 
@@ -206,6 +206,8 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
         The longest greedy answer (the study's target limit); no answer runs longer than the
         longest target among the evaluated prompts without options (the task's target limit:
         the same for every model, whatever the batching).
+    layers : collection of int, optional
+        With `adapter`, its update is added in these blocks only (1-based; `AdapterHost.use`); None = all.
     on_batch : callable, optional
         Called with the number of examples done after each batch.
 
@@ -237,7 +239,7 @@ def extract(host: AdapterHost, adapter: str | None, prompts: list[Prompt], *, to
             raise RuntimeError(f"{loaded.name}: no final norm module found for last_layer='pre_norm'")
         hook = norm.register_forward_pre_hook(lambda _m, args: captured.__setitem__("pre", args[0]))
     try:
-        with host.use(adapter) as model, torch.inference_mode(), loaded.autocast():
+        with host.use(adapter, layers=layers) as model, torch.inference_mode(), loaded.autocast():
             reader = LogitLens(model, loaded.final_norm) if n_lens else None
             for members, evaluated in ((np.arange(n_eval), True), (np.arange(n_eval, n), False)):
                 group = [prompts[i] for i in members]

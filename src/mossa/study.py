@@ -41,8 +41,10 @@ from mossa.analysis import (
     depth_map,
     not_learned,
     readability,
+    section_checks,
 )
-from mossa.config import StudyConfig, preset_tasks
+from mossa.causal import masks, run_masks, section_ranges
+from mossa.config import LoraSettings, StudyConfig, preset_tasks
 from mossa.errors import MossaError, StorageError
 from mossa.executors import Unit, check_executor, make_executor
 from mossa.extraction import extract
@@ -58,9 +60,9 @@ from mossa.models import (
     resolve_model,
 )
 from mossa.progress import Reporter
-from mossa.report import plot_study
+from mossa.report import plot_section_checks, plot_study
 from mossa.report.html import write_report
-from mossa.store import MARKER, StudyDir, atomic_path, write_json
+from mossa.store import MARKER, StudyDir, atomic_path, read_json, write_json
 from mossa.tasks import (
     PromptBuilder,
     MODEL_TEMPLATE,
@@ -196,6 +198,7 @@ def validate(cfg: StudyConfig) -> tuple[list[TaskSpec], object]:
         check_test_prompts(task, len(sample_split(task, "test", cfg.n_test, cfg.seed)))
     resolve_holdout(cfg, tasks)
     resolve_ceiling(cfg, tasks)
+    check_causal_tasks(cfg, tasks)
     source = resolve_model(cfg.model)
     check_model_available(source)
     pick_device(cfg.device)
@@ -257,6 +260,27 @@ def check_lora_targets(model, targets: list[str]) -> None:
     if missing:
         raise MossaError(f"field 'lora.targets': {', '.join(missing)} not found in the model; its linear "
                          f"modules are {', '.join(linear_module_names(model))}")
+
+
+def check_causal_tasks(cfg: StudyConfig, tasks: list[TaskSpec]) -> None:
+    """The causal check's tasks must be among the study's."""
+    names = [t.name for t in tasks]
+    if cfg.causal_tasks != "all":
+        unknown = [t for t in cfg.causal_tasks if t not in names]
+        if unknown:
+            raise MossaError(f"field 'causal_tasks': {', '.join(unknown)} not among the study's tasks "
+                             f"({', '.join(names)})")
+
+
+def check_layer_ranges(cfg: StudyConfig, n_layers: int) -> None:
+    """Layer ranges the user names (lora.layers, causal_layers) must lie within the model's layers."""
+    named = [("lora.layers", cfg.lora.layers)] if cfg.lora.layers else []
+    if isinstance(cfg.causal_layers, list):
+        named += [("causal_layers", r) for r in cfg.causal_layers]
+    for where, (first, last) in named:
+        if last > n_layers:
+            raise MossaError(f"field '{where}': [{first}, {last}] reaches past the model's {n_layers} layers; "
+                             f"name layers 1 to {n_layers}")
 
 
 class _Study:
@@ -351,7 +375,7 @@ class _Study:
         n = len(self.train[task.name])
         return {**readability(inputs), "train_size": min(n, examples_seen(n, self.cfg.control))}
 
-    def _adapter(self, unit: str, prompts, settings, inputs: str) -> None:
+    def _adapter(self, unit: str, prompts, settings, inputs: str, *, lora: LoraSettings | None = None) -> None:
         """Train adapter `unit` (or load it when a finished one with the same inputs exists)."""
         t0 = time.perf_counter()
         done = self.study.unit_done(unit, inputs)
@@ -361,7 +385,7 @@ class _Study:
             self.train_logs[unit] = done["log"]
             return
         with self.rep.bar(f"train {unit}", total=n_steps(len(prompts), settings)) as advance:
-            log = train_adapter(self.host, unit, prompts, settings=settings, lora=self.cfg.lora, seed=self.cfg.seed,
+            log = train_adapter(self.host, unit, prompts, settings=settings, lora=lora or self.cfg.lora, seed=self.cfg.seed,
                                 on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
         with self.study.adapter_writer(unit) as tmp:  # the marker last; the folder is published whole
             self.host.save(unit, tmp)
@@ -402,7 +426,7 @@ class _Study:
         """Unit `label`-<task>: LoRA on task t alone with the control's recipe, then its states on t's
         test prompts as model `label`; the adapter is then dropped."""
         unit = f"{label}-{task}"
-        inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.model_dump(), self.cfg.control.model_dump(),
+        inputs = _hash(self.base_key, self.task_fp[task], self.cfg.lora.key(), self.cfg.control.model_dump(),
                        label)
         acts_key = _hash(inputs, "acts", *self.eval_key(label))
         done = self.study.unit_done(unit, inputs)
@@ -464,11 +488,13 @@ class _Study:
             seen = [t.name for t in self.tasks if t.name not in self.heldout_tasks]
             self._mixture_unit(HELDOUT, seen, list(self.heldout_tasks))
 
-    def _mixture_unit(self, unit: str, train_on: list[str], evaluate_on: list[str]) -> None:
+    def _mixture_unit(self, unit: str, train_on: list[str], evaluate_on: list[str], *,
+                      lora: LoraSettings | None = None) -> None:
         cfg = self.cfg
+        lora = lora or cfg.lora
         fps = {t: self.task_fp[t] for t in train_on}
         budget = cfg.control.model_dump() if cfg.experimental_budget == "parity" else None
-        inputs = _hash(self.base_key, fps, cfg.lora.model_dump(), cfg.experimental.model_dump(), cfg.cluster_cap,
+        inputs = _hash(self.base_key, fps, lora.key(), cfg.experimental.model_dump(), cfg.cluster_cap,
                        unit, cfg.experimental_budget, budget)
         keys = {t: _hash(inputs, "acts", self.task_fp[t], *self.eval_key(unit)) for t in evaluate_on}
         done = self.study.unit_done(unit, inputs)
@@ -483,7 +509,7 @@ class _Study:
         else:
             mix = mixture(train, self.clusters, cap=cfg.cluster_cap, seed=cfg.seed)
         self.rep.log(f"{unit} mixture: {len(mix)} examples from {len(train_on)} tasks ({cfg.experimental_budget})")
-        self._adapter(unit, mix, settings, inputs)
+        self._adapter(unit, mix, settings, inputs, lora=lora)
         self._extract_tasks(unit, unit, keys)
         self.host.remove(unit)
 
@@ -491,6 +517,84 @@ class _Study:
         """B: the plain base model's states on every task."""
         self._extract_tasks("base", None, {t: _hash(self.base_key, "base", fp, *self.eval_key("base"))
                                            for t, fp in self.task_fp.items()})
+
+    def layer_ranges(self) -> tuple[dict[str, tuple[int, int]], str]:
+        """The ranges the causal check and the restricted E's use (`mossa.causal.section_ranges`); the
+        sections are read from results/sections.json, which the analysis has written by now."""
+        named = self.cfg.causal_layers if isinstance(self.cfg.causal_layers, list) else None
+        sections = {} if named else read_json(self.study.path("results", "sections.json"))
+        return section_ranges(sections, self.loaded.n_layers, named)
+
+    def causal_tasks(self) -> dict[str, list[str]]:
+        """Model -> the tasks its causal check runs on: E (trained, or a given adapter) on the causal tasks,
+        E' on those of them it was not trained on."""
+        chosen = [t.name for t in self.tasks if self.cfg.causal_tasks == "all" or t.name in self.cfg.causal_tasks]
+        given = experimental_source(self.cfg.experimental_model)
+        out = {EXPERIMENTAL: chosen} if given is None or given[0] == "adapter" else {}
+        held = [t for t in chosen if t in self.heldout_tasks]
+        if held:
+            out[HELDOUT] = held
+        return out
+
+    def causal(self) -> None:
+        """E (and E') with the adapter on in each layer range only, and outside it, on the first
+        `causal_examples` evaluated prompts of each causal task; one record per (model, task) under causal/."""
+        cfg = self.cfg
+        ranges, source = self.layer_ranges()
+        order = masks(ranges, self.loaded.n_layers)
+        for model, tasks in self.causal_tasks().items():
+            adapter = self._causal_adapter(model)
+            loaded_here = False
+            for task in tasks:
+                prompts = self.test[task][:min(n for n in (cfg.causal_examples, cfg.eval_examples, len(self.test[task]))
+                                               if n)]
+                key = _hash(adapter, self.prompt_key, self.task_fp[task], ranges, len(prompts),
+                            *self.eval_key(model), "causal v1")
+                path = self.study.path("causal", model, f"{task}.json")
+                if path.is_file() and read_json(path).get("inputs") == key:
+                    continue
+                if not loaded_here:
+                    self._load_causal_adapter(model)
+                    loaded_here = True
+                t0 = time.perf_counter()
+                with self.rep.bar(f"causal {model} {task}", total=len(order)) as advance:
+                    def run(layers, prompts=prompts, advance=advance):
+                        record = extract(self.host, model, prompts, token_budget=cfg.extract_token_budget,
+                                         last_layer=cfg.last_layer, generate_rows=cfg.generate_examples, lens=False,
+                                         answer_end=self.builder.end_of_answer(), one_line=self.builder.mode == "plain",
+                                         max_new_tokens=cfg.max_target_tokens, layers=layers).evaluation
+                        advance(1)
+                        return record
+                    record = run_masks(self.host, model, prompts, order, token_budget=cfg.extract_token_budget,
+                                       extract=run)
+                write_json(path, {"inputs": key, "model": model, "task": task, "source": source,
+                                  "ranges": {k: list(v) for k, v in ranges.items()}, **record})
+                self.seconds["extract"] += time.perf_counter() - t0
+            if loaded_here:
+                self.host.remove(model)
+
+    def _causal_adapter(self, model: str) -> str:
+        """The fingerprint of the adapter `model`'s causal check masks (its training inputs, or a given one's digest)."""
+        given = experimental_source(self.cfg.experimental_model)
+        if model == EXPERIMENTAL and given is not None:
+            return adapter_digest(given[1])
+        marker = read_json(self.study.adapter_dir(model) / MARKER)
+        return marker["inputs"]
+
+    def _load_causal_adapter(self, model: str) -> None:
+        given = experimental_source(self.cfg.experimental_model)
+        where = given[1] if model == EXPERIMENTAL and given is not None else self.study.adapter_dir(model)
+        self.host.load(model, where)
+
+    def restricted(self, name: str) -> None:
+        """E with LoRA on one layer range only (`lora.layers`), on E's mixture and budget, evaluated on every
+        task as model 'restricted <range>'."""
+        ranges, _ = self.layer_ranges()
+        first, last = ranges[name]
+        unit = restricted_label(name)
+        lora = self.cfg.lora.model_copy(update={"layers": [first, last]})
+        every = [t.name for t in self.tasks]
+        self._mixture_unit(unit, every, every, lora=lora)
 
     def _extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
                        host: AdapterHost | None = None, test: dict | None = None,
@@ -509,6 +613,7 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
     targets = resolve_lora_targets(cfg.lora.targets, loaded.model)  # pinned: provenance, reruns and units
     cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"targets": targets})})
     check_lora_targets(loaded.model, targets)
+    check_layer_ranges(cfg, loaded.n_layers)
     if cfg.tsne_layers:
         check_tsne_layers(cfg.tsne_layers, loaded.n_layers)
     t0 = time.perf_counter()
@@ -542,8 +647,20 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
         for stage in ("train", "extract"):
             timings[stage] = sum(r["seconds"][stage] for r in results)
         training = {r["unit"]: r["log"] for r in results if r["log"] is not None}
-        finish = Unit("analysis", finish_study, (unit_cfg, unit_cfg.out, provenance, training, timings, started),
-                      cpus=units[0].cpus)
+        cpus, gpus = units[0].cpus, units[0].gpus
+        analysis = Unit("analysis", analysis_unit, (unit_cfg, unit_cfg.out, provenance), cpus=cpus)
+        [tables] = executor.map([analysis])
+        later = [Unit(name, run_unit, (unit_cfg, unit_cfg.out, name), cpus=cpus, gpus=gpus)
+                 for name in section_units(unit_cfg, read_json(study.path("results", "sections.json")),
+                                           provenance["model"]["n_layers"])]
+        if later:
+            t0 = time.perf_counter()
+            for r in executor.map(later):
+                if r["log"] is not None:
+                    training[r["unit"]] = r["log"]
+            timings["causal"] = time.perf_counter() - t0
+        finish = Unit("report", finish_study, (unit_cfg, unit_cfg.out, provenance, training,
+                                               {**timings, **tables.timings}, started, tables), cpus=cpus)
         [result] = executor.map([finish])
     finally:
         _OPEN.pop(key, None)
@@ -640,6 +757,21 @@ def _unit_threads(n: int):
         torch.set_num_threads(before)
 
 
+def restricted_label(name: str) -> str:
+    """The unit and model label of the E trained on layer range `name` only ("restricted-shared")."""
+    return "restricted-" + name.replace(" ", "-")
+
+
+def section_units(cfg: StudyConfig, sections: dict, n_layers: int) -> list[str]:
+    """The units that need the sections (run after the analysis): the causal check, and with
+    `restrict_sections` one restricted E per layer range."""
+    if cfg.causal_layers == "none":
+        return []
+    named = cfg.causal_layers if isinstance(cfg.causal_layers, list) else None
+    ranges, _ = section_ranges(sections, n_layers, named)
+    return ["causal"] + ([restricted_label(r) for r in ranges] if cfg.restrict_sections else [])
+
+
 def run_unit(cfg: StudyConfig, root: Path, name: str) -> dict:
     """Run one unit of the study at `root`: 'control-<task>', 'ceiling-<task>', 'experimental', 'heldout' or
     'base'.
@@ -659,24 +791,42 @@ def run_unit(cfg: StudyConfig, root: Path, name: str) -> dict:
             run.heldout()
         elif name == "base":
             run.base()
+        elif name == "causal":
+            run.causal()
+        elif name.startswith("restricted-"):
+            ranges, _ = run.layer_ranges()
+            [range_name] = [r for r in ranges if restricted_label(r) == name]
+            run.restricted(range_name)
         else:
             raise ValueError(f"unknown study unit {name!r}")
         return {"unit": name, "log": run.train_logs.get(name),
                 "seconds": {k: run.seconds[k] - before[k] for k in before}}
 
 
+def analysis_unit(cfg: StudyConfig, root: Path, provenance: dict) -> StudyResult:
+    """Every table and figure the stored activations give (the sections among them), before the units
+    that need the sections run."""
+    with _unit_threads(cfg.threads):
+        run = _OPEN.get(_study_key(cfg))
+        rep = run.rep if run is not None else Reporter(enabled=False)
+        provenance = {**provenance, "experimental": experimental_info(StudyDir(root), provenance)}
+        return analyze_and_report(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
+                                  n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
+                                  provenance=provenance, reporter=rep)
+
+
 def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict, timings: dict,
-                 started: float) -> StudyResult:
-    """The last unit: every table and figure, study.json marked complete, the report."""
+                 started: float, analysis: StudyResult) -> StudyResult:
+    """The last unit: the causal check's and the restricted E's tables and figure, study.json marked
+    complete, the report."""
     with _unit_threads(cfg.threads):
         run = _OPEN.get(_study_key(cfg))
         rep = run.rep if run is not None else Reporter(enabled=False)
         study = StudyDir(root)
         provenance = {**provenance, "experimental": experimental_info(study, provenance)}
-        analysis = analyze_and_report(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
-                                      n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
-                                      provenance=provenance, reporter=rep)
-        timings = {**timings, **analysis.timings, "total": time.time() - started}
+        t0 = time.perf_counter()
+        plot_section_checks(root, section_checks(root, provenance))
+        timings = {**timings, "causal_tables": time.perf_counter() - t0, "total": time.time() - started}
         missed = not_learned(analysis.controls)
         if missed:
             rep.log(f"controls that did not learn their task ({LEARNED_RULE}): {', '.join(missed)}")
@@ -713,6 +863,8 @@ def analyze_and_report(root: Path, *, provenance: dict | None = None, reporter: 
     tables = analyze_study(root, provenance=provenance, log=rep.log, **options)
     t0 = time.perf_counter()
     plot_study(tables)
+    plot_section_checks(root, section_checks(root, provenance or read_json(StudyDir(root).path("study.json")),
+                                             n_boot=options.get("n_boot")))
     timings = {**tables.timings, "figures": time.perf_counter() - t0}
     return StudyResult(root=tables.root, similarity=tables.similarity, controls=tables.controls, timings=timings)
 

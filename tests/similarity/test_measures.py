@@ -49,7 +49,11 @@ seeds = st.integers(0, 2**32 - 1)
 
 ALL_MEASURES = [
     "debiased_cka",
+    "debiased_cka_no_outliers",
+    "debiased_cka_random_dims",
+    "debiased_cka_standardized",
     "linear_cka",
+    "linear_cka_standardized",
     "mutual_knn",
     "procrustes_distance",
     "pwcca",
@@ -604,7 +608,7 @@ def scratch_registry(monkeypatch):
 def test_unknown_name_lists_close_names():
     with pytest.raises(MossaError, match=r"unknown measure 'svcaa'.*did you mean svcca") as info:
         get_measure("svcaa")
-    assert "available: debiased_cka, linear_cka" in str(info.value)
+    assert "available: debiased_cka, debiased_cka_no_outliers" in str(info.value)
     with pytest.raises(MossaError, match="did you mean linear_cka"):
         get_measure("linear_ckа")  # Cyrillic a
     with pytest.raises(MossaError, match="unknown measure"):

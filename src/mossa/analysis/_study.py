@@ -1,6 +1,7 @@
 """Every table of a finished study, recomputed from its stored activations and evaluation records
 (no model): similarity, cross-layer, medians, sections, spectra, correlations, t-SNE, task
-performance with the controls' check, the logit lens and the linear probes.
+performance with the controls' check, the logit lens, the linear probes, the outlier dimensions and
+the robustness of the sections to them.
 
 Stage: analysis (reads study.json, activations/ and prompts.jsonl; writes results/). The
 figures and the report are drawn from what this returns (`mossa.report`).
@@ -17,7 +18,9 @@ import pandas as pd
 
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._correlations import PROPERTIES, correlations
+from mossa.analysis._outliers import outlier_table
 from mossa.analysis._pool import JobPool, choose_workers
+from mossa.analysis._robustness import robustness
 from mossa.analysis._sections import layer_sections
 from mossa.analysis._similarity import COMPARED, DEFAULT_MEASURES, HELDOUT, analyze, check_measures, on_grid, write_table
 from mossa.analysis._spectra import spectral_table
@@ -54,6 +57,8 @@ class StudyTables:
     probes: pd.DataFrame
     heldout: tuple[str, ...]
     heldout_medians: pd.DataFrame | None
+    outliers: pd.DataFrame | None = None  # results/outliers.csv
+    robustness: dict = field(default_factory=dict)  # results/robustness.json
     timings: dict = field(default_factory=dict)
 
 
@@ -151,6 +156,11 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         probes = probe_table(study.root, labels, probe_models, clusters, seed=seed, pool=pool,
                              max_examples=probe_examples)
         timings["probes"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        outliers = outlier_table(study, clusters, heldout=heldout, ceiling=ceiling, pool=pool)
+        timings["outliers"] = time.perf_counter() - t1
+    with atomic_path(study.path("results", "outliers.csv")) as tmp:
+        outliers.to_csv(tmp, index=False)
     write_probes(probes, study.root)
     t1 = time.perf_counter()
     records = evaluation_records(study, list(clusters))
@@ -175,6 +185,10 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                 HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
+    t1 = time.perf_counter()
+    robust = robustness(sim, sections, outliers, n_boot=n_boot, seed=seed)
+    write_json(study.path("results", "robustness.json"), robust)
+    timings["robustness"] = time.perf_counter() - t1
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
         tsne.to_csv(tmp, index=False)
     timings["analyze"] = time.perf_counter() - t0
@@ -184,7 +198,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
                        medians=medians, sections=sections, spectral=spectral, tsne=tsne, correlations=corr,
                        performance=performance, lens=lens, probes=probes, heldout=heldout,
                        heldout_medians=median_over_tasks(sim[sim["task"].isin(heldout)], n_boot=n_boot, seed=seed,
-                                                         by_cluster=False) if heldout else None, timings=timings)
+                                                         by_cluster=False) if heldout else None, outliers=outliers,
+                       robustness=robust, timings=timings)
 
 
 def not_learned(controls: pd.DataFrame) -> list[str]:

@@ -6,12 +6,14 @@ Stage: evaluation (reads evaluation records; no model).
 
 from mossa.evaluation._intervals import (
     Interval,
+    gain_share_interval,
     metric_interval,
     paired_gain_interval,
     wilson_interval,
 )
 from mossa.evaluation._metrics import (
     CORPUS_CLUSTERS,
+    LOWER_IS_BETTER,
     MetricScores,
     exact_match_scores,
     normalize_answer,
@@ -28,7 +30,7 @@ from mossa.evaluation._performance import (
     performance_table,
 )
 
-__all__ = ["CONTROL_COLUMNS", "CORPUS_CLUSTERS", "PERFORMANCE_COLUMNS", "Interval", "MetricScores", "control_check",
-           "exact_match_scores", "metric_interval", "normalize_answer", "option_scores", "paired_gain_interval",
+__all__ = ["CONTROL_COLUMNS", "CORPUS_CLUSTERS", "LOWER_IS_BETTER", "PERFORMANCE_COLUMNS", "Interval", "MetricScores", "control_check",
+           "exact_match_scores", "gain_share_interval", "metric_interval", "normalize_answer", "option_scores", "paired_gain_interval",
            "performance_table", "primary_metric", "record_metrics", "rouge_l_scores", "task_metrics",
            "wilson_interval"]

@@ -149,6 +149,37 @@ def paired_gain_interval(base: MetricScores, control: MetricScores, *, n_boot: i
     return _bootstrap(statistic, gain, n, n_boot, rng, confidence, method)
 
 
+def gain_share_interval(base: MetricScores, full: MetricScores, part: MetricScores, *, n_boot: int, rng,
+                        confidence: float = 0.95) -> tuple[float, Interval]:
+    """The share of `full`'s gain over `base` that `part` keeps, (part - base) / (full - base), with a
+    paired percentile bootstrap: every resample draws the same examples for the three models, so what they
+    share cancels in both differences. Lower-is-better metrics need no sign change (both differences flip).
+
+    The caller decides whether the full gain is large enough to share out; a resample whose full gain is 0
+    gives an infinite share, which the percentiles keep (an interval reaching +-inf says the share is not
+    determined by these examples).
+    """
+    _check_args(n_boot, confidence, "percentile")
+    if not (base.name == full.name == part.name and np.array_equal(base.rows, full.rows)
+            and np.array_equal(base.rows, part.rows)):
+        raise MossaError(f"gain share: expected one metric on the same rows, got {base.name}, {full.name} and "
+                         f"{part.name} on {base.n_examples}, {full.n_examples} and {part.n_examples} rows; restrict "
+                         "all three to their shared rows first")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (part.value - base.value) / (full.value - base.value)
+    if base.n_examples == 0:
+        return float("nan"), Interval(float("nan"), float("nan"), "no examples")
+    if n_boot == 0:
+        return float(share), Interval(float("nan"), float("nan"), "none")
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        b = _resampled(base, idx)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (_resampled(part, idx) - b) / (_resampled(full, idx) - b)
+
+    return float(share), _bootstrap(statistic, float(share), base.n_examples, n_boot, rng, confidence, "percentile")
+
+
 def _resampled(scores: MetricScores, idx: np.ndarray) -> np.ndarray:
     """The metric on resamples of its examples; `idx` has shape (..., n) of row positions."""
     summed = scores.stats[idx].sum(axis=-2)  # (..., k)

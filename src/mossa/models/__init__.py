@@ -7,7 +7,7 @@ Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_
 """
 
 from mossa.models._adapters import AdapterHost
-from mossa.models._families import default_lora_targets, linear_module_names, resolve_lora_targets
+from mossa.models._families import decoder_blocks, default_lora_targets, linear_module_names, resolve_lora_targets
 from mossa.models._loading import (
     LoadedModel,
     adapter_digest,
@@ -41,7 +41,7 @@ from mossa.models._registry import (
 
 __all__ = [
     "AdapterHost", "AnswerStop", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
-    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "default_lora_targets", "length_batches", "linear_module_names", "log_softmax", "logsumexp", "load_model", "materialize", "pick_device",
+    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "decoder_blocks", "default_lora_targets", "length_batches", "linear_module_names", "log_softmax", "logsumexp", "load_model", "materialize", "pick_device",
     "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "score_continuations",
     "select_rows", "sha256_file", "target_nll",
 ]

@@ -53,3 +53,20 @@ def default_lora_targets(model: torch.nn.Module) -> list[str]:
 def resolve_lora_targets(targets: list[str] | str, model: torch.nn.Module) -> list[str]:
     """`targets` as module names: "auto" is the family's default (`default_lora_targets`)."""
     return default_lora_targets(model) if targets == "auto" else list(targets)
+
+
+def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder blocks in order: the module list holding `num_hidden_layers` blocks (block l,
+    1-based, writes the hidden state of layer l). Found by shape, not by name, so every family works.
+
+    Raises
+    ------
+    MossaError
+        When no such list exists (or more than one).
+    """
+    n = int(model.config.get_text_config().num_hidden_layers)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n
+             and len({type(b) for b in m}) == 1 and any(True for _ in m[0].parameters())]
+    if len(lists) != 1:
+        raise MossaError(f"{type(model).__name__}: expected one list of its {n} decoder blocks, found {len(lists)}")
+    return list(lists[0])

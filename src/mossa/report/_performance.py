@@ -25,16 +25,43 @@ def _cell(value: float, low: float, high: float, metric: str) -> str:
     return f"{value:.{digits}f}{interval}"
 
 
+def model_name(model: str) -> str:
+    """A model's name in the report: B, E, ... and 'E, LoRA on <range> only' for a restricted E."""
+    if model.startswith("restricted-"):
+        return f"E, LoRA on {model[len('restricted-'):].replace('-', ' ', 1)} only"
+    return MODEL_NAMES.get(model, model)
+
+
+def causal_pivot(causal: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, model, metric), one column per way of running the model: value [95% interval], and
+    for a masked model the share of the gain over B it keeps [95% interval] (or why there is none)."""
+    rows = []
+    for (task, model, metric), group in causal.groupby(["task", "model", "metric"], sort=False):
+        row = {"task": task, "model": model_name(model), "metric": metric}
+        for _, r in group.iterrows():
+            name = {"none": "B (adapter nowhere)", "all": f"{model_name(model)} (adapter everywhere)"}.get(
+                r["mask"], f"{r['mask']} ({r['active_layers']})")
+            cell = _cell(r["value"], r["ci_low"], r["ci_high"], metric)
+            if r["mask"] not in ("all", "none"):
+                share = _cell(r["share"], r["share_low"], r["share_high"], "share")
+                cell += f"; keeps {share}" if np.isfinite(r["share"]) else "; no share: no gain to keep"
+            row[name] = cell
+        row["n examples"] = int(group["n_examples"].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def performance_pivot(performance: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, metric), one column per model: value [95% interval]."""
     rows = []
-    models = [m for m in MODEL_NAMES if m in set(performance["model"])]
+    present = set(performance["model"])
+    models = [m for m in MODEL_NAMES if m in present] + sorted(present - set(MODEL_NAMES))
     for (task, cluster, metric), group in performance.groupby(["task", "cluster", "metric"], sort=False):
         by = group.set_index("model")
         row = {"task": task, "cluster": cluster, "metric": metric}
         for m in models:
-            row[MODEL_NAMES[m]] = (_cell(by.at[m, "value"], by.at[m, "ci_low"], by.at[m, "ci_high"], metric)
-                                   if m in by.index else "")
+            row[model_name(m)] = (_cell(by.at[m, "value"], by.at[m, "ci_low"], by.at[m, "ci_high"], metric)
+                                  if m in by.index else "")
         row["n examples"] = int(group["n_examples"].max())
         rows.append(row)
     return pd.DataFrame(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mossa.analysis import PROPERTIES
 from mossa.report._layer_figures import plot_answer_by_layer, plot_probes_by_layer
+from mossa.report._robustness_figures import plot_outliers
 from mossa.report._tsne_figure import plot_tsne
 from mossa.report.figures import (
     plot_cka_by_cluster,
@@ -37,3 +38,5 @@ def plot_study(tables) -> None:
                           sections=sections[HELDOUT], ceiling=ceiling_rows)
     plot_answer_by_layer(tables.lens, figures / "answer_by_layer.png", title=title, sections=sections)
     plot_probes_by_layer(tables.probes, figures / "probes_by_layer.png", title=title, sections=sections)
+    if tables.outliers is not None:
+        plot_outliers(tables.outliers, sim, figures / "outliers.png", title=title, sections=sections)

@@ -242,3 +242,80 @@ def summary_sentences(s: StudySummary) -> list[str]:
                    f"{_fmt(h['base_upper_seen'])}.")
         out.append(_section_sentence(s.heldout_sections, "E' on the held-out tasks", model="E'"))
     return out
+
+
+METRIC_WORDS = {"primary": "each task's primary metric", "nll_per_token": "the NLL per target token"}
+
+
+def causal_sentence(verdict: dict | None) -> str | None:
+    """One sentence on which layer range of E's adapter carries E's gain over B (results/causal.json), or
+    None when the study ran no causal check."""
+    if not verdict or "ranges" not in verdict:
+        return None
+    ranges = verdict["ranges"]
+    label = next((k for k in ("primary", "nll_per_token") if (verdict.get(k) or {}).get("carrier")), None)
+    if label is None:
+        return ("The causal check (E's adapter on in one layer range only, and everywhere but there) cannot say which "
+                "layers carry E's gain: E's gain over B is not above 0 on any checked task by its paired interval.")
+    part = verdict[label]
+    only, outside, n_tasks = part["only"], part["outside"], part["n_tasks"]
+    carrier = part["carrier"]
+
+    def where(name: str) -> str:
+        a, b = ranges[name]
+        span = f"layer {a}" if a == b else f"layers {a}-{b}"
+        return name if name.startswith("layers") else f"{span} ({name})"
+
+    others = ", ".join(f"{_fmt(only[n])} with it only in {where(n)}" for n in ranges if n != carrier)
+    head = (f"E's gain over B is carried by its adapter in {where(carrier)}" if only[carrier] >= 0.5 else
+            f"No one layer range of E's adapter carries most of E's gain over B, the largest share being in "
+            f"{where(carrier)}")
+    return (f"{head}: on {METRIC_WORDS[label]} the adapter there alone keeps a median {_fmt(only[carrier])} of the "
+            f"gain over {n_tasks[carrier]} task{'s' * (n_tasks[carrier] != 1)} where E gains, against {others}, "
+            f"and everywhere but there {_fmt(outside.get(carrier, float('nan')))} (ranges: {verdict['source']}).")
+
+
+VARIANT_WORDS = {"debiased_cka_standardized": "debiased CKA on standardised features",
+                 "linear_cka_standardized": "biased linear CKA on standardised features",
+                 "debiased_cka_no_outliers": "debiased CKA with the outlier dimensions removed",
+                 "debiased_cka_random_dims": "debiased CKA with as many random dimensions removed"}
+
+
+def _pct(x) -> str:
+    return "undefined" if x is None or not np.isfinite(x) else f"{x:.0%}"
+
+
+def robustness_sentence(rob: dict | None) -> str | None:
+    """One sentence on whether the sections and the sign of E - B survive the outlier controls
+    (results/robustness.json), with the largest change of the median gain they make."""
+    if not rob or not rob.get("variants"):
+        return None
+    o = rob.get("outliers", {})
+    if not np.isfinite(o.get("median_count", np.nan)):
+        return ("No outlier dimensions can be counted and no robust CKA variant compared: the states do not vary "
+                "across examples at any layer.")
+    dims = ", ".join(str(d) for d in o.get("frequent_dims", [])[:3])
+    head = (f"Outlier dimensions (median |h| above the layer's 99th percentile of |h|: a median of "
+            f"{o['median_count']:.0f} per layer{', most often ' + dims if dims else ''}, carrying a median "
+            f"{_pct(o.get('median_variance_share'))} of the variance, the top principal direction "
+            f"{_pct(o.get('median_top_direction_share'))})")
+    done = {k: v for k, v in rob["variants"].items() if v.get("verdict") in ("survives", "does not survive")}
+    kept = [VARIANT_WORDS.get(k, k) for k, v in done.items() if v["verdict"] == "survives"]
+    lost = [VARIANT_WORDS.get(k, k) for k, v in done.items() if v["verdict"] != "survives"]
+    if not done:
+        return f"{head}: no robust CKA variant could be compared with the original."
+    verdict = (f"the sections and the sign of E - B survive {', '.join(kept) or 'none of the variants'}"
+               + (f", but not {', '.join(lost)}" if lost else ""))
+    original = np.array([np.nan if g is None else g for g in rob.get("original", {}).get("median_gain", [])], float)
+    change = ""
+    moved = []
+    for k, v in done.items():
+        gain = np.array([np.nan if g is None else g for g in v.get("median_gain", [])], float)
+        if len(gain) == len(original) and np.isfinite(gain - original).any():
+            layer = int(np.nanargmax(np.abs(gain - original)))
+            moved.append((abs(gain[layer] - original[layer]), k, layer, gain[layer]))
+    if moved:
+        _, k, layer, value = max(moved)
+        change = (f"; the largest change of the median gain is at layer {layer}, from {_signed(original[layer])} to "
+                  f"{_signed(value)} under {VARIANT_WORDS.get(k, k)}")
+    return f"{head}: {verdict}{change}."

@@ -17,13 +17,23 @@ from markupsafe import Markup
 
 from mossa.errors import MossaError
 from mossa.report._performance import (
+    causal_pivot,
     control_check_table,
     lens_reading,
     performance_pivot,
     probe_reading,
     read_optional,
 )
-from mossa.report._summary import MEASURE, StudySummary, summarize, summary_sentences, upper_third
+from mossa.report._summary import (
+    MEASURE,
+    StudySummary,
+    causal_sentence,
+    robustness_sentence,
+    summarize,
+    summary_sentences,
+    upper_third,
+)
+from mossa.similarity import ROBUST_MEASURES as VALUES_ONLY
 from mossa.store import atomic_path, read_json
 
 CAPTIONS = {
@@ -70,6 +80,26 @@ EVALUATION_CAPTIONS = {
                        "the same probe on labels permuted within the task (dashed) and the majority share (dotted); "
                        "right: selectivity, accuracy minus permuted-label accuracy. Medians over tasks, bands their "
                        "middle half; shaded: the layer sections.",
+}
+
+SECTION_CAPTIONS = {
+    "causal": "The causal check. E's LoRA adapter is switched on in one layer range only (orange), or in every "
+              "layer but that range (purple), on the same test prompts; no retraining (a masked block's update is "
+              "multiplied by 0, so the adapter on everywhere is E and nowhere is B, exactly). Left and middle: "
+              "the share of E's gain over B each keeps, (masked - B) / (E - B), on each task's primary metric and "
+              "on the NLL per target token: dots are tasks with their paired 95% bootstrap intervals over "
+              "examples, bars the median over tasks; only tasks where E's own gain is above 0 by its paired "
+              "interval are shown. 1 (dashed) = all of E's gain, 0 = none of it. Right: the adapter's update to "
+              "each block's output at the last prompt token, |output with the block's adapter - without it| / "
+              "|output|, E's adapter on everywhere.",
+    "outliers": "Outlier dimensions. Left: per layer, the share of the variance of the last-token states on the "
+                "top principal direction (solid, left axis) and the number of outlier dimensions (dotted, right "
+                "axis: a dimension whose median |h| over examples exceeds the layer's 99th percentile of |h|), "
+                "medians over tasks. Right: the median over tasks of the sections' gain, debiased CKA(E, C_t) - "
+                "debiased CKA(B, C_t), under each robust variant: on standardised features (every dimension "
+                "z-scored), with each side's outlier dimensions removed, and, the removal's control, with as many "
+                "random dimensions removed (results/robustness.json states whether the sections and the sign of "
+                "E - B survive each).",
 }
 
 
@@ -202,6 +232,7 @@ def write_report(root: Path) -> Path:
     by_cluster: dict[str, list[str]] = {}
     for task, info in study["tasks"].items():
         by_cluster.setdefault(info["cluster"], []).append(task + (" (held out of E')" if task in heldout else ""))
+    robust = sorted(set(sim["measure"]) & set(VALUES_ONLY))
     setup = [("base model B", f"{model['name']} ({model['kind']}: {model['location']})"),
              ("layers / width", f"{model['n_layers']} / {model['hidden_size']}"),
              ("compute", f"{model['dtype']} on {model['device']} ({model['dtype_reason']})"),
@@ -217,18 +248,27 @@ def write_report(root: Path) -> Path:
              ("held out of E'", ", ".join(heldout) or "none"),
              ("measures / intervals / null", f"{', '.join(sorted(sim['measure'].unique()))} / jackknife over "
               f"examples, bootstrap over tasks ({cfg.get('n_boot')} resamples) / {cfg.get('n_permutations', 0)} "
-              f"permutations"),
+              f"permutations" + (f"; the robust variants ({', '.join(robust)}) are values only" if robust else "")),
              ("last layer", cfg["last_layer"])]
-    figures, evaluation_figures = [], []
+    figures, evaluation_figures, section_figures = [], [], []
     lens, probes, performance = (read_optional(root, name) for name in ("lens", "probes", "performance"))
     readings = {"answer_by_layer": lens_reading(lens), "probes_by_layer": probe_reading(probes)}
-    for captions, out in ((CAPTIONS, figures), (EVALUATION_CAPTIONS, evaluation_figures)):
+    for captions, out in ((CAPTIONS, figures), (EVALUATION_CAPTIONS, evaluation_figures),
+                          (SECTION_CAPTIONS, section_figures)):
         for name, caption in captions.items():
             path = root / "figures" / f"{name}.png"
             if path.is_file():
                 out.append({"name": name, "caption": caption, "reading": readings.get(name),
                             "data": base64.b64encode(path.read_bytes()).decode("ascii")})
     check = control_check_table(controls)
+    causal, restricted = read_optional(root, "causal"), read_optional(root, "restricted")
+    verdict_path = root / "results" / "causal.json"
+    verdict = read_json(verdict_path) if verdict_path.is_file() else None
+    sentences = summary_sentences(summary)
+    said = causal_sentence(verdict)
+    robustness_path = root / "results" / "robustness.json"
+    robustness = read_json(robustness_path) if robustness_path.is_file() else None
+    sentences += [x for x in (said, robustness_sentence(robustness)) if x]
     provenance = [(f"version: {k}", v) for k, v in study.get("versions", {}).items()]
     provenance += [("model fingerprint", model["fingerprint"])]
     provenance += [(f"task fingerprint: {t}", f"{info['fingerprint']} ({info['path']}, {info['template']})")
@@ -240,7 +280,7 @@ def write_report(root: Path) -> Path:
     html = template.render(
         title=f"Layer by layer: {model['name']} on {summary.n_tasks} tasks", root=str(root),
         finished=study.get("finished", ""), versions=study.get("versions", {}), model=model["name"],
-        n_layers=model["n_layers"], sentences=summary_sentences(summary), setup=setup,
+        n_layers=model["n_layers"], sentences=sentences, setup=setup,
         tasks_by_cluster=[(c, ", ".join(ts)) for c, ts in sorted(by_cluster.items())], figures=figures,
         task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
         cluster_table=_table(_cluster_table(summary, sim)),
@@ -249,6 +289,15 @@ def write_report(root: Path) -> Path:
         else None, check_table=_table(check) if check is not None else None, evaluation_figures=evaluation_figures,
         eval_examples=cfg.get("eval_examples") or cfg.get("loss_examples"),
         generate_examples=cfg.get("generate_examples"),
+        causal_sentence=said, section_figures=[f for f in section_figures if f["name"] != "outliers"],
+        outlier_figures=[f for f in section_figures if f["name"] == "outliers"],
+        robustness_sentences=[v["sentence"] for v in (robustness or {}).get("variants", {}).values()
+                              if v.get("sentence")],
+        robustness_rule=(robustness or {}).get("criterion"),
+        causal_table=_table(causal_pivot(causal)) if causal is not None and len(causal) else None,
+        causal_source=(verdict or {}).get("source"), causal_examples=cfg.get("causal_examples"),
+        causal_tasks=cfg.get("causal_tasks"),
+        restricted_table=_table(performance_pivot(restricted)) if restricted is not None and len(restricted) else None,
         training_table=_table(_training_table(study)), rerun=f"mossa run --config {root / 'config.yaml'}",
         provenance=provenance, config=yaml.safe_dump(cfg, sort_keys=False),
         given=(study.get("experimental") or {}).get("mode") == "given",

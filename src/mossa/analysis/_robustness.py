@@ -1,0 +1,265 @@
+"""Does the study's result survive the CKA variants that outlier dimensions cannot dominate?
+(results/robustness.json)
+
+Stage: analysis (reads the similarity table, the sections and the outlier table; no store access, no
+model). For each variant of `mossa.similarity.ROBUST_MEASURES`, the sections are recomputed with
+`layer_sections` on that variant's gain CKA(E, C_t) - CKA(B, C_t) and compared with the study's
+(`SECTION_MEASURE`), and so is the sign of the per-layer median over tasks of that gain. The outlier
+removal is also compared with its control, as many random dimensions removed. The rule is `CRITERION`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._sections import SECTION_MEASURE, layer_sections
+from mossa.similarity import OUTLIER_RULE, ROBUST_MEASURES, get_measure
+
+NO_OUTLIERS, RANDOM_DIMS = "debiased_cka_no_outliers", "debiased_cka_random_dims"
+CRITERION = ("The sections survive a variant when it finds a transition exactly when the reference does and, when "
+             "both do, each boundary of the variant's (its first and last transition layers: where the shared "
+             "section ends and the refinement section starts) lies inside the reference's 95% bootstrap interval "
+             "of that boundary (or equals it where there is no interval). E - B flips at a layer when the median "
+             "over tasks of value(E) - value(B) has another sign with the variant than with the reference (layers "
+             "where either is undefined are set aside); every flip is listed, and it counts against the result "
+             "where the reference's sign is established: its 95% bootstrap interval over tasks excludes 0 (or "
+             "there is no interval). The result survives a variant when the sections survive and no established "
+             "sign flips.")
+LEADS = {
+    "debiased_cka_standardized": "With debiased CKA on standardised features (every dimension z-scored)",
+    "linear_cka_standardized": "With biased linear CKA on standardised features (every dimension z-scored; biased, "
+                               "so inflated when there are fewer examples than dimensions)",
+    NO_OUTLIERS: "With each side's outlier dimensions removed{outliers}",
+    RANDOM_DIMS: "With as many random dimensions removed from each side instead (the control of the removal)",
+}
+_SUMMARY_KEYS = ("transition_found", "shared", "transition", "refinement", "ci", "jump", "p_value", "reason")
+
+
+def median_gain(sim: pd.DataFrame, measure: str, *, model: str = "experimental", n_boot: int = 0,
+                seed: int = 0) -> pd.DataFrame:
+    """Per layer (the index), the median over tasks of value(model) - value(base) of `measure` (tasks where it
+    is undefined left out; NaN where none has it), with its bootstrap-over-tasks 95% interval when `n_boot`
+    > 0 (`median_over_tasks` on the gains; columns median, ci_low, ci_high, n_tasks)."""
+    rows = sim[(sim["measure"] == measure) & sim["model"].isin(("base", model))]
+    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
+    if data.empty or model not in data or "base" not in data:
+        return pd.DataFrame(columns=["median", "ci_low", "ci_high", "n_tasks"], dtype=float)
+    gains = (data[model] - data["base"]).rename("value").reset_index().assign(measure=measure, model=model)
+    medians = median_over_tasks(gains, n_boot=n_boot, seed=seed, by_cluster=False)
+    return medians.set_index("layer")[["median", "ci_low", "ci_high", "n_tasks"]].astype(float)
+
+
+def _summary(sections: dict) -> dict:
+    return {k: sections[k] for k in _SUMMARY_KEYS if k in sections} | {"too_few_tasks": bool(sections.get(
+        "too_few_tasks", False))}
+
+
+def _span_text(sections: dict) -> str:
+    return ", ".join(f"{name} {sections[name][0]}-{sections[name][1]}" for name in ("shared", "transition",
+                                                                                   "refinement"))
+
+
+def _compare_sections(ref: dict, var: dict, ref_name: str) -> dict:
+    """Whether `var`'s sections survive against `ref`'s (called `ref_name` in the phrase), with each boundary's
+    check and a phrase."""
+    out = {"survive": False, "boundaries": {}}
+    stated = "criterion" in ref, "criterion" in var  # without it, layer_sections could not fit (its reason says why)
+    if not all(stated):
+        out.update(survive=not any(stated), phrase="no sections can be stated either way" if not any(stated) else
+                   f"no sections can be stated with {'the variant' if stated[0] else ref_name} "
+                   f"({(var if stated[0] else ref)['reason']})")
+    elif ref.get("too_few_tasks") or var.get("too_few_tasks"):
+        out.update(survive=True, phrase="there are too few tasks to state sections either way")
+    elif bool(ref["transition_found"]) != bool(var["transition_found"]):
+        out["phrase"] = (f"a transition appears ({_span_text(var)}) where {ref_name} has none"
+                         if var["transition_found"] else
+                         f"no transition is found where {ref_name} has one ({_span_text(ref)})")
+    elif not ref["transition_found"]:
+        out.update(survive=True, phrase=f"no transition is found, as with {ref_name}")
+    else:
+        for k, key in enumerate(("transition_start", "transition_end")):
+            value, ref_value = var["transition"][k], ref["transition"][k]
+            interval = ref.get("ci", {}).get(key, [ref_value, ref_value])
+            out["boundaries"][key] = {"value": value, "reference": ref_value, "interval": interval,
+                                      "inside": bool(interval[0] <= value <= interval[1])}
+        out["survive"] = all(b["inside"] for b in out["boundaries"].values())
+        if var["transition"] == ref["transition"]:
+            out["phrase"] = f"the sections are unchanged ({_span_text(var)})"
+        elif out["survive"]:
+            out["phrase"] = (f"the sections survive ({_span_text(var)}; both boundaries inside the 95% intervals of "
+                             f"{ref_name})")
+        else:
+            outside = [f"{'start' if key == 'transition_start' else 'end'} {b['value']} outside "
+                       f"[{b['interval'][0]}, {b['interval'][1]}]" for key, b in out["boundaries"].items()
+                       if not b["inside"]]
+            out["phrase"] = (f"the sections move (transition {var['transition'][0]}-{var['transition'][1]} against "
+                             f"{ref['transition'][0]}-{ref['transition'][1]} with {ref_name}; {', '.join(outside)})")
+    return out
+
+
+def _layers_text(layers: list[int]) -> str:
+    return f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+
+
+def _compare_signs(ref: pd.DataFrame, var: pd.DataFrame, ref_name: str, keeps: str = "keeps its sign") -> dict:
+    """Layers where the per-layer median gains of `ref` (called `ref_name`; with its intervals) and `var`
+    differ in sign, those of them where `ref`'s sign is established, and a phrase (E - B `keeps` ...)."""
+    layers = sorted(set(ref.index) | set(var.index))
+    ref, var = ref.reindex(layers), var.reindex(layers)
+    a, b = ref["median"].to_numpy(dtype=float), var["median"].to_numpy(dtype=float)
+    lo, hi = ref["ci_low"].to_numpy(dtype=float), ref["ci_high"].to_numpy(dtype=float)
+    defined = np.isfinite(a) & np.isfinite(b)
+    flips = defined & (np.sign(a) != np.sign(b))
+    established = ~(lo <= 0) | ~(hi >= 0)  # the interval excludes 0, or there is none (NaN)
+    flipped = [int(la) for la, f in zip(layers, flips) if f]
+    counted = [int(la) for la, f, e in zip(layers, flips, established) if f and e]
+    n = int(defined.sum())
+    if not n:
+        phrase = "E - B is undefined at every layer"
+    elif not flipped:
+        phrase = f"E - B {keeps} at all {n} layers"
+    else:
+        noise = [la for la in flipped if la not in counted]
+        size = float(np.nanmax(np.abs(ref.loc[noise, "median"]))) if noise else 0.0
+        within = (f"{ref_name}'s median gain is at most {size:.2g} in size and its 95% interval over tasks "
+                  f"includes 0")
+        if not counted:
+            why = f", where {within}"
+        elif not noise:
+            why = f", where {ref_name}'s sign is established"
+        else:
+            why = f": at {_layers_text(noise)} {within}, at {_layers_text(counted)} {ref_name}'s sign is established"
+        phrase = f"E - B {keeps} at {n - len(flipped)} of {n} layers (it flips at {_layers_text(flipped)}{why})"
+    return {"n_layers": n, "n_same": n - len(flipped), "flipped_layers": flipped, "established_flips": counted,
+            "undefined_layers": [int(la) for la, ok in zip(layers, defined) if not ok], "phrase": phrase}
+
+
+def _verdict(sections: dict, signs: dict) -> dict:
+    survives = bool(sections["survive"] and not signs["established_flips"])
+    return {"survives": survives, "verdict": "survives" if survives else "does not survive",
+            "sections_survive": sections["survive"], "section_boundaries": sections["boundaries"],
+            "sign": {k: v for k, v in signs.items() if k != "phrase"}}
+
+
+def _outlier_summary(outliers: pd.DataFrame | None) -> dict:
+    """How many outlier dimensions B, E and C_t have per layer that varies, and which are most frequent."""
+    if outliers is None or outliers.empty:
+        return {}
+    rows = outliers[outliers["model"].isin(("base", "experimental", "control"))
+                    & np.isfinite(outliers["top_direction_share"].to_numpy(dtype=float))]
+    if rows.empty:
+        return {}
+    dims = pd.Series([int(d) for s in rows["outlier_dims"].fillna("").astype(str) for d in s.split(";") if d])
+    counts = dims.value_counts()
+    frequent = counts[counts >= 0.1 * len(rows)].head(3)  # in at least a tenth of the layers, at most three
+    return {"median_count": float(rows["n_outliers"].median()), "max_count": int(rows["n_outliers"].max()),
+            "frequent_dims": [int(d) for d in frequent.index],
+            "frequent_dims_share_of_rows": [float(c / len(rows)) for c in frequent],
+            "median_variance_share": float(rows["outlier_variance_share"].median()),
+            "median_top_direction_share": float(rows["top_direction_share"].median()),
+            "n_rows": len(rows)}
+
+
+def _outlier_phrase(summary: dict) -> str:
+    if not summary:
+        return ""
+    if summary["max_count"] == 0:
+        return " (there are none: no dimension is removed)"
+    dims = ", ".join(map(str, summary["frequent_dims"]))
+    often = f", most often dimension{'s' if len(summary['frequent_dims']) > 1 else ''} {dims}" if dims else ""
+    return (f" (a median of {summary['median_count']:g} and at most {summary['max_count']} per varying layer of B, "
+            f"E and C_t{often}, carrying a median {summary['median_variance_share']:.0%} of the variance)")
+
+
+def _listed(series: pd.Series) -> list:
+    """A float series as a JSON list, NaN as null."""
+    return [float(v) if np.isfinite(v) else None for v in series.to_numpy(dtype=float)]
+
+
+def _overall(variants: dict) -> str:
+    """One sentence over all variants: how many the result survives, and which it does not."""
+    done = {v: e for v, e in variants.items() if e["computed"]}
+    if not done:
+        return "No robust CKA variant was computed, so the robustness of the sections is not known."
+    failed = [v for v, e in done.items() if not e["survives"]]
+    tail = f" (not: {', '.join(failed)})" if failed else ""
+    return (f"The sections and the sign of E - B survive {len(done) - len(failed)} of the {len(done)} robust CKA "
+            f"variants{tail}.")
+
+
+def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None = None, *, n_boot: int, seed: int,
+               model: str = "experimental", variants: tuple[str, ...] = ROBUST_MEASURES) -> dict:
+    """The robustness verdict of each variant, by `CRITERION` (results/robustness.json).
+
+    `sections` are the study's, from ``layer_sections(sim, model=model, n_boot=n_boot, seed=seed)``; every
+    variant's are recomputed with the same call on its measure. `outliers` (the outlier table) only feeds
+    the summary and the sentences. Returns the keys measure, model, criterion, outlier_rule, outliers (a
+    summary), original (its sections and per-layer median gain), variants (one entry per variant, with its
+    "sentence" and "verdict") and sentence (over all variants).
+    """
+    head = {"measure": SECTION_MEASURE, "model": model, "criterion": CRITERION, "outlier_rule": OUTLIER_RULE,
+            "outliers": _outlier_summary(outliers)}
+    if not (sim["measure"] == SECTION_MEASURE).any():
+        return {**head, "variants": {}, "sentence": f"The sections' measure {SECTION_MEASURE} was not computed, "
+                                                    "so their robustness is not known."}
+    gains = {m: median_gain(sim, m, model=model, n_boot=n_boot, seed=seed)
+             for m in (SECTION_MEASURE, *variants) if (sim["measure"] == m).any()}
+    reference = gains[SECTION_MEASURE]
+    out = {**head, "original": {**_summary(sections), "layers": [int(la) for la in reference.index],
+                                "median_gain": _listed(reference["median"]),
+                                "median_gain_ci": [_listed(reference["ci_low"]), _listed(reference["ci_high"])]},
+           "variants": {}}
+    found = {v: layer_sections(sim, model=model, measure=v, n_boot=n_boot, seed=seed) for v in variants if v in gains}
+    for variant in variants:
+        entry = {"measure": variant, "description": get_measure(variant).description, "reference": SECTION_MEASURE}
+        if variant not in found:
+            out["variants"][variant] = {**entry, "computed": False, "survives": None, "verdict": "not computed",
+                                        "sentence": f"{variant} was not computed (it is not among the study's "
+                                                    "measures), so there is no verdict for it."}
+            continue
+        against = (_compare_sections(sections, found[variant], "the original"),
+                   _compare_signs(reference, gains[variant], "the original"))
+        verdict = _verdict(*against)
+        lead = LEADS.get(variant, f"With {variant}").format(outliers=_outlier_phrase(out["outliers"]))
+        sentence = f"{lead}, {against[0]['phrase']}, and {against[1]['phrase']}, so the result {verdict['verdict']}."
+        entry.update(computed=True, sections=_summary(found[variant]),
+                     median_gain=_listed(gains[variant]["median"].reindex(reference.index)), **verdict)
+        if variant == NO_OUTLIERS and RANDOM_DIMS in found:
+            control = (_compare_sections(found[RANDOM_DIMS], found[variant], "the random removal"),
+                       _compare_signs(gains[RANDOM_DIMS], gains[variant], "the random removal",
+                                      "has the same sign as under the random removal"))
+            entry["against_random_control"] = {"reference": RANDOM_DIMS, **_verdict(*control)}
+            random = _verdict(_compare_sections(sections, found[RANDOM_DIMS], "the original"),
+                              _compare_signs(reference, gains[RANDOM_DIMS], "the original"))
+            sentence += (f" Against removing as many random dimensions, {_against_control(*control)}; "
+                         f"{_versus(verdict, random)}.")
+        entry["sentence"] = sentence
+        out["variants"][variant] = entry
+    out["sentence"] = _overall(out["variants"])
+    return out
+
+
+def _against_control(sections: dict, signs: dict) -> str:
+    """The outlier removal against the random removal, in a short phrase."""
+    agree = "the sections agree" if sections["survive"] else sections["phrase"]
+    flipped, counted = signs["flipped_layers"], signs["established_flips"]
+    if not flipped:
+        return f"{agree} and E - B has the same sign at all {signs['n_layers']} layers"
+    where = (f"established for the random removal at {_layers_text(counted)}" if counted else
+             "each within noise for the random removal")
+    return f"{agree} and E - B flips at {_layers_text(flipped)} ({where})"
+
+
+def _versus(removal: dict, random: dict) -> str:
+    """What removing the outlier dimensions does beyond removing as many random ones (both against the
+    original), in a phrase."""
+    if removal["survives"]:
+        return "the outlier dimensions do not carry the result"
+    if random["survives"]:
+        return "the change comes from the outlier dimensions: removing as many random dimensions keeps the result"
+    return "removing as many random dimensions changes the result too, so the change is not specific to the outliers"
+
+
+__all__ = ["CRITERION", "median_gain", "robustness"]
