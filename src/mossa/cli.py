@@ -254,7 +254,7 @@ def compare(
 def _summary(result) -> None:
     """The end-of-run terminal summary: medians at a few layers, sections, clusters, where the report is."""
     from mossa.report.html import load_results
-    from mossa.report import summarize, summary_sentences
+    from mossa.report import section_check_sentences, summarize, summary_sentences
 
     sim = result.similarity
     sim = sim[sim["measure"] == "linear_cka"]
@@ -291,7 +291,7 @@ def _summary(result) -> None:
         gain, at = summary.gain_by_cluster[c]
         clusters.add_row(c, *cells, f"{gain:+.2f} ({at})")
     out.print(clusters)
-    for line in summary_sentences(summary):
+    for line in summary_sentences(summary) + section_check_sentences(result.root):
         out.print(f"- {line}")
     report = Path(result.root) / "report.html"
     out.print(f"study folder: {result.root}  (results/, figures/, study.json)"

@@ -558,20 +558,25 @@ class _Study:
                     loaded_here = True
                 t0 = time.perf_counter()
                 with self.rep.bar(f"causal {model} {task}", total=len(order)) as advance:
-                    def run(layers, prompts=prompts, advance=advance):
-                        record = extract(self.host, model, prompts, token_budget=cfg.extract_token_budget,
-                                         last_layer=cfg.last_layer, generate_rows=cfg.generate_examples, lens=False,
-                                         answer_end=self.builder.end_of_answer(), one_line=self.builder.mode == "plain",
-                                         max_new_tokens=cfg.max_target_tokens, layers=layers).evaluation
-                        advance(1)
-                        return record
                     record = run_masks(self.host, model, prompts, order, token_budget=cfg.extract_token_budget,
-                                       extract=run)
+                                       extract=lambda layers, ps=prompts, step=advance: self._masked(model, ps, layers,
+                                                                                                     step))
                 write_json(path, {"inputs": key, "model": model, "task": task, "source": source,
                                   "ranges": {k: list(v) for k, v in ranges.items()}, **record})
                 self.seconds["extract"] += time.perf_counter() - t0
             if loaded_here:
                 self.host.remove(model)
+
+    def _masked(self, adapter: str, prompts: list, layers, advance) -> dict:
+        """The evaluation record of B + `adapter` on in the blocks `layers` only: the study's evaluation
+        (scores and greedy answers, no lens) of `prompts`."""
+        cfg = self.cfg
+        record = extract(self.host, adapter, prompts, token_budget=cfg.extract_token_budget, last_layer=cfg.last_layer,
+                         generate_rows=cfg.generate_examples, lens=False, answer_end=self.builder.end_of_answer(),
+                         one_line=self.builder.mode == "plain", max_new_tokens=cfg.max_target_tokens,
+                         layers=layers).evaluation
+        advance(1)
+        return record
 
     def _causal_adapter(self, model: str) -> str:
         """The fingerprint of the adapter `model`'s causal check masks (its training inputs, or a given one's digest)."""

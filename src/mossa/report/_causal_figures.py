@@ -37,7 +37,8 @@ def _share_panel(ax, causal: pd.DataFrame, metric_label: str, pick) -> None:
             x = i + (k - 0.5) * width
             if np.isfinite(shares).any():
                 ax.bar(x, np.nanmedian(shares), width * 0.9, color=COLOURS[kind], alpha=0.35,
-                       label=f"adapter {kind} the range, median over tasks" if i == 0 else None)
+                       label=("adapter on in the range only" if kind == "only" else
+                              "adapter on everywhere but the range") + ", median over tasks" if i == 0 else None)
             jitter = np.linspace(-width / 4, width / 4, max(len(part), 1))
             for j, (_, r) in enumerate(part.iterrows()):
                 if np.isfinite(r["share"]):
@@ -64,7 +65,7 @@ def _update_panel(ax, updates: pd.DataFrame, ranges: dict) -> None:
         return
     for i, (name, (a, b)) in enumerate(ranges.items()):
         ax.axvspan(a - 0.5, b + 0.5, color=SHADES[i % len(SHADES)], alpha=0.08, linewidth=0)
-        ax.text((a + b) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7)
+        ax.text((a + b) / 2, 0.02, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
     for _, part in rows.groupby("task"):
         ax.plot(part["layer"], part["median"], color="#dd8452", linewidth=0.6, alpha=0.4)
     per = rows.groupby("layer")["median"].median()
@@ -74,7 +75,7 @@ def _update_panel(ax, updates: pd.DataFrame, ranges: dict) -> None:
     ax.set_ylabel("|adapter's update| / |block output|, last prompt token")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def plot_causal(causal: pd.DataFrame, updates: pd.DataFrame, verdict: dict, path: Path) -> Path:

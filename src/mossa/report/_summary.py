@@ -5,7 +5,9 @@ Stage: report (reads results/ and study.json; writes nothing).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -249,7 +251,8 @@ METRIC_WORDS = {"primary": "each task's primary metric", "nll_per_token": "the N
 
 def causal_sentence(verdict: dict | None) -> str | None:
     """One sentence on which layer range of E's adapter carries E's gain over B (results/causal.json), or
-    None when the study ran no causal check."""
+    None when the study ran no causal check. A range carries the gain when alone it keeps at least half of it,
+    no other range alone does, and without it less than half is left; otherwise the gain is spread."""
     if not verdict or "ranges" not in verdict:
         return None
     ranges = verdict["ranges"]
@@ -259,20 +262,42 @@ def causal_sentence(verdict: dict | None) -> str | None:
                 "layers carry E's gain: E's gain over B is not above 0 on any checked task by its paired interval.")
     part = verdict[label]
     only, outside, n_tasks = part["only"], part["outside"], part["n_tasks"]
-    carrier = part["carrier"]
+    top = part["carrier"]
 
     def where(name: str) -> str:
         a, b = ranges[name]
         span = f"layer {a}" if a == b else f"layers {a}-{b}"
         return name if name.startswith("layers") else f"{span} ({name})"
 
-    others = ", ".join(f"{_fmt(only[n])} with it only in {where(n)}" for n in ranges if n != carrier)
-    head = (f"E's gain over B is carried by its adapter in {where(carrier)}" if only[carrier] >= 0.5 else
-            f"No one layer range of E's adapter carries most of E's gain over B, the largest share being in "
-            f"{where(carrier)}")
-    return (f"{head}: on {METRIC_WORDS[label]} the adapter there alone keeps a median {_fmt(only[carrier])} of the "
-            f"gain over {n_tasks[carrier]} task{'s' * (n_tasks[carrier] != 1)} where E gains, against {others}, "
-            f"and everywhere but there {_fmt(outside.get(carrier, float('nan')))} (ranges: {verdict['source']}).")
+    carries = (only[top] >= 0.5 and outside.get(top, np.nan) < 0.5
+               and all(only[n] < 0.5 for n in ranges if n != top))
+    n = n_tasks[top]
+    on = f"on {METRIC_WORDS[label]} ({n} task{'s' * (n != 1)} where E's gain is above 0)"
+    alone = ", ".join(f"{_fmt(only[r])} in {where(r)}" for r in ranges)
+    without = ", ".join(f"{_fmt(outside.get(r, np.nan))} without {r if r.startswith('layers') else 'the ' + r}"
+                        for r in ranges)
+    other = next((k for k in ("nll_per_token",) if k != label and (verdict.get(k) or {}).get("carrier")), None)
+    extra = ""
+    if other:
+        o = verdict[other]
+        extra = (f"; on {METRIC_WORDS[other]} the largest share alone is {_fmt(o['only'][o['carrier']])} in "
+                 f"{where(o['carrier'])}")
+    head = (f"E's gain over B is carried by its adapter in {where(top)}" if carries else
+            "No one layer range of E's adapter carries E's gain over B")
+    return (f"{head} {on}: with the adapter on in one range only E keeps a median {alone} of its gain, and with it "
+            f"everywhere but one range {without}{extra} (ranges: {verdict['source']}).")
+
+
+def section_check_sentences(root) -> list[str]:
+    """The summary's sentences on the causal check and the outlier controls (results/causal.json,
+    results/robustness.json), for the studies that have them."""
+    out = []
+    for name, sentence in (("causal", causal_sentence), ("robustness", robustness_sentence)):
+        path = Path(root) / "results" / f"{name}.json"
+        said = sentence(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+        if said:
+            out.append(said)
+    return out
 
 
 VARIANT_WORDS = {"debiased_cka_standardized": "debiased CKA on standardised features",
@@ -310,6 +335,8 @@ def robustness_sentence(rob: dict | None) -> str | None:
     change = ""
     moved = []
     for k, v in done.items():
+        if not k.startswith("debiased"):  # the same estimator as the sections': only the features differ
+            continue
         gain = np.array([np.nan if g is None else g for g in v.get("median_gain", [])], float)
         if len(gain) == len(original) and np.isfinite(gain - original).any():
             layer = int(np.nanargmax(np.abs(gain - original)))

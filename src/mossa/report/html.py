@@ -28,7 +28,7 @@ from mossa.report._summary import (
     MEASURE,
     StudySummary,
     causal_sentence,
-    robustness_sentence,
+    section_check_sentences,
     summarize,
     summary_sentences,
     upper_third,
@@ -264,11 +264,10 @@ def write_report(root: Path) -> Path:
     causal, restricted = read_optional(root, "causal"), read_optional(root, "restricted")
     verdict_path = root / "results" / "causal.json"
     verdict = read_json(verdict_path) if verdict_path.is_file() else None
-    sentences = summary_sentences(summary)
+    sentences = summary_sentences(summary) + section_check_sentences(root)
     said = causal_sentence(verdict)
     robustness_path = root / "results" / "robustness.json"
     robustness = read_json(robustness_path) if robustness_path.is_file() else None
-    sentences += [x for x in (said, robustness_sentence(robustness)) if x]
     provenance = [(f"version: {k}", v) for k, v in study.get("versions", {}).items()]
     provenance += [("model fingerprint", model["fingerprint"])]
     provenance += [(f"task fingerprint: {t}", f"{info['fingerprint']} ({info['path']}, {info['template']})")
