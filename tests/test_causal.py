@@ -75,7 +75,8 @@ def causal_study(tiny_model, tmp_path_factory):
     cfg = resolve_config({"model": str(tiny_model), "tasks_dir": tasks, "preset": "quick", "out": out, "n_boot": 20,
                           "n_permutations": 0, "tasks": ["tiny_sentiment", "tiny_struct"], "measures": ["linear_cka"],
                           "tsne_layers": [1], "causal_layers": [[1, 1], [2, 2]], "causal_examples": 6,
-                          "causal_tasks": ["tiny_sentiment", "tiny_struct"], "restrict_sections": True})
+                          "causal_tasks": ["tiny_sentiment", "tiny_struct"], "restrict_sections": True,
+                          "generate_examples": 4})
     run_study(cfg, reporter=Reporter(quiet=True))
     return cfg, out
 
@@ -94,6 +95,8 @@ def test_study_writes_the_causal_records_tables_and_figure(causal_study):
     record = json.loads((out / "causal/experimental/tiny_sentiment.json").read_text())
     assert set(record["masks"]) == {"only layers 1-1", "outside layers 1-1", "only layers 2-2", "outside layers 2-2"}
     assert len(record["updates"]) == 2 and len(record["updates"][0]) == 6
+    answered = json.loads((out / "causal/experimental/tiny_struct.json").read_text())  # no options: its answered rows
+    assert len(answered["updates"][0]) == 4 and len(answered["masks"]["only layers 1-1"]["evaluation"]["rows"]) == 4
     updates = pd.read_csv(out / "results/adapter_updates.csv")
     assert sorted(set(updates["layer"])) == [1, 2] and (updates["median"] >= 0).all()
     verdict = json.loads((out / "results/causal.json").read_text())

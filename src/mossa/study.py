@@ -546,8 +546,7 @@ class _Study:
             adapter = self._causal_adapter(model)
             loaded_here = False
             for task in tasks:
-                prompts = self.test[task][:min(n for n in (cfg.causal_examples, cfg.eval_examples, len(self.test[task]))
-                                               if n)]
+                prompts = self.test[task][:self.causal_rows(task)]
                 key = _hash(adapter, self.prompt_key, self.task_fp[task], ranges, len(prompts),
                             *self.eval_key(model), "causal v1")
                 path = self.study.path("causal", model, f"{task}.json")
@@ -566,6 +565,15 @@ class _Study:
                 self.seconds["extract"] += time.perf_counter() - t0
             if loaded_here:
                 self.host.remove(model)
+
+    def causal_rows(self, task: str) -> int:
+        """How many of `task`'s first test prompts the causal check runs on: its evaluated prompts (a task
+        without options is evaluated on its answered ones), at most `causal_examples`."""
+        cfg, prompts = self.cfg, self.test[task]
+        n = min(k for k in (cfg.causal_examples, cfg.eval_examples, len(prompts)) if k)
+        if not any(p.options for p in prompts[:n]) and cfg.generate_examples:
+            n = min(n, cfg.generate_examples)
+        return n
 
     def _masked(self, adapter: str, prompts: list, layers, advance) -> dict:
         """The evaluation record of B + `adapter` on in the blocks `layers` only: the study's evaluation
