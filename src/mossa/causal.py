@@ -18,7 +18,6 @@ Layers are numbered as the study's states: block l (1-based) writes layer l's st
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from mossa.evaluation import (
     LOWER_IS_BETTER,
     gain_share_interval,
     metric_interval,
+    named_stream,
     paired_gain_interval,
     primary_metric,
     record_metrics,
@@ -71,12 +71,14 @@ def layer_ranges(layers) -> str:
     return ",".join(out) or "none"
 
 
-def section_ranges(sections: dict, n_layers: int, named: list | None = None) -> tuple[dict[str, tuple[int, int]], str]:
-    """The layer ranges to mask by, with where they come from: the `named` ranges ([[a, b], ...]), else the
+def section_ranges(sections: dict, n_layers: int,
+                   causal_layers: list | str = "sections") -> tuple[dict[str, tuple[int, int]], str]:
+    """The layer ranges to mask by, with where they come from: the ranges `causal_layers` names ([[a, b], ...]),
+    else (`causal_layers` "sections") the
     sections found (`sections.json`), else, when no transition was found, the thirds of the depth (a causal
     check of depth is still informative; the source string says so)."""
-    if named:
-        ranges = {f"layers {a}-{b}": (int(a), int(b)) for a, b in named}
+    if isinstance(causal_layers, list):
+        ranges = {f"layers {a}-{b}": (int(a), int(b)) for a, b in causal_layers}
         for name, (a, b) in ranges.items():
             if not 1 <= a <= b <= n_layers:
                 raise MossaError(f"field 'causal_layers': {name} is not within layers 1-{n_layers}")
@@ -118,10 +120,6 @@ def run_masks(host: AdapterHost, adapter: str, prompts: list, masks_: list[Mask]
     return {"masks": records, "updates": updates.tolist()}
 
 
-def _rng(seed: int, *parts: str) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(p.encode()) for p in parts)])
-
-
 def causal_table(causal: dict[tuple[str, str], dict], records: dict[tuple[str, str], dict | None],
                  clusters: dict[str, str], *, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """results/causal.csv: per (task, model, mask, metric) the masked model's value with its interval over
@@ -152,12 +150,12 @@ def causal_table(causal: dict[tuple[str, str], dict], records: dict[tuple[str, s
         for metric in names:
             base_m, full_m = b[metric], e[metric]
             keep = np.intersect1d(base_m.rows, full_m.rows)
-            low, high, _ = paired_gain_interval(_take(base_m, keep), _take(full_m, keep), n_boot=n_boot,
-                                                rng=_rng(seed, task, model, metric, "gain"))
+            low, high, _ = paired_gain_interval(base_m.on_rows(keep), full_m.on_rows(keep), n_boot=n_boot,
+                                                rng=named_stream(seed, task, model, metric, "gain"))
             gained = high < 0 if metric in LOWER_IS_BETTER else low > 0
             for mask, section, layers, scores in runs:
                 m = scores[metric]
-                low, high, _ = metric_interval(m, n_boot=n_boot, rng=_rng(seed, task, model, mask, metric))
+                low, high, _ = metric_interval(m, n_boot=n_boot, rng=named_stream(seed, task, model, mask, metric))
                 share = share_low = share_high = float("nan")
                 reason = ""
                 if mask in ("all", "none"):
@@ -169,16 +167,11 @@ def causal_table(causal: dict[tuple[str, str], dict], records: dict[tuple[str, s
                 else:
                     kept = np.intersect1d(keep, m.rows)
                     share, (share_low, share_high, _) = gain_share_interval(
-                        _take(base_m, kept), _take(full_m, kept), _take(m, kept), n_boot=n_boot,
-                        rng=_rng(seed, task, model, mask, metric, "share"))
+                        base_m.on_rows(kept), full_m.on_rows(kept), m.on_rows(kept), n_boot=n_boot,
+                        rng=named_stream(seed, task, model, mask, metric, "share"))
                 rows.append([task, cluster, model, mask, section, layer_ranges(layers), metric, m.value, low, high,
                              share, share_low, share_high, reason, m.n_examples])
     return pd.DataFrame(rows, columns=CAUSAL_COLUMNS)
-
-
-def _take(scores, rows: np.ndarray):
-    where = {r: i for i, r in enumerate(scores.rows.tolist())}
-    return scores.take(np.array([where[r] for r in rows.tolist()], dtype=int))
 
 
 def update_table(causal: dict[tuple[str, str], dict]) -> pd.DataFrame:
@@ -223,5 +216,6 @@ def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["metric"].to_numpy() == np.array(primary, dtype=object)]
 
 
-__all__ = ["CAUSAL_COLUMNS", "Mask", "SECTIONS", "UPDATE_COLUMNS", "causal_table", "layer_ranges", "masks", "primary_rows",
+__all__ = ["CAUSAL_COLUMNS", "Mask", "SECTIONS", "UPDATE_COLUMNS", "causal_table", "layer_ranges", "masks",
+           "primary_rows",
            "run_masks", "section_ranges", "section_verdict", "update_table"]

@@ -385,7 +385,8 @@ class _Study:
             self.train_logs[unit] = done["log"]
             return
         with self.rep.bar(f"train {unit}", total=n_steps(len(prompts), settings)) as advance:
-            log = train_adapter(self.host, unit, prompts, settings=settings, lora=lora or self.cfg.lora, seed=self.cfg.seed,
+            log = train_adapter(self.host, unit, prompts, settings=settings, lora=lora or self.cfg.lora,
+                                seed=self.cfg.seed,
                                 on_step=lambda step, total, loss: advance(1, info=f"loss {loss:.3f}"))
         with self.study.adapter_writer(unit) as tmp:  # the marker last; the folder is published whole
             self.host.save(unit, tmp)
@@ -521,9 +522,8 @@ class _Study:
     def layer_ranges(self) -> tuple[dict[str, tuple[int, int]], str]:
         """The ranges the causal check and the restricted E's use (`mossa.causal.section_ranges`); the
         sections are read from results/sections.json, which the analysis has written by now."""
-        named = self.cfg.causal_layers if isinstance(self.cfg.causal_layers, list) else None
-        sections = {} if named else read_json(self.study.path("results", "sections.json"))
-        return section_ranges(sections, self.loaded.n_layers, named)
+        return section_ranges(read_json(self.study.path("results", "sections.json")), self.loaded.n_layers,
+                              self.cfg.causal_layers)
 
     def causal_tasks(self) -> dict[str, list[str]]:
         """Model -> the tasks its causal check runs on: E (trained, or a given adapter) on the causal tasks,
@@ -587,7 +587,8 @@ class _Study:
         return record
 
     def _causal_adapter(self, model: str) -> str:
-        """The fingerprint of the adapter `model`'s causal check masks (its training inputs, or a given one's digest)."""
+        """The fingerprint of the adapter `model`'s causal check masks: its training inputs, or a given
+        adapter's digest."""
         given = experimental_source(self.cfg.experimental_model)
         if model == EXPERIMENTAL and given is not None:
             return adapter_digest(given[1])
@@ -780,8 +781,7 @@ def section_units(cfg: StudyConfig, sections: dict, n_layers: int) -> list[str]:
     `restrict_sections` one restricted E per layer range."""
     if cfg.causal_layers == "none":
         return []
-    named = cfg.causal_layers if isinstance(cfg.causal_layers, list) else None
-    ranges, _ = section_ranges(sections, n_layers, named)
+    ranges, _ = section_ranges(sections, n_layers, cfg.causal_layers)
     return ["causal"] + ([restricted_label(r) for r in ranges] if cfg.restrict_sections else [])
 
 
@@ -825,7 +825,7 @@ def analysis_unit(cfg: StudyConfig, root: Path, provenance: dict) -> StudyResult
         provenance = {**provenance, "experimental": experimental_info(StudyDir(root), provenance)}
         return analyze_and_report(root, measures=tuple(cfg.measures or DEFAULT_MEASURES), n_boot=cfg.n_boot,
                                   n_permutations=cfg.n_permutations, tsne_layers=cfg.tsne_layers,
-                                  provenance=provenance, reporter=rep)
+                                  provenance=provenance, reporter=rep, checks=False)
 
 
 def finish_study(cfg: StudyConfig, root: Path, provenance: dict, training: dict, timings: dict,
@@ -869,15 +869,18 @@ def experimental_info(study: StudyDir, provenance: dict) -> dict:
 
 
 def analyze_and_report(root: Path, *, provenance: dict | None = None, reporter: Reporter | None = None,
-                       **options) -> StudyResult:
+                       checks: bool = True, **options) -> StudyResult:
     """The analysis stage's tables of a study (`mossa.analysis.analyze_study`, with `options`), then its
-    figures (`mossa.report.plot_study`). The HTML report is the caller's (it reads study.json)."""
+    figures (`mossa.report.plot_study`) and, with `checks`, the causal check's tables and figure from its
+    stored records (`mossa.analysis.section_checks`; a run computes them once its causal unit is done). The
+    HTML report is the caller's (it reads study.json)."""
     rep = reporter or Reporter()
     tables = analyze_study(root, provenance=provenance, log=rep.log, **options)
     t0 = time.perf_counter()
     plot_study(tables)
-    plot_section_checks(root, section_checks(root, provenance or read_json(StudyDir(root).path("study.json")),
-                                             n_boot=options.get("n_boot")))
+    if checks:
+        plot_section_checks(root, section_checks(root, provenance or read_json(StudyDir(root).path("study.json")),
+                                                 n_boot=options.get("n_boot")))
     timings = {**tables.timings, "figures": time.perf_counter() - t0}
     return StudyResult(root=tables.root, similarity=tables.similarity, controls=tables.controls, timings=timings)
 

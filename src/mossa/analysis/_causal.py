@@ -61,10 +61,8 @@ def section_checks(root, provenance: dict, *, n_boot: int | None = None) -> Sect
     records = evaluation_records(study, list(clusters))
     seed = int(config.get("seed", 0))
     n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
-    named = config.get("causal_layers") if isinstance(config.get("causal_layers"), list) else None
-    sections = read_json(study.path("results", "sections.json")) if not named else {}
-    n_layers = int(provenance["model"]["n_layers"])
-    ranges, source = section_ranges(sections, n_layers, named)
+    ranges, source = section_ranges(read_json(study.path("results", "sections.json")),
+                                    int(provenance["model"]["n_layers"]), config.get("causal_layers", "sections"))
     stored = causal_records(study, ranges)
     causal = causal_table(stored, records, clusters, n_boot=n_boot, seed=seed)
     updates = update_table(stored)

@@ -27,10 +27,11 @@ from mossa.evaluation._performance import (
     CONTROL_COLUMNS,
     PERFORMANCE_COLUMNS,
     control_check,
+    named_stream,
     performance_table,
 )
 
 __all__ = ["CONTROL_COLUMNS", "CORPUS_CLUSTERS", "LOWER_IS_BETTER", "PERFORMANCE_COLUMNS", "Interval", "MetricScores", "control_check",
-           "exact_match_scores", "gain_share_interval", "metric_interval", "normalize_answer", "option_scores", "paired_gain_interval",
+           "exact_match_scores", "gain_share_interval", "metric_interval", "named_stream", "normalize_answer", "option_scores", "paired_gain_interval",
            "performance_table", "primary_metric", "record_metrics", "rouge_l_scores", "task_metrics",
            "wilson_interval"]

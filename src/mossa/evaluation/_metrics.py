@@ -73,6 +73,11 @@ class MetricScores:
         """The same metric on a subset of the examples, given by position."""
         return MetricScores(self.name, self.kind, self.rows[positions], self.stats[positions], self.score)
 
+    def on_rows(self, rows: np.ndarray) -> MetricScores:
+        """The same metric on the examples with these row indices, in that order (to pair two models)."""
+        where = {r: i for i, r in enumerate(self.rows.tolist())}
+        return self.take(np.array([where[r] for r in np.asarray(rows).tolist()], dtype=int))
+
 
 def ratio_of_sums(summed: np.ndarray) -> np.ndarray:
     """Column 0 over column 1 of summed statistics: a mean (with a column of ones) or a ratio estimator."""

@@ -61,7 +61,7 @@ def performance_table(records: dict[tuple[str, str], dict | None], clusters: dic
         names = task_metrics(cluster, has_options=kinds[task][0], has_generation=kinds[task][1])
         scores = record_metrics(record, cluster, names=names, where=f"record ({task}, {model})")
         for name in names:
-            low, high, method = metric_interval(scores[name], n_boot=n_boot, rng=_rng(seed, task, model, name))
+            low, high, method = metric_interval(scores[name], n_boot=n_boot, rng=named_stream(seed, task, model, name))
             rows.append([task, cluster, model, name, scores[name].value, low, high, scores[name].n_examples, method])
     return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
 
@@ -101,22 +101,18 @@ def control_check(records: dict[tuple[str, str], dict | None], clusters: dict[st
         b, c = (record_metrics(r, cluster, names=[metric], where=f"record ({task}, {m})")[metric]
                 for r, m in zip(pair, (base, control)))
         shared = np.intersect1d(b.rows, c.rows)
-        b, c = b.take(_positions(b.rows, shared)), c.take(_positions(c.rows, shared))
+        b, c = b.on_rows(shared), c.on_rows(shared)
         gain = c.value - b.value
-        low, high, method = paired_gain_interval(b, c, n_boot=n_boot, rng=_rng(seed, task, f"{control}-{base}", metric))
+        low, high, method = paired_gain_interval(b, c, n_boot=n_boot,
+                                                 rng=named_stream(seed, task, f"{control}-{base}", metric))
         learned = bool(low > 0) if n_boot else bool(gain > 0)
         rows.append([task, cluster, metric, b.value, c.value, gain, low, high, len(shared), learned, method])
     return pd.DataFrame(rows, columns=CONTROL_COLUMNS)
 
 
-def _rng(seed: int, *parts: str) -> np.random.Generator:
+def named_stream(seed: int, *parts: str) -> np.random.Generator:
     """A random stream that depends only on the seed and the names, not on table order."""
     return np.random.default_rng([seed, *(zlib.crc32(p.encode()) for p in parts)])
-
-
-def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    where = {r: i for i, r in enumerate(rows.tolist())}
-    return np.array([where[r] for r in wanted.tolist()], dtype=int)
 
 
 def _check_inputs(records, clusters, n_boot, seed) -> dict[str, tuple[bool, bool]]:
