@@ -9,7 +9,7 @@ import pytest
 
 from mossa.cli import main
 from mossa.config import resolve_config
-from mossa.study import study_tasks
+from mossa.tasks import study_tasks
 from tests.conftest import FLAN_MINI
 
 FIXTURES = Path(__file__).parent / "tasks" / "fixtures"

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mossa.analysis import DepthMapped, depth_map
+from mossa.analysis import depth_map
+from mossa.analysis._similarity import DepthMapped
 from mossa.cli import main
 from mossa.store import Activations
 from tests.conftest import build_tiny_model

@@ -80,7 +80,7 @@ def test_states_without_loss_skip_the_targets(setup):
 def test_loss_on_the_first_prompts_only(setup):
     """eval_rows: the first k prompts are scored exactly as in a full run, the rest only give states,
     and the mean loss is over the scored targets alone."""
-    from mossa.analysis import mean_loss
+    from mossa.analysis._similarity import mean_loss
 
     host, prompts = setup
     full = extract(host, None, prompts, token_budget=256)

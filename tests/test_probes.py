@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mossa.analysis import JobPool
+from mossa.workers import JobPool
 from mossa.errors import MossaError
 from mossa.probes import (
     PROBE_C,

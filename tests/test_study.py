@@ -2,53 +2,11 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from mossa.config import DEMO_TASKS, resolve_config
-from mossa.errors import MossaError
+from mossa.config import resolve_config
 from mossa.progress import Reporter
 from mossa.store import StudyDir
-from mossa.study import resolve_ceiling, resolve_holdout, run_study
-from mossa.tasks import load_tasks
-from tests.conftest import FLAN_MINI
-
-
-@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
-def test_auto_holdout_takes_one_task_from_each_of_seven_clusters():
-    tasks = load_tasks(FLAN_MINI)
-    cluster = {t.name: t.cluster for t in tasks}
-    held = resolve_holdout(resolve_config({"seed": 0}), tasks)
-    assert len(held) == 7 and len({cluster[t] for t in held}) == 7
-    assert held == resolve_holdout(resolve_config({"seed": 0}), tasks)
-    assert held != resolve_holdout(resolve_config({"seed": 1}), tasks)
-    assert resolve_holdout(resolve_config({"holdout": "none"}), tasks) == ()
-
-
-def test_auto_holdout_never_takes_every_task(tiny_tasks):
-    tasks = load_tasks(tiny_tasks)
-    assert len(resolve_holdout(resolve_config({"preset": "demo"}), tasks)) == 1
-
-
-@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
-def test_auto_holdout_takes_at_most_half_the_tasks():
-    held = resolve_holdout(resolve_config({}), load_tasks(FLAN_MINI, DEMO_TASKS))
-    assert len(held) == len(DEMO_TASKS) // 2 == 2
-
-
-TWELVE_CLUSTERS = ["snli", "openbookqa", "arc_easy", "copa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
-                   "tatoeba_translate_deen", "ag_news_subset", "cosmos_qa", "trec"]  # one task per cluster
-
-
-@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
-def test_auto_ceiling_takes_four_tasks_of_different_clusters():
-    tasks = load_tasks(FLAN_MINI, TWELVE_CLUSTERS)
-    cluster = {t.name: t.cluster for t in tasks}
-    picked = resolve_ceiling(resolve_config({}), tasks)
-    assert picked == ("snli", "winogrande", "e2e_nlg", "trec") and len({cluster[t] for t in picked}) == 4
-    assert resolve_ceiling(resolve_config({"ceiling_tasks": ["trec", "sst2"]}), tasks) == ("sst2", "trec")
-    assert resolve_ceiling(resolve_config({"preset": "quick"}), tasks) == ()
-    with pytest.raises(MossaError, match=r"^field 'ceiling_tasks': nope not among the study's tasks"):
-        resolve_ceiling(resolve_config({"ceiling_tasks": ["nope"]}), tasks)
+from mossa.study import run_study
 
 
 def test_ceiling_control_is_a_second_seed_with_its_own_rows(tiny_model, tiny_tasks, tmp_path, monkeypatch):

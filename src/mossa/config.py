@@ -83,8 +83,9 @@ class TaskFile(BaseModel):
     cluster: str | None = Field(None, min_length=1, description="Its cluster; None = 'Custom'.")
 
 
-class StudyConfig(BaseModel):
-    """Everything a study depends on. Field descriptions double as CLI/YAML help."""
+class _StudyInputs(BaseModel):
+    """What a study studies and how its prompts are built: model, tasks, splits, prompt format, the held-out
+    and second-seed tasks. Field descriptions double as CLI/YAML help."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +146,75 @@ class StudyConfig(BaseModel):
         "init and data order) on the same examples: CKA(C_t', C_t) per layer is what two equally trained "
         "specialists share, the ceiling of the task's curves. Names, 'auto' (the first task of each of up to 4 "
         "clusters spread evenly over the study's clusters in study order) or 'none' (or []).")
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_only(cls, v: str | None, info) -> str | None:
+        if v is not None and info.data.get("prompt_format") == "plain":
+            raise ValueError("only used with prompt_format chat (or auto); drop it or set prompt_format: chat")
+        if v is not None and not v.strip():
+            raise ValueError("name a registered chat template, a Jinja file or 'model', or leave it unset")
+        return v
+
+    @field_validator("holdout", "ceiling_tasks", mode="before")
+    @classmethod
+    def _list_words(cls, v, info):
+        """A one-item list naming a word (`--holdout none`) is the word; [] is 'none' for ceiling_tasks."""
+        if isinstance(v, list) and len(v) == 1 and v[0] in ("auto", "none"):
+            return v[0]
+        if isinstance(v, list) and not v and info.field_name == "ceiling_tasks":
+            return "none"
+        return v
+
+    @field_validator("ceiling_tasks")
+    @classmethod
+    def _ceiling_unique(cls, v):
+        if isinstance(v, list):
+            dupes = sorted({t for t in v if v.count(t) > 1})
+            if dupes:
+                raise ValueError(f"names a task twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _out_creatable(cls, v: Path | None) -> Path | None:
+        """Refuse up front a study folder that exists as a file or would lie under one (creates nothing)."""
+        if v is None:
+            return v
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} exists and is not a folder; choose another --out")
+        above = next((p for p in v.parents if p.exists()), None)
+        if not v.exists() and above is not None and not above.is_dir():
+            raise ValueError(f"{v} cannot be created: {above} is a file, not a folder; choose another --out")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, v: str) -> str:
+        if v != "auto":
+            import torch
+
+            try:
+                torch.device(v)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must name at least one task")
+            dupes = sorted({t for t in v if v.count(t) > 1})
+            if dupes:
+                raise ValueError(f"names a task twice: {', '.join(dupes)}")
+        return v
+
+
+class _AnalysisSettings(_StudyInputs):
+    """How a study measures: similarity measures, intervals and nulls, evaluation, the causal check."""
+
     measures: list[str] | None = Field(None, description="Similarity measures for the tables; None = all of "
                                        "mossa.analysis.DEFAULT_MEASURES.")
     tsne_layers: list[int] | None = Field(None, description="Layers for the t-SNE figure; None = 5 spread over "
@@ -192,6 +262,47 @@ class StudyConfig(BaseModel):
     restrict_sections: bool = Field(False, description="Also train one E per layer range of causal_layers with LoRA "
                                     "on that range only (lora.layers), same mixture and budget as E, and report "
                                     "their task metrics beside E's (performance.csv, models 'restricted <range>').")
+
+    @field_validator("analysis_workers", mode="before")
+    @classmethod
+    def _workers(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"expected 'auto' or an integer >= 1, got {v!r}")
+
+    @field_validator("causal_layers")
+    @classmethod
+    def _causal_ranges(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("name at least one [first, last] range, or 'sections' or 'none'")
+            for r in v:
+                if len(r) != 2 or r[0] < 1 or r[1] < r[0]:
+                    raise ValueError(f"expected [first, last] ranges with 1 <= first <= last, got {r}")
+        return v
+
+    @field_validator("causal_tasks", mode="before")
+    @classmethod
+    def _causal_all(cls, v):
+        return "all" if v == ["all"] else v
+
+    @field_validator("tsne_layers")
+    @classmethod
+    def _tsne_layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("name at least one layer, or leave it unset for 5 spread over the depth")
+            if any(layer < 0 for layer in v):
+                raise ValueError(f"layers are 0 (embeddings) or more, got {v}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"names a layer twice: {v}")
+        return v
+
+
+class StudyConfig(_AnalysisSettings):
+    """Everything a study depends on: its inputs and analysis settings, where its units run, and how its
+    adapters train. Field descriptions double as CLI/YAML help."""
+
     executor: str = Field("local", description="Where the independent units (each control, E, E', the base "
                           "extraction, then the analysis) run: 'local' (this process, in order) or 'ray' (one "
                           "Ray task per unit; same results).")
@@ -234,57 +345,6 @@ class StudyConfig(BaseModel):
                 raise ValueError("use_chat_template (an earlier setting) must be true or false; use prompt_format")
         return data
 
-    @field_validator("chat_template")
-    @classmethod
-    def _chat_only(cls, v: str | None, info) -> str | None:
-        if v is not None and info.data.get("prompt_format") == "plain":
-            raise ValueError("only used with prompt_format chat (or auto); drop it or set prompt_format: chat")
-        if v is not None and not v.strip():
-            raise ValueError("name a registered chat template, a Jinja file or 'model', or leave it unset")
-        return v
-
-    @field_validator("holdout", "ceiling_tasks", mode="before")
-    @classmethod
-    def _list_words(cls, v, info):
-        """A one-item list naming a word (`--holdout none`) is the word; [] is 'none' for ceiling_tasks."""
-        if isinstance(v, list) and len(v) == 1 and v[0] in ("auto", "none"):
-            return v[0]
-        if isinstance(v, list) and not v and info.field_name == "ceiling_tasks":
-            return "none"
-        return v
-
-    @field_validator("analysis_workers", mode="before")
-    @classmethod
-    def _workers(cls, v):
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            return v
-        raise ValueError(f"expected 'auto' or an integer >= 1, got {v!r}")
-
-    @field_validator("ceiling_tasks")
-    @classmethod
-    def _ceiling_unique(cls, v):
-        if isinstance(v, list):
-            dupes = sorted({t for t in v if v.count(t) > 1})
-            if dupes:
-                raise ValueError(f"names a task twice: {', '.join(dupes)}")
-        return v
-
-    @field_validator("causal_layers")
-    @classmethod
-    def _causal_ranges(cls, v):
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("name at least one [first, last] range, or 'sections' or 'none'")
-            for r in v:
-                if len(r) != 2 or r[0] < 1 or r[1] < r[0]:
-                    raise ValueError(f"expected [first, last] ranges with 1 <= first <= last, got {r}")
-        return v
-
-    @field_validator("causal_tasks", mode="before")
-    @classmethod
-    def _causal_all(cls, v):
-        return "all" if v == ["all"] else v
-
     @model_validator(mode="after")
     def _restrict_needs_ranges(self):
         if self.restrict_sections and self.causal_layers == "none":
@@ -321,54 +381,6 @@ class StudyConfig(BaseModel):
         if v is not None and isinstance(info.data.get("holdout"), list):
             raise ValueError("a given E cannot have tasks held out of its training; drop 'holdout' (or set it "
                              "to 'none') or train E")
-        return v
-
-    @field_validator("out")
-    @classmethod
-    def _out_creatable(cls, v: Path | None) -> Path | None:
-        """Refuse up front a study folder that exists as a file or would lie under one (creates nothing)."""
-        if v is None:
-            return v
-        if v.exists() and not v.is_dir():
-            raise ValueError(f"{v} exists and is not a folder; choose another --out")
-        above = next((p for p in v.parents if p.exists()), None)
-        if not v.exists() and above is not None and not above.is_dir():
-            raise ValueError(f"{v} cannot be created: {above} is a file, not a folder; choose another --out")
-        return v
-
-    @field_validator("tsne_layers")
-    @classmethod
-    def _tsne_layers(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("name at least one layer, or leave it unset for 5 spread over the depth")
-            if any(layer < 0 for layer in v):
-                raise ValueError(f"layers are 0 (embeddings) or more, got {v}")
-            if len(set(v)) != len(v):
-                raise ValueError(f"names a layer twice: {v}")
-        return v
-
-    @field_validator("device")
-    @classmethod
-    def _torch_device(cls, v: str) -> str:
-        if v != "auto":
-            import torch
-
-            try:
-                torch.device(v)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"{v!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-        return v
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks_unique(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("must name at least one task")
-            dupes = sorted({t for t in v if v.count(t) > 1})
-            if dupes:
-                raise ValueError(f"names a task twice: {', '.join(dupes)}")
         return v
 
 
@@ -535,6 +547,17 @@ def preset_tasks(preset: str) -> list[str] | None:
     return PRESETS[preset].get("tasks")
 
 
+def check_layer_ranges(cfg: StudyConfig, n_layers: int) -> None:
+    """Layer ranges the user names (lora.layers, causal_layers) must lie within the model's layers."""
+    named = [("lora.layers", cfg.lora.layers)] if cfg.lora.layers else []
+    if isinstance(cfg.causal_layers, list):
+        named += [("causal_layers", r) for r in cfg.causal_layers]
+    for where, (first, last) in named:
+        if last > n_layers:
+            raise MossaError(f"field '{where}': [{first}, {last}] reaches past the model's {n_layers} layers; "
+                             f"name layers 1 to {n_layers}")
+
+
 def example_config(preset: str = "demo") -> str:
     """A study config in YAML holding every setting with its value under `preset` and, above it,
     its description as a comment: `mossa run --config` on it runs exactly that preset."""
@@ -560,5 +583,6 @@ def example_config(preset: str = "demo") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-__all__ = ["DEMO_TASKS", "PRESETS", "LoraSettings", "StudyConfig", "TaskFile", "TrainSettings", "example_config",
+__all__ = ["DEMO_TASKS", "PRESETS", "LoraSettings", "StudyConfig", "TaskFile", "TrainSettings", "check_layer_ranges",
+           "example_config",
            "preset_tasks", "read_config_file", "resolve_config"]

@@ -61,7 +61,6 @@ import json
 import zlib
 from numbers import Integral, Real
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -71,9 +70,8 @@ from threadpoolctl import threadpool_limits
 
 from mossa.errors import MossaError
 from mossa.store import StudyDir, atomic_path
+from mossa.workers import JobPool
 
-if TYPE_CHECKING:  # mossa.analysis imports this module: JobPool is imported where it is used
-    from mossa.analysis import JobPool
 
 __all__ = ["PROBE_C", "PROBE_COLUMNS", "PROBE_TABLE_COLUMNS", "probe_layers", "probe_table", "prompt_labels",
            "write_probes"]
@@ -345,8 +343,6 @@ def probe_table(root, labels: dict[str, dict[str, int]], models: dict[str, list[
     if missing:
         raise MossaError(f"probe_table: expected a cluster for every probed task, got none for {missing}; fix: add "
                          "them to clusters (study.json lists each task's cluster)")
-    from mossa.analysis import JobPool
-
     study = StudyDir(root)
     pool = pool if pool is not None else JobPool(1)
     jobs, skipped = [], []

@@ -191,8 +191,8 @@ class Activations:
                                     dtype=np.float32)
 
 
-class StudyDir:
-    """Paths and atomic reads/writes inside one study folder."""
+class _StudyFolder:
+    """One study folder itself: its paths, its creation, its lock and the sweep of what killed runs left."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -210,6 +210,60 @@ class StudyDir:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = False):
+        """Hold the study's lock for the block: a second run on the same folder fails (or waits).
+
+        The lock is an OS file lock (fcntl/flock through `filelock`), which the kernel releases
+        when its process dies, so a killed run never leaves a stale lock behind; the holder's pid
+        is written beside it for the message.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.path(".mossa.lock")), timeout=-1 if wait else 0)
+        holder = self.path(".mossa.lock.holder")
+        try:
+            lock.acquire()
+        except Timeout:
+            who = holder.read_text(encoding="utf-8").strip() if holder.exists() else "another process"
+            raise MossaError(f"{self.root}: another mossa run is using this study folder ({who}); wait for it, "
+                             f"pass --wait, or choose another --out") from None
+        try:
+            with _storage_errors(holder):
+                holder.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+            lock.release()
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove every temporary file and folder (`is_temporary`) under the study dir; return them.
+
+        Only killed processes leave any: a write that fails removes its own. Call it holding the
+        lock and before any unit runs: the lock keeps other runs out of this folder, and this
+        run's own writers (in this process or its Ray workers) have not started yet, so nothing
+        removed is in use. (A Ray worker of a killed run that outlives its driver only ever
+        publishes whole units, which the fingerprints then accept or redo.) Temporaries of the
+        model-conversion cache (MOSSA_CACHE, '<name>.tmp-<pid>') live outside the study dir and
+        are not touched.
+        """
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            for name in [*files, *dirs]:
+                if is_temporary(name):
+                    found.append(Path(folder, name))
+            dirs[:] = [d for d in dirs if not is_temporary(d)]
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
+
+
+class StudyDir(_StudyFolder):
+    """Paths and atomic reads/writes inside one study folder: adapters and activation folders."""
 
     # adapters ---------------------------------------------------------------------------
     def adapter_dir(self, unit: str) -> Path:
@@ -350,56 +404,6 @@ class StudyDir:
         file = self.activation_file(model, task)
         return Activations(ids=file.ids, acts=file.read(), target_nll=file.target_nll,
                            target_tokens=file.target_tokens, meta=file.meta, evaluation=file.evaluation)
-
-    @contextlib.contextmanager
-    def lock(self, *, wait: bool = False):
-        """Hold the study's lock for the block: a second run on the same folder fails (or waits).
-
-        The lock is an OS file lock (fcntl/flock through `filelock`), which the kernel releases
-        when its process dies, so a killed run never leaves a stale lock behind; the holder's pid
-        is written beside it for the message.
-        """
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.path(".mossa.lock")), timeout=-1 if wait else 0)
-        holder = self.path(".mossa.lock.holder")
-        try:
-            lock.acquire()
-        except Timeout:
-            who = holder.read_text(encoding="utf-8").strip() if holder.exists() else "another process"
-            raise MossaError(f"{self.root}: another mossa run is using this study folder ({who}); wait for it, "
-                             f"pass --wait, or choose another --out") from None
-        try:
-            with _storage_errors(holder):
-                holder.write_text(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
-            yield
-        finally:
-            holder.unlink(missing_ok=True)
-            lock.release()
-
-    def sweep_temporaries(self) -> list[Path]:
-        """Remove every temporary file and folder (`is_temporary`) under the study dir; return them.
-
-        Only killed processes leave any: a write that fails removes its own. Call it holding the
-        lock and before any unit runs: the lock keeps other runs out of this folder, and this
-        run's own writers (in this process or its Ray workers) have not started yet, so nothing
-        removed is in use. (A Ray worker of a killed run that outlives its driver only ever
-        publishes whole units, which the fingerprints then accept or redo.) Temporaries of the
-        model-conversion cache (MOSSA_CACHE, '<name>.tmp-<pid>') live outside the study dir and
-        are not touched.
-        """
-        found = []
-        for folder, dirs, files in os.walk(self.root):
-            for name in [*files, *dirs]:
-                if is_temporary(name):
-                    found.append(Path(folder, name))
-            dirs[:] = [d for d in dirs if not is_temporary(d)]
-        for path in found:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        return found
 
 
 def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray,

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from mossa.analysis import median_over_tasks
+from mossa.analysis._bootstrap import median_over_tasks
 
 
 def test_median_over_tasks_and_one_task_clusters():

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mossa.analysis import PROPERTIES, correlations
+from mossa.analysis import PROPERTIES
+from mossa.analysis._correlations import correlations
 
 
 def _tables(n_tasks, *, layers=4, seed=0):

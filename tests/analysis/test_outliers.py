@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mossa.analysis import OUTLIER_COLUMNS, OUTLIER_RULE, outlier_dims, outlier_table, top_direction_share
+from mossa.analysis._outliers import OUTLIER_COLUMNS, OUTLIER_RULE, outlier_table, top_direction_share
+from mossa.similarity import outlier_dims
 from mossa.analysis._outliers import layer_outliers
 from mossa.store import Activations, StudyDir
 

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from mossa.analysis import layer_sections, median_gain, robustness
+from mossa.analysis import median_gain
+from mossa.analysis._robustness import robustness
+from mossa.analysis._sections import layer_sections
 
 LAYERS = 18
 CURVE = np.r_[np.full(7, -0.05), np.linspace(-0.05, 0.3, 5)[1:-1], np.full(LAYERS - 10, 0.3)]

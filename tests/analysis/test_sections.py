@@ -404,7 +404,7 @@ def test_layer_sections_reads_the_gain_from_the_similarity_table():
     sections as find_sections on that gain; a table without the measure says so."""
     import pandas as pd
 
-    from mossa.analysis import layer_sections
+    from mossa.analysis._sections import layer_sections
 
     gain = noisy(ramp_curve(), n_tasks=12, sd=0.03, seed=4)
     rows = []

@@ -1,7 +1,8 @@
 import numpy as np
 import pandas as pd
 
-from mossa.analysis import align, analyze, task_similarity
+from mossa.analysis import analyze
+from mossa.analysis._similarity import align, task_similarity
 from mossa.similarity import linear_cka
 from mossa.store import Activations, StudyDir
 

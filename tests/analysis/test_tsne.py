@@ -159,7 +159,7 @@ def test_validation_errors(kind, match):
 
 
 def test_stored_runs_embed_a_subsample_of_the_named_layers(tmp_path):
-    from mossa.analysis import tsne_of_runs
+    from mossa.analysis._tsne import tsne_of_runs
     from mossa.store import Activations, StudyDir
 
     rng = np.random.default_rng(0)

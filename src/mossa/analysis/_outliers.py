@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._pool import JobPool
+from mossa.workers import JobPool
 from mossa.analysis._similarity import COMPARED, HELDOUT, aligned_rows, joint_finite, on_grid
 from mossa.similarity import OUTLIER_RULE, as_float64, outlier_dims
 from mossa.spectral import DegenerateSpectrumWarning, layer_spectrum

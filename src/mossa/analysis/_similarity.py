@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._permutation import NULL_COLUMNS, permutation_nulls, permutations
-from mossa.analysis._pool import JobPool
+from mossa.workers import JobPool
 from mossa.errors import MossaError
 from mossa.similarity import (
     ROBUST_MEASURES,

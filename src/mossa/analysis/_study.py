@@ -19,7 +19,7 @@ import pandas as pd
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._outliers import outlier_table
-from mossa.analysis._pool import JobPool, choose_workers
+from mossa.workers import JobPool, choose_workers
 from mossa.analysis._robustness import robustness
 from mossa.analysis._sections import layer_sections
 from mossa.analysis._similarity import COMPARED, DEFAULT_MEASURES, HELDOUT, analyze, check_measures, on_grid, write_table

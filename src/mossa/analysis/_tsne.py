@@ -49,7 +49,7 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._pool import JobPool
+from mossa.workers import JobPool
 from mossa.errors import MossaError
 
 MODELS = ("base", "experimental")

@@ -7,7 +7,7 @@ Stage: models (reads GGUF/HF weights, writes the conversion cache under `$MOSSA_
 """
 
 from mossa.models._adapters import AdapterHost
-from mossa.models._families import decoder_blocks, default_lora_targets, linear_module_names, resolve_lora_targets
+from mossa.models._families import check_lora_targets, decoder_blocks, default_lora_targets, linear_module_names, resolve_lora_targets
 from mossa.models._loading import (
     LoadedModel,
     adapter_digest,
@@ -33,15 +33,15 @@ from mossa.models._decoding import AnswerStop, greedy_decode, kv_cache, score_co
 from mossa.models._registry import (
     EmbeddedModel,
     ModelSource,
-    cache_root,
+    experimental_source,
     register_model,
     registered_models,
     resolve_model,
 )
 
 __all__ = [
-    "AdapterHost", "AnswerStop", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "cache_root", "check_model_available",
-    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "decoder_blocks", "default_lora_targets", "length_batches", "linear_module_names", "log_softmax", "logsumexp", "load_model", "materialize", "pick_device",
+    "AdapterHost", "AnswerStop", "Batch", "EmbeddedModel", "LoadedModel", "ModelSource", "adapter_digest", "body_forward", "check_lora_targets", "check_model_available",
+    "collate", "greedy_decode", "head_logits", "kv_cache", "cpu_name", "decoder_blocks", "default_lora_targets", "experimental_source", "length_batches", "linear_module_names", "log_softmax", "logsumexp", "load_model", "materialize", "pick_device",
     "pick_dtype", "register_model", "registered_models", "resolve_lora_targets", "resolve_model", "score_continuations",
     "select_rows", "sha256_file", "target_nll",
 ]

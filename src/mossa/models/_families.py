@@ -55,6 +55,15 @@ def resolve_lora_targets(targets: list[str] | str, model: torch.nn.Module) -> li
     return default_lora_targets(model) if targets == "auto" else list(targets)
 
 
+def check_lora_targets(model: torch.nn.Module, targets: list[str]) -> None:
+    """Every LoRA target must name modules of the model (peft would fail mid-study otherwise)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaves]
+    if missing:
+        raise MossaError(f"field 'lora.targets': {', '.join(missing)} not found in the model; its linear "
+                         f"modules are {', '.join(linear_module_names(model))}")
+
+
 def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's decoder blocks in order: the module list holding `num_hidden_layers` blocks (block l,
     1-based, writes the hidden state of layer l). Found by shape, not by name, so every family works.

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from mossa.errors import MossaError
-from mossa.models._registry import ADAPTER_WEIGHTS, ModelSource, cache_root
+from mossa.cache import cache_root
+from mossa.models._registry import ADAPTER_WEIGHTS, ModelSource
 
 _MARKER = "mossa-converted.json"
 _NORM_NAMES = ("norm", "final_norm", "ln_f", "final_layer_norm", "norm_f")

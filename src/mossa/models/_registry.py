@@ -7,7 +7,6 @@ Resolution never loads weights, so a bad model name fails before any work starts
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,11 +154,12 @@ def _resolve_adapter(spec: str) -> ModelSource:
                        base=base, adapter=str(folder))
 
 
-def cache_root() -> Path:
-    """`$MOSSA_CACHE`, else the user's cache dir for mossa."""
-    env = os.environ.get("MOSSA_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("mossa"))
+def experimental_source(spec: str | None) -> tuple[str, object] | None:
+    """What a study's E is: None when it is trained there, ("adapter", folder) for a peft adapter folder
+    applied to B, or ("model", ModelSource) for a model of its own (resolved, not loaded)."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        return "adapter", path.resolve()
+    return "model", resolve_model(spec)

@@ -178,32 +178,9 @@ class _Cross:
 
 
 @dataclass
-class StreamingLinearCKA:
-    """Accumulate chunks, then read per-layer linear CKA (biased and debiased) of each pair.
-
-    Parameters
-    ----------
-    pairs : list of (str, str)
-        The compared pairs, by representation name; every name in a pair must appear in
-        each chunk passed to :meth:`update`.
-    n_layers : int, optional
-        Layers per representation; needed only when chunks hold some of the layers.
-    exact : bool, default True
-        Every row through float64 products, not only the held and far ones (see the module
-        docstring): CKA within about 1e-10 of a float64 reference; False: float32 products for
-        the rows near the centre, about 1e-8 (up to 1e-7), at about half the product time.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> A, B = rng.normal(size=(2, 3, 500, 8)).astype(np.float32)
-    >>> acc = StreamingLinearCKA([("A", "B")])
-    >>> for start in range(0, 500, 128):
-    ...     acc.update({"A": A[:, start:start + 128], "B": B[:, start:start + 128]})
-    >>> len(acc.results("A", "B", debiased=False))
-    3
-    """
+class _Accumulator:
+    """The streaming part of `StreamingLinearCKA`: per representation and layer, float64 sums of the rows'
+    products (each layer centred on its first rows), and per pair their cross-products."""
 
     pairs: list[tuple[str, str]]
     n_layers: int | None = None
@@ -377,6 +354,35 @@ class StreamingLinearCKA:
         acc.v_xy[layer] += v_xy
         acc.v_yx[layer] += v_yx
         self.moments[pair[0]].flops += 2.0 * c * d1 * d2
+
+
+@dataclass
+class StreamingLinearCKA(_Accumulator):
+    """Accumulate chunks, then read per-layer linear CKA (biased and debiased) of each pair.
+
+    Parameters
+    ----------
+    pairs : list of (str, str)
+        The compared pairs, by representation name; every name in a pair must appear in
+        each chunk passed to :meth:`update`.
+    n_layers : int, optional
+        Layers per representation; needed only when chunks hold some of the layers.
+    exact : bool, default True
+        Every row through float64 products, not only the held and far ones (see the module
+        docstring): CKA within about 1e-10 of a float64 reference; False: float32 products for
+        the rows near the centre, about 1e-8 (up to 1e-7), at about half the product time.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.normal(size=(2, 3, 500, 8)).astype(np.float32)
+    >>> acc = StreamingLinearCKA([("A", "B")])
+    >>> for start in range(0, 500, 128):
+    ...     acc.update({"A": A[:, start:start + 128], "B": B[:, start:start + 128]})
+    >>> len(acc.results("A", "B", debiased=False))
+    3
+    """
 
     def seal(self, layers: Iterable[int] | None = None) -> None:
         """Mark layers (default: all) complete: their d x d product sums are reduced to the

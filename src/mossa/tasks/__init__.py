@@ -37,6 +37,16 @@ from mossa.tasks._registry import (
     resolve_tasks_dir,
     scan_tasks_dir,
 )
+from mossa.tasks._selection import (
+    MIN_TEST_PROMPTS,
+    check_causal_tasks,
+    check_splits,
+    check_task_choices,
+    check_test_prompts,
+    resolve_ceiling,
+    resolve_holdout,
+    study_tasks,
+)
 from mossa.tasks._sni import load_sni_task, sni_task_files
 from mossa.tasks._sources import (
     TASK_SOURCES,
@@ -51,12 +61,13 @@ from mossa.tasks._spec import Example, TaskSpec, Template
 from mossa.tasks._templates import TemplateSet, builtin_templates, generic_template, template_fields, templates_for
 
 __all__ = [
-    "CHAT_TEMPLATES", "FLOOR", "MODEL_TEMPLATE", "TASK_SOURCES", "TEMPLATE_MODES", "ChatTemplate", "Example",
+    "CHAT_TEMPLATES", "FLOOR", "MIN_TEST_PROMPTS", "MODEL_TEMPLATE", "TASK_SOURCES", "TEMPLATE_MODES", "ChatTemplate", "Example",
     "HubTask", "Prompt", "PromptBuilder", "PromptFormat", "PromptSample", "TaskEntry", "TaskSource", "TaskSpec",
-    "Template", "TemplateSet", "assign_splits", "build_task", "builtin_templates", "chat_template",
+    "Template", "TemplateSet", "assign_splits", "build_task", "builtin_templates", "chat_template", "check_causal_tasks", "check_splits",
+    "check_task_choices", "check_test_prompts",
     "convert_row", "default_tasks_dir", "generic_template", "hub_table", "load_hub_task", "load_sni_task",
     "load_task", "load_task_file", "load_tasks", "parse_row", "prompt_digest", "read_manifest",
     "read_task_file", "register_chat_template", "register_task_source", "render_body", "render_options",
-    "resolve_format", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
-    "task_catalog", "template_fields", "template_index", "templates_for",
+    "resolve_ceiling", "resolve_format", "resolve_holdout", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
+    "study_tasks", "task_catalog", "template_fields", "template_index", "templates_for",
 ]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mossa.cache import cache_root
 from mossa.errors import MossaError
 from mossa.tasks._loader import parse_row
 from mossa.tasks._registry import build_task
@@ -302,8 +303,6 @@ def _load_split(task: HubTask, split: str):
         if entry.get(key):
             kwargs[arg] = entry[key]
     if os.environ.get("MOSSA_CACHE"):
-        from mossa.models import cache_root
-
         kwargs["cache_dir"] = str(cache_root() / "datasets")
     try:
         data = datasets.load_dataset(entry["dataset"], **kwargs)

@@ -1,6 +1,6 @@
 """Worker processes for the analysis: independent jobs (a task's tables, a t-SNE panel) on all cores.
 
-Stage: analysis (runs job callables; reads and writes nothing itself).
+Stage: shared by the analysis and the probes (runs job callables; reads and writes nothing itself).
 
 The analysis is NumPy work on small matrices (96 x 640 at the demo's size), where one BLAS
 thread is fastest: more threads spin more than they compute. So the cores are used by

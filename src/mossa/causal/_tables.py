@@ -1,19 +1,10 @@
-"""Do the sections do anything? E's adapter switched on in one section of layers only, and everywhere but
-there, on the same test prompts: how much of E's gain over B each section keeps, by the task metrics and
-the target NLL; and how much the adapter changes each block's output.
+"""The causal check's tables and verdicts, and the restricted E's table, from the records the study stored:
+what each layer range of E's adapter keeps of E's gain over B (results/causal.csv, causal.json), the
+adapter's update per block (results/adapter_updates.csv), which range carries the gain, and the task
+metrics of each E trained on one range only beside E's (results/restricted.csv).
 
-Stage: causal (reads the study's sections and E's adapter on the loaded base; the study stores each
-task's record under causal/; `causal_table` turns the records into results/causal.csv, no model).
-
-A LoRA adapter is on or off per block at no training cost (`AdapterHost.use(name, layers=...)`): with it
-on everywhere the model is E, with it off everywhere B, exactly. If the refinement layers hold E's
-task-specific gain, E with its adapter on only there keeps most of that gain, and E with it on only in
-the shared layers does not. The share kept is (metric(masked) - metric(B)) / (metric(E) - metric(B)) on
-the same prompts, with a paired bootstrap interval over examples; it is stated only where E's own gain
-over B is above 0 by its paired interval (no gain, nothing to share out).
-
-Layers are numbered as the study's states: block l (1-based) writes layer l's state, so a section
-[a, b] of layers is blocks a..b, and masking a block changes the states from its layer on.
+Stage: causal, tables (reads causal/ and activations/ from the store and results/sections.json; writes
+results/; loads no model).
 """
 
 from __future__ import annotations
@@ -23,101 +14,26 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mossa.errors import MossaError
+from mossa.analysis import evaluation_records
+from mossa.causal._masks import layer_ranges, section_ranges
 from mossa.evaluation import (
     LOWER_IS_BETTER,
     gain_share_interval,
     metric_interval,
     named_stream,
     paired_gain_interval,
+    performance_table,
     primary_metric,
     record_metrics,
     task_metrics,
 )
-from mossa.models import AdapterHost, collate, length_batches
+from mossa.store import StudyDir, atomic_path, read_json, write_json
 
-SECTIONS = ("shared", "transition", "refinement")
+EXPERIMENTAL = "experimental"
+RESTRICTED = "restricted-"
 CAUSAL_COLUMNS = ["task", "cluster", "model", "mask", "section", "active_layers", "metric", "value", "ci_low",
                   "ci_high", "share", "share_low", "share_high", "share_reason", "n_examples"]
 UPDATE_COLUMNS = ["task", "model", "layer", "median", "q25", "q75", "n_examples"]
-
-
-@dataclass(frozen=True)
-class Mask:
-    """One way of running E: its adapter on in the blocks `layers` (1-based) only."""
-
-    name: str  # "only shared", "outside shared", ...
-    section: str
-    layers: tuple[int, ...]
-
-    @property
-    def active(self) -> str:
-        """The active layers as ranges, e.g. "1-7,12-18" ("none" when empty)."""
-        return layer_ranges(self.layers)
-
-
-def layer_ranges(layers) -> str:
-    """Sorted layer numbers as comma-separated ranges: (1, 2, 3, 7) -> "1-3,7"; () -> "none"."""
-    out, run = [], []
-    for layer in sorted(layers):
-        if run and layer == run[-1] + 1:
-            run.append(layer)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [layer]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out) or "none"
-
-
-def section_ranges(sections: dict, n_layers: int,
-                   causal_layers: list | str = "sections") -> tuple[dict[str, tuple[int, int]], str]:
-    """The layer ranges to mask by, with where they come from: the ranges `causal_layers` names ([[a, b], ...]),
-    else (`causal_layers` "sections") the
-    sections found (`sections.json`), else, when no transition was found, the thirds of the depth (a causal
-    check of depth is still informative; the source string says so)."""
-    if isinstance(causal_layers, list):
-        ranges = {f"layers {a}-{b}": (int(a), int(b)) for a, b in causal_layers}
-        for name, (a, b) in ranges.items():
-            if not 1 <= a <= b <= n_layers:
-                raise MossaError(f"field 'causal_layers': {name} is not within layers 1-{n_layers}")
-        return ranges, "the layer ranges named in causal_layers"
-    if sections.get("transition_found"):
-        return {s: tuple(sections[s]) for s in SECTIONS}, "the sections found (sections.json)"
-    edges = np.linspace(0, n_layers, 4).round().astype(int)
-    thirds = [(f"{which} third", int(edges[i]) + 1, int(edges[i + 1])) for i, which in
-              enumerate(("first", "second", "last"))]
-    ranges = {name: (a, b) for name, a, b in thirds if a <= b}  # a model of 1 or 2 layers has fewer thirds
-    return ranges, "the thirds of the depth, as no sections were found"
-
-
-def masks(ranges: dict[str, tuple[int, int]], n_layers: int) -> list[Mask]:
-    """For each range: the adapter on there only, and everywhere but there."""
-    every = set(range(1, n_layers + 1))
-    out = []
-    for name, (a, b) in ranges.items():
-        inside = tuple(range(a, b + 1))
-        out += [Mask(f"only {name}", name, inside), Mask(f"outside {name}", name, tuple(sorted(every - set(inside))))]
-    return out
-
-
-def run_masks(host: AdapterHost, adapter: str, prompts: list, masks_: list[Mask], *, token_budget: int,
-              extract) -> dict:
-    """The evaluation record of E (`adapter`) under each mask on `prompts`, and the adapter's per-block
-    update at each prompt's last token ([n_layers][n], `AdapterHost.updates`).
-
-    `extract(layers)` runs the study's evaluated extraction of these prompts with the adapter on in
-    `layers` and returns its evaluation record (the study passes its own settings in)."""
-    records = {m.name: {"section": m.section, "layers": list(m.layers), "evaluation": extract(m.layers)}
-               for m in masks_}
-    n_layers = host.loaded.n_layers
-    updates = np.full((n_layers, len(prompts)), np.nan)
-    for idx in length_batches(prompts, token_budget, with_targets=False):
-        batch = collate([prompts[i] for i in idx], host.loaded.tokenizer.pad_token_id, host.loaded.device,
-                        with_targets=False)
-        updates[:, idx] = host.updates(adapter, batch).numpy()
-    return {"masks": records, "updates": updates.tolist()}
 
 
 def causal_table(causal: dict[tuple[str, str], dict], records: dict[tuple[str, str], dict | None],
@@ -216,6 +132,78 @@ def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["metric"].to_numpy() == np.array(primary, dtype=object)]
 
 
-__all__ = ["CAUSAL_COLUMNS", "Mask", "SECTIONS", "UPDATE_COLUMNS", "causal_table", "layer_ranges", "masks",
-           "primary_rows",
-           "run_masks", "section_ranges", "section_verdict", "update_table"]
+@dataclass
+class SectionChecks:
+    """The causal check's tables (empty when the study has no causal records) and the restricted E's."""
+
+    causal: pd.DataFrame
+    updates: pd.DataFrame
+    verdict: dict
+    restricted: pd.DataFrame
+
+
+def causal_records(study: StudyDir, ranges: dict) -> dict[tuple[str, str], dict]:
+    """(task, model) -> the stored causal record, for the records made with these layer ranges (a record of
+    earlier sections is left out: its masks are not the ones the report names)."""
+    out = {}
+    folder = study.path("causal")
+    if not folder.is_dir():
+        return out
+    want = {k: list(v) for k, v in ranges.items()}
+    for path in sorted(folder.glob("*/*.json")):
+        record = read_json(path)
+        if record.get("ranges") == want:
+            out[(record["task"], record["model"])] = record
+    return out
+
+
+def _write_csv(df: pd.DataFrame, path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def section_checks(root, provenance: dict, *, n_boot: int | None = None) -> SectionChecks:
+    """Compute and write the causal and restricted tables of a study from what it stored (`provenance` is
+    its study.json; `n_boot` defaults to the study's). The study's evaluation records give the full model's
+    and B's rows of causal.csv, and E's rows of restricted.csv."""
+    study = StudyDir(root)
+    config = provenance["config"]
+    clusters = {task: info["cluster"] for task, info in provenance["tasks"].items()}
+    records = evaluation_records(study, list(clusters))
+    seed = int(config.get("seed", 0))
+    n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
+    ranges, source = section_ranges(read_json(study.path("results", "sections.json")),
+                                    int(provenance["model"]["n_layers"]), config.get("causal_layers", "sections"))
+    stored = causal_records(study, ranges)
+    causal = causal_table(stored, records, clusters, n_boot=n_boot, seed=seed)
+    updates = update_table(stored)
+    verdict = {**section_verdict(causal), "source": source, "ranges": {k: list(v) for k, v in ranges.items()},
+               "n_examples": {f"{t} {m}": len(r["updates"][0]) for (t, m), r in stored.items()}}
+    if stored:
+        _write_csv(causal, study.path("results", "causal.csv"))
+        _write_csv(updates, study.path("results", "adapter_updates.csv"))
+        write_json(study.path("results", "causal.json"), verdict)
+    restricted_records = _restricted_records(study, list(clusters))
+    restricted = pd.DataFrame()
+    if restricted_records:
+        both = {**restricted_records, **{(t, m): r for (t, m), r in records.items() if m == EXPERIMENTAL}}
+        restricted = performance_table(both, clusters, n_boot=n_boot, seed=seed)
+        _write_csv(restricted, study.path("results", "restricted.csv"))
+    return SectionChecks(causal=causal, updates=updates, verdict=verdict, restricted=restricted)
+
+
+def _restricted_records(study: StudyDir, tasks: list[str]) -> dict[tuple[str, str], dict | None]:
+    """(task, 'restricted-<range>') -> the evaluation record of each restricted E the study trained."""
+    out = {}
+    folder = study.path("activations")
+    if not folder.is_dir():
+        return out
+    for model_dir in sorted(p for p in folder.iterdir() if p.name.startswith(RESTRICTED)):
+        for task in tasks:
+            if (model_dir / task / "meta.json").is_file():
+                out[(task, model_dir.name)] = study.activation_file(model_dir.name, task, verify=False).evaluation
+    return out
+
+
+__all__ = ["CAUSAL_COLUMNS", "SectionChecks", "UPDATE_COLUMNS", "causal_records", "causal_table", "primary_rows",
+           "section_checks", "section_verdict", "update_table"]

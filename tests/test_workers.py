@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mossa.analysis import JobPool, analyze, choose_workers, tsne_embeddings
+from mossa.analysis import analyze, tsne_embeddings
+from mossa.workers import JobPool, choose_workers
 from mossa.errors import MossaError
 from mossa.store import Activations, StudyDir
 
@@ -57,7 +58,7 @@ def test_a_job_error_reaches_the_caller(tmp_path):
 
 
 def test_choose_workers(monkeypatch):
-    import mossa.analysis._pool as pool
+    import mossa.workers as pool
 
     monkeypatch.setattr(pool, "usable_cores", lambda: 4)
     assert choose_workers("auto", pool.PARALLEL_MIN_WORK, jobs=12) == 4

@@ -1,0 +1,25 @@
+"""E: LoRA on the capped mixture of all tasks (instruction tuning), then its states on every task.
+
+Stage: units (reads every task's training prompts and the base; writes adapters/experimental/ and
+activations/experimental/<task>/).
+"""
+
+from __future__ import annotations
+
+from mossa.units._kind import register_unit
+from mossa.units._mixture import MixtureUnit
+
+EXPERIMENTAL = "experimental"
+
+
+@register_unit
+class Experimental(MixtureUnit):
+    """E trained here (when no experimental_model is given)."""
+
+    name = EXPERIMENTAL
+    reads = "every task's training and test prompts, the base model"
+    writes = "adapters/experimental/, activations/experimental/<task>/ for every task"
+
+    @classmethod
+    def units(cls, ctx) -> list[str]:
+        return [EXPERIMENTAL] if ctx.cfg.experimental_model is None else []
