@@ -167,13 +167,15 @@ def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, execu
         timings["units"] = time.perf_counter() - t0
         for stage in ("train", "extract"):
             timings[stage] = sum(r["seconds"][stage] for r in results)
-        training = {r["unit"]: r["log"] for r in results if r["log"] is not None}
         [tables] = executor.map([Unit("analysis", analysis_unit, (unit_cfg, unit_cfg.out, provenance), cpus=cpus)])
         later = plan_units(ctx, SECTIONS, cpus=cpus, gpus=gpus)
         if later:
             t0 = time.perf_counter()
-            training.update({r["unit"]: r["log"] for r in executor.map(later) if r["log"] is not None})
+            results += executor.map(later)
             timings["causal"] = time.perf_counter() - t0
+        training = {r["unit"]: r["log"] for r in results if r["log"] is not None}
+        provenance = {**provenance, "units": {r["unit"]: {"kind": r["kind"], "fingerprint": r["fingerprint"]}
+                                              for r in results}}
         finish = Unit("report", finish_study, (unit_cfg, unit_cfg.out, provenance, training,
                                                {**timings, **tables.timings}, started, tables), cpus=cpus)
         [result] = executor.map([finish])

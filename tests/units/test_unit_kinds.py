@@ -92,11 +92,19 @@ def test_a_kind_registered_outside_mossa_runs_in_its_phase_and_resumes(toy_kinds
     assert "transition_found" in json.loads((out / "toy/sections_seen.json").read_text())["keys"]
     info = json.loads((out / "study.json").read_text())
     assert info["executor"]["units"][-2:] == ["base", "toy-lengths"]  # registered last, run last of its phase
+    units = info["units"]  # every unit's declared fingerprint, the one that keys its outputs
+    assert units["toy-lengths"] == {"kind": "toy_prompt_lengths",
+                                    "fingerprint": json.loads((out / "toy/prompt_lengths.json").read_text())["inputs"]}
+    assert units["toy-sections"]["kind"] == "toy_sections_seen"
+    marker = json.loads((out / "adapters/control-tiny_struct/done.json").read_text())
+    assert units["control-tiny_struct"] == {"kind": "control", "fingerprint": marker["inputs"]}
+    assert "unit fingerprint: toy-lengths" in (out / "report.html").read_text()
 
     stamp = (out / "toy/prompt_lengths.json").stat().st_mtime_ns
     run_study(cfg, reporter=Reporter(quiet=True))
     assert (PromptLengths.runs, SectionsSeen.runs) == (1, 1)  # both found their outputs: resumed, not rerun
     assert (out / "toy/prompt_lengths.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "study.json").read_text())["units"] == units  # the same inputs, the same fingerprints
 
     record = out / "toy/prompt_lengths.json"
     record.write_text(json.dumps({"inputs": "stale", "lengths": {}}))

@@ -272,6 +272,8 @@ def write_report(root: Path) -> Path:
     provenance += [("model fingerprint", model["fingerprint"])]
     provenance += [(f"task fingerprint: {t}", f"{info['fingerprint']} ({info['path']}, {info['template']})")
                    for t, info in study["tasks"].items()]
+    provenance += [(f"unit fingerprint: {u}", f"{v['fingerprint']} ({v['kind']})")
+                   for u, v in study.get("units", {}).items()]
     provenance += [(f"seconds: {k}", f"{v:.1f}") for k, v in study.get("seconds", {}).items()]
     provenance += [("command", study.get("command", "")), ("started", study.get("started", ""))]
     env = Environment(autoescape=True)

@@ -115,7 +115,8 @@ def unit_threads(n: int):
 def run_unit(cfg: StudyConfig, root: Path, kind: type[UnitKind], unit: str) -> dict:
     """Run unit `unit` of kind `kind` of the study at `root`, unless its outputs are stored with its fingerprint.
 
-    Returns its training log (None when it trained nothing) and its seconds of training and extraction.
+    Returns its kind, the fingerprint of its inputs (study.json records it), its training log (None when it
+    trained nothing) and its seconds of training and extraction.
     """
     with unit_threads(cfg.threads):
         ctx = _context(cfg, root)
@@ -123,7 +124,7 @@ def run_unit(cfg: StudyConfig, root: Path, kind: type[UnitKind], unit: str) -> d
         job = kind(ctx, unit)
         if not job.done():
             job.run()
-        return {"unit": unit, "log": ctx.train_logs.get(unit),
+        return {"unit": unit, "kind": kind.name, "fingerprint": job.fingerprint(), "log": ctx.train_logs.get(unit),
                 "seconds": {k: ctx.seconds[k] - before[k] for k in before}}
 
 
