@@ -4,8 +4,9 @@ Stage: orchestration (runs unit callables; reads and writes nothing itself).
 
 A study is a list of independent units (each control C_t, E, E', the base model's extraction)
 followed by the analysis. An executor runs one list of independent units and returns their
-results, in the list's order, once all are done; the study calls it twice (the units, then
-the analysis), so the analysis always sees every unit's output.
+results, in the list's order, once all are done; the study calls it once per step (the states
+phase's units, the analysis, the sections phase's units, the report), so each step sees every
+output of the steps before it.
 
 - ``local`` (default): in this process, one unit after another; the study's loaded model is
   shared and adapters are swapped on it.
