@@ -146,3 +146,16 @@ def test_hash_check_is_skipped_only_for_an_unchanged_file(tmp_path, monkeypatch)
     assert calls == [1]
     study.activation_file("base", "t", verify=True)
     assert len(calls) == 2  # a check begun right after a write is racy: hashed until a tick has passed
+
+
+def test_prompt_templates_are_read_per_task_and_a_bad_line_names_file_and_line(tmp_path):
+    from mossa.errors import MossaError
+    from mossa.store import read_prompt_templates
+
+    path = tmp_path / "prompts.jsonl"
+    assert read_prompt_templates(path) == {}  # no prompts file: no templates
+    path.write_text('{"task": "a", "id": "a:1", "template": 2}\n\n{"task": "b", "id": "b:1", "template": 0}\n')
+    assert read_prompt_templates(path) == {"a": {"a:1": 2}, "b": {"b:1": 0}}
+    path.write_text('{"task": "a", "id": "a:1", "template": 2}\n{"task": "a", "id": "a:2"}\n')
+    with pytest.raises(MossaError, match=r"prompts.jsonl:2: expected a JSON object with task, id and an integer"):
+        read_prompt_templates(path)

@@ -156,6 +156,32 @@ def read_json(path: Path) -> dict:
         raise MossaError(f"{path}: cannot read ({exc})") from None
 
 
+def read_prompt_templates(path: Path) -> dict[str, dict[str, int]]:
+    """The template index each test prompt was rendered with, from a study's prompts.jsonl:
+    ``{task: {id: template}}``; empty when the study has no prompts file (states written by hand).
+
+    Raises
+    ------
+    MossaError
+        For a line that is not a JSON object with ``task``, ``id`` and an integer ``template``, naming file
+        and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.setdefault(str(row["task"]), {})[str(row["id"])] = int(row["template"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise MossaError(f"{path}:{number}: expected a JSON object with task, id and an integer template "
+                             f"({type(exc).__name__}: {exc}); fix: rewrite the file with `mossa run`") from None
+    return out
+
+
 @dataclass
 class Activations:
     """Last-prompt-token states of one (model, task): acts [layers+1, n, d] with ids [n]."""

@@ -70,3 +70,66 @@ def test_large_n_uses_one_subsample_for_value_and_null(monkeypatch):
     v = get_measure("linear_cka")(X, Y).value
     out, = permutation_nulls("linear_cka", X[None], Y[None], [v], perms=permutations(200, 19, rng), rng=rng)
     assert out["null_n"] == 50 and out["p_value"] == 1 / 20
+
+
+def test_permutations_within_groups_keep_each_row_in_its_group():
+    rng = np.random.default_rng(5)
+    groups = np.repeat([2, 0, 1], [10, 7, 13])[rng.permutation(30)]
+    perms = permutations(30, 50, np.random.default_rng(0), groups)
+    assert all(np.array_equal(np.sort(p), np.arange(30)) for p in perms)  # each a permutation
+    assert (groups[perms] == groups).all()  # no row leaves its group
+    assert not (perms == np.arange(30)).all(axis=1).any()  # and they do move
+    one = permutations(30, 50, np.random.default_rng(0), np.zeros(30))
+    assert np.array_equal(one, permutations(30, 50, np.random.default_rng(0)))  # one group: the plain draws
+
+
+def _template_only_pair(rng, n=96, d=40, n_templates=4):
+    """Two representations that share nothing but the template each example was written in: each template
+    moves both sides along a direction of its own; everything example-specific is independent."""
+    groups = np.arange(n) % n_templates
+    shift_x, shift_y = rng.standard_normal((n_templates, d)) * 3, rng.standard_normal((n_templates, d)) * 3
+    X = shift_x[groups] + rng.standard_normal((n, d))
+    Y = shift_y[groups] + rng.standard_normal((n, d))
+    return X[None], Y[None], groups
+
+
+@pytest.mark.parametrize("measure", DEFAULT)
+def test_a_template_only_pair_is_significant_only_under_the_plain_null(measure):
+    """The plain re-pairing calls a shared template significant; re-pairing within templates does not, and
+    says how many strata it kept (null_strata)."""
+    rng = np.random.default_rng(7)
+    p_plain, p_within = [], []
+    for _ in range(30):
+        X, Y, groups = _template_only_pair(rng)
+        v = get_measure(measure)(X[0], Y[0]).value
+        plain, = permutation_nulls(measure, X, Y, [v], perms=permutations(96, 99, rng), rng=rng)
+        within, = permutation_nulls(measure, X, Y, [v], perms=permutations(96, 99, rng, groups), rng=rng,
+                                    groups=groups)
+        p_plain.append(plain["p_value"])
+        p_within.append(within["p_value"])
+        assert plain["null_strata"] == 1 and within["null_strata"] == 4
+    assert max(p_plain) == 1 / 100  # every replicate at the floor: the template looks like shared information
+    assert np.mean(np.array(p_within) < 0.05) <= 0.15  # at chance: about 5% of replicates below 0.05
+    assert stats.kstest(p_within, "uniform").pvalue > 0.01
+
+
+def test_within_template_null_still_finds_example_specific_information():
+    """A pair that shares each example's own content beyond its template stays significant within templates."""
+    rng = np.random.default_rng(8)
+    X, Y, groups = _template_only_pair(rng)
+    Y = Y + 2 * X  # Y now carries X's example-specific part too
+    for measure in DEFAULT:
+        v = get_measure(measure)(X[0], Y[0]).value
+        out, = permutation_nulls(measure, X, Y, [v], perms=permutations(96, 99, rng, groups), rng=rng, groups=groups)
+        assert out["p_value"] == 1 / 100, measure
+
+
+def test_the_subsample_of_a_large_null_keeps_the_groups():
+    rng = np.random.default_rng(9)
+    n = 2400  # above NULL_MAX_N: value and null on a subsample, its permutations redrawn within templates
+    groups = np.arange(n) % 3
+    X = rng.standard_normal((1, n, 8)) + np.eye(8)[groups][None] * 4
+    Y = rng.standard_normal((1, n, 8)) + np.eye(8)[groups][None] * 4
+    v = get_measure("linear_cka")(X[0], Y[0]).value
+    out, = permutation_nulls("linear_cka", X, Y, [v], perms=permutations(n, 19, rng, groups), rng=rng, groups=groups)
+    assert out["null_n"] == 2000 and out["null_strata"] == 3 and out["p_value"] > 1 / 20

@@ -94,3 +94,34 @@ def test_many_examples_stream_from_disk_and_match_memory(tmp_path, monkeypatch):
     assert row.ci_high - row.ci_low < 0.2
     got = cross[(cross.model == "base") & (cross.layer == 2) & (cross.control_layer == 0)].value.iloc[0]
     assert abs(got - linear_cka(base[2], ctl[0])) < 1e-6
+
+
+def test_the_null_re_pairs_within_the_templates_of_prompts_jsonl(tmp_path):
+    """A study whose prompts use several templates gets nulls within templates (null_strata) from
+    prompts.jsonl; a B that shares only the template with C_t is then not significant, as it is under the
+    plain re-pairing of a study without the file. One template: the plain null, value for value."""
+    import json
+
+    rng = np.random.default_rng(11)
+    n, d, layers = 64, 12, 2
+    ids = [f"t:test:{i}" for i in range(n)]
+    templates = np.arange(n) % 4
+    shift = lambda: rng.normal(scale=3, size=(4, d))[templates]  # noqa: E731
+    ctl = (shift() + rng.normal(size=(layers, n, d))).astype(np.float32)
+    base = (shift() + rng.normal(size=(layers, n, d))).astype(np.float32)  # the template, nothing else
+    exp = (ctl + rng.normal(scale=0.3, size=ctl.shape)).astype(np.float32)
+    tables = {}
+    for case, groups in (("none", None), ("one", np.zeros(n, int)), ("four", templates)):
+        study = StudyDir(tmp_path / case)
+        for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
+            study.write_activations(name, "t", _acts(ids, a), inputs="x")
+        if groups is not None:
+            (tmp_path / case / "prompts.jsonl").write_text("".join(
+                json.dumps({"task": "t", "id": i, "template": int(g)}) + "\n" for i, g in zip(ids, groups)))
+        sim, *_ = analyze(study, {"t": "C"}, measures=("linear_cka",), n_boot=0, n_permutations=99)
+        tables[case] = sim.set_index(["model", "layer"])
+    assert (tables["none"]["null_strata"] == 1).all() and (tables["four"]["null_strata"] == 4).all()
+    pd.testing.assert_frame_equal(tables["none"], tables["one"])  # one template: the plain null exactly
+    assert (tables["none"].loc["base", "p_value"] == 1 / 100).all()  # plain: the template looks significant
+    assert (tables["four"].loc["base", "p_value"] > 0.05).all()  # within templates: it is not
+    assert (tables["four"].loc["experimental", "p_value"] == 1 / 100).all()  # example-specific: still found

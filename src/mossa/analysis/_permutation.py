@@ -35,12 +35,28 @@ from mossa.similarity import get_measure, row_space_factor
 
 NULL_MAX_N = 2000
 GENERIC_PERMUTATIONS = 50  # measures recomputed per permutation use the first 50 (p >= 1/51)
-NULL_COLUMNS = ["null_mean", "null_q95", "p_value", "adjusted", "n_permutations", "null_n"]
+NULL_COLUMNS = ["null_mean", "null_q95", "p_value", "adjusted", "n_permutations", "null_n", "null_strata"]
 
 
-def permutations(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """K seeded permutations of n rows [K, n]."""
-    return np.argsort(rng.random((k, n)), axis=1)
+def permutations(n: int, k: int, rng: np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
+    """K seeded permutations of n rows [K, n]; with `groups` [n], each row moves only within its group
+    (the same draws as without groups when there is one group)."""
+    order = rng.random((k, n))
+    if groups is None:
+        return np.argsort(order, axis=1)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups: expected one label per row ({n}), got shape {groups.shape}")
+    out = np.empty((k, n), dtype=np.int64)
+    for label in np.unique(groups):
+        rows = np.flatnonzero(groups == label)
+        out[:, rows] = rows[np.argsort(order[:, rows], axis=1)]
+    return out
+
+
+def n_strata(groups: np.ndarray | None) -> int:
+    """How many groups the re-pairing stays within (1: every row may meet every other)."""
+    return 1 if groups is None else len(np.unique(groups))
 
 
 def _kernel_null(measure: str, a: np.ndarray, b: np.ndarray, perms: np.ndarray) -> tuple[float, np.ndarray]:
@@ -103,27 +119,31 @@ def summarize_null(measure: str, value: float, null: np.ndarray) -> dict:
 
 
 def permutation_nulls(measure: str, A: np.ndarray, B: np.ndarray, values: list[float], *, perms: np.ndarray,
-                      rng: np.random.Generator) -> list[dict]:
+                      rng: np.random.Generator, groups: np.ndarray | None = None) -> list[dict]:
     """Per layer of stacks A, B [layers, n, d]: the null summary (NULL_COLUMNS) of `values`.
 
-    `perms` [K, n] re-pair B's rows. Above NULL_MAX_N rows, value and null come from one seeded
-    subsample (`null_n`) and `perms` is redrawn for it.
+    `perms` [K, n] re-pair B's rows (drawn within `groups` [n] when given: `null_strata` says how many).
+    Above NULL_MAX_N rows, value and null come from one seeded subsample (`null_n`) and `perms` is
+    redrawn for it, within the same groups.
     """
     n = A.shape[1]
+    strata = {"null_strata": n_strata(groups)}
     if not len(perms):
-        return [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0, "null_n": n} for _ in values]
+        return [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0, "null_n": n} | strata for _ in values]
     if n > NULL_MAX_N:
         pick = np.sort(rng.choice(n, size=NULL_MAX_N, replace=False))
-        A, B, perms = A[:, pick], B[:, pick], permutations(NULL_MAX_N, len(perms), rng)
+        sub = None if groups is None else np.asarray(groups)[pick]
+        A, B, perms = A[:, pick], B[:, pick], permutations(NULL_MAX_N, len(perms), rng, sub)
     compute = _kernel_null if measure in KERNEL_MEASURES else _registered_null
     k = len(perms) if measure in KERNEL_MEASURES else min(len(perms), GENERIC_PERMUTATIONS)
     out = []
     with threadpool_limits(1, user_api="blas"):  # small products: one BLAS thread is fastest
         for a, b, value in zip(A, B, values):
             if not np.isfinite(value):
-                out.append(dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": k, "null_n": A.shape[1]})
+                out.append(dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": k, "null_n": A.shape[1]}
+                           | strata)
                 continue
             sub_value, null = compute(measure, a, b, perms)
             out.append(summarize_null(measure, value if n <= NULL_MAX_N else sub_value, null)
-                       | {"null_n": A.shape[1]})
+                       | {"null_n": A.shape[1]} | strata)
     return out

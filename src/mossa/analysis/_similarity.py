@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from mossa.analysis._bootstrap import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
-from mossa.analysis._permutation import NULL_COLUMNS, permutation_nulls, permutations
+from mossa.analysis._permutation import NULL_COLUMNS, n_strata, permutation_nulls, permutations
 from mossa.workers import JobPool
 from mossa.errors import MossaError
 from mossa.similarity import (
@@ -31,7 +31,7 @@ from mossa.similarity import (
     layerwise_linear_cka,
     select_form,
 )
-from mossa.store import ActivationFile, Activations, StudyDir, atomic_path
+from mossa.store import ActivationFile, Activations, StudyDir, atomic_path, read_prompt_templates
 
 Run = Union[Activations, ActivationFile]  # .ids .shape .read() .view() .finite_rows() .prefetch()
 
@@ -238,16 +238,28 @@ class _TaskData:
                                  values=[v for v, _ in values])
 
     def nulls(self, measure: str, model: str, *, perms: np.ndarray, rng: np.random.Generator,
-              values: list[tuple[float, str]]) -> list[dict]:
-        """Permutation-null summaries per layer (columns NULL_COLUMNS)."""
+              values: list[tuple[float, str]], groups: np.ndarray | None) -> list[dict]:
+        """Permutation-null summaries per layer (columns NULL_COLUMNS), re-pairing within `groups`."""
         return permutation_nulls(measure, self.full(model), self.full("control"), [v for v, _ in values],
-                                 perms=perms, rng=rng)
+                                 perms=perms, rng=rng, groups=groups)
+
+    def template_groups(self, templates: Mapping[str, int] | None) -> np.ndarray | None:
+        """The template of each kept example [n] when the task's prompts use more than one (the null then
+        re-pairs within templates), else None."""
+        if not templates:
+            return None
+        missing = [i for i in self.ids if i not in templates]
+        if missing:
+            raise MossaError(f"prompts.jsonl: no template for {len(missing)} of the task's examples (first: "
+                             f"{missing[0]}); fix: rerun `mossa run` on this study to rewrite it")
+        groups = np.array([templates[i] for i in self.ids])
+        return groups if len(np.unique(groups)) > 1 else None
 
 
 def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
                     measures: tuple[str, ...] = DEFAULT_MEASURES, *, intervals: bool = False,
                     n_permutations: int = 0, seed: int = 0, chunk_rows: int | None = None,
-                    data: _TaskData | None = None) -> list[dict]:
+                    data: _TaskData | None = None, templates: Mapping[str, int] | None = None) -> list[dict]:
     """Every measure of each model vs the control, per layer, for one task.
 
     Linear and debiased CKA stream from disk in chunks (memory independent of n) when there
@@ -255,23 +267,28 @@ def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
     memory. With `intervals`, each value gets a jackknife-over-examples 95% interval
     (`ci_low`, `ci_high`, `ci_method`); with `n_permutations > 0`, its permutation null
     (NULL_COLUMNS). Groups and permutations depend only on (seed, task): every model, measure
-    and layer of a task uses the same ones, whatever the order of work. Measures in VALUES_ONLY get
-    neither (NaN columns, `n_permutations` 0): they would cost minutes.
+    and layer of a task uses the same ones, whatever the order of work. When the task's prompts use
+    more than one template (`templates`: example id -> template index, from prompts.jsonl), the null
+    re-pairs examples only within a template: two models that share nothing but the template an
+    example was written in then sit at chance (`null_strata`: the number of templates). Measures in
+    VALUES_ONLY get neither (NaN columns, `n_permutations` 0): they would cost minutes.
     """
     data = data or _TaskData(runs, chunk_rows)
     key = zlib.crc32(task.encode())
-    perms = permutations(len(data.ids), n_permutations, np.random.default_rng([seed, key, 2]))
+    groups = data.template_groups(templates)
+    perms = permutations(len(data.ids), n_permutations, np.random.default_rng([seed, key, 2]), groups)
     rows = []
     for measure in measures:
         for model in [m for m in runs if m != "control"]:
             values = data.values(measure, model)
             cis = [(np.nan, np.nan, "")] * len(values)
-            nulls = [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0}] * len(values)
+            nulls = [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0, "null_strata": n_strata(groups)}
+                     ] * len(values)
             if intervals and measure not in VALUES_ONLY:
                 cis = data.intervals(measure, model, rng=np.random.default_rng([seed, key, 1]), values=values)
             if n_permutations and measure not in VALUES_ONLY:
                 nulls = data.nulls(measure, model, perms=perms, rng=np.random.default_rng([seed, key, 3]),
-                                   values=values)
+                                   values=values, groups=groups)
             for layer, ((value, reason), (lo, hi, method), null) in enumerate(zip(values, cis, nulls)):
                 if not np.isfinite(value):
                     lo = hi = np.nan
@@ -332,8 +349,9 @@ def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...
     runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED, *extra)}
     runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
     data = _TaskData(runs, chunk_rows)
+    templates = read_prompt_templates(study.path("prompts.jsonl")).get(task)
     sim_rows = task_similarity(task, cluster, runs, measures, intervals=n_boot > 0,
-                               n_permutations=n_permutations, seed=seed, data=data)
+                               n_permutations=n_permutations, seed=seed, data=data, templates=templates)
     cross_rows = task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
     control_row = {"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                    "control": mean_loss(runs["control"]), "experimental": mean_loss(runs["experimental"]),

@@ -170,7 +170,8 @@ def _reference_sentences(ref: dict, up: str) -> list[str]:
     b, e, ceiling = ref.get("base", {}), ref.get("experimental", {}), ref.get("ceiling", {})
     out = []
     if np.isfinite(b.get("null_mean", np.nan)) and np.isfinite(e.get("null_mean", np.nan)):
-        out.append(f"Read against chance: re-pairing the test examples at random gives B {_fmt(b['null_mean'])} and E "
+        out.append(f"Read against chance: re-pairing the test examples at random (each within its template when a "
+                   f"task's prompts use several) gives B {_fmt(b['null_mean'])} and E "
                    f"{_fmt(e['null_mean'])} over {up} (median permutation-null means; 95% bounds "
                    f"{_fmt(b['null_q95'])} and {_fmt(e['null_q95'])}), so chance-adjusted, "
                    f"(value - null) / (1 - null), "
