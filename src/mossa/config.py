@@ -220,8 +220,8 @@ class _AnalysisSettings(_StudyInputs):
     tsne_layers: list[int] | None = Field(None, description="Layers for the t-SNE figure; None = 5 spread over "
                                           "the model's depth.")
     variance_threshold: float = Field(0.99, gt=0, le=1, description="Variance share for the spectral analysis.")
-    n_boot: int = Field(200, ge=0, description="Bootstrap resamples over tasks for the medians' 95% intervals; 0 = no "
-                        "intervals at all (neither these nor the jackknife intervals over examples).")
+    n_boot: int = Field(200, ge=0, description="Resamples of the bootstrap intervals (the layer sections, the task "
+                        "metrics); 0 = no intervals at all (nor the jackknife over examples, nor those over tasks).")
     n_permutations: int = Field(200, ge=0, description="Re-pairings of the test examples for the permutation null "
                                 "of every value (null mean, 95% bound, p-value, chance-adjusted score); 0 = none.")
     analysis_workers: int | Literal["auto"] = Field(

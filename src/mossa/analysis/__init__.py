@@ -23,9 +23,10 @@ from mossa.analysis._similarity import (
 )
 from mossa.analysis._spectra import spectral_table
 from mossa.analysis._study import LEARNED_RULE, StudyTables, analyze_study, evaluation_records, not_learned
+from mossa.analysis._task_intervals import median_interval
 from mossa.analysis._tsne import check_tsne_layers, tsne_embeddings
 
 __all__ = ["DEFAULT_MEASURES", "HELDOUT", "LEARNED_RULE", "PROPERTIES", "SECTION_MEASURE", "StudyTables",
            "aligned_rows", "analyze", "analyze_study", "check_measures", "check_tsne_layers", "depth_map",
-           "evaluation_records", "example_intervals", "median_gain", "not_learned", "readability", "scan",
+           "evaluation_records", "example_intervals", "median_gain", "median_interval", "not_learned", "readability", "scan",
            "spectral_table", "tsne_embeddings"]

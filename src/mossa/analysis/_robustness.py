@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._task_intervals import median_over_tasks
 from mossa.analysis._sections import SECTION_MEASURE, layer_sections
 from mossa.similarity import OUTLIER_RULE, ROBUST_MEASURES, get_measure
 
@@ -24,8 +24,8 @@ CRITERION = ("The sections survive a variant when it finds a transition exactly 
              "of that boundary (or equals it where there is no interval). E - B flips at a layer when the median "
              "over tasks of value(E) - value(B) has another sign with the variant than with the reference (layers "
              "where either is undefined are set aside); every flip is listed, and it counts against the result "
-             "where the reference's sign is established: its 95% bootstrap interval over tasks excludes 0 (or "
-             "there is no interval). The result survives a variant when the sections survive and no established "
+             "where the reference's sign is established: its interval over tasks excludes 0 (or there is "
+             "none: fewer than 5 tasks). The result survives a variant when the sections survive and no established "
              "sign flips.")
 LEADS = {
     "debiased_cka_standardized": "With debiased CKA on standardised features (every dimension z-scored)",
@@ -40,7 +40,7 @@ _SUMMARY_KEYS = ("transition_found", "shared", "transition", "refinement", "ci",
 def median_gain(sim: pd.DataFrame, measure: str, *, model: str = "experimental", n_boot: int = 0,
                 seed: int = 0) -> pd.DataFrame:
     """Per layer (the index), the median over tasks of value(model) - value(base) of `measure` (tasks where it
-    is undefined left out; NaN where none has it), with its bootstrap-over-tasks 95% interval when `n_boot`
+    is undefined left out; NaN where none has it), with its distribution-free interval over tasks when `n_boot`
     > 0 (`median_over_tasks` on the gains; columns median, ci_low, ci_high, n_tasks)."""
     rows = sim[(sim["measure"] == measure) & sim["model"].isin(("base", model))]
     data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._task_intervals import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._permutation import NULL_COLUMNS, n_strata, permutation_nulls, permutations
 from mossa.workers import JobPool
@@ -398,7 +398,7 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     -------
     similarity, controls, cross_layer, medians : pandas.DataFrame
         `medians` holds the per-layer median over tasks (group "all", and one group per
-        cluster) with bootstrap intervals; it is also written to `results/medians.csv`.
+        cluster) with intervals over tasks (`median_over_tasks`); it is also written to `results/medians.csv`.
     """
     measures = check_measures(measures)
     extra = {t: tuple(m for m, among in ((HELDOUT, heldout), ("ceiling", ceiling)) if t in among) for t in tasks}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._bootstrap import median_over_tasks
+from mossa.analysis._task_intervals import median_over_tasks
 from mossa.analysis._correlations import PROPERTIES, correlations
 from mossa.analysis._outliers import outlier_table
 from mossa.workers import JobPool, choose_workers

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mossa.analysis import median_interval
+
 MEASURE = "linear_cka"
 
 
@@ -70,10 +72,11 @@ def _per_task(sim: pd.DataFrame, model: str, layers: list[int], column: str = "v
     return sub.groupby("task")[column].mean() if column in sub else pd.Series(dtype=float)
 
 
-def _reference(sim: pd.DataFrame, layers: list[int], seed: int = 0, n_boot: int = 2000) -> dict:
+def _reference(sim: pd.DataFrame, layers: list[int]) -> dict:
     """E and B over `layers` read against chance (their permutation nulls) and the ceiling (two seeds
-    of one control): medians over tasks, chance-adjusted scores, and the paired E - B difference with
-    a bootstrap-over-tasks 95% interval."""
+    of one control): medians over tasks, chance-adjusted scores, and the median over tasks of the paired
+    E - B difference with its distribution-free interval over tasks (`mossa.analysis.median_interval`;
+    none below 5 tasks)."""
     out = {}
     for model in ("base", "experimental"):
         out[model] = {k: float(_per_task(sim, model, layers, k).median()) for k in ("value", "null_mean", "null_q95",
@@ -83,10 +86,9 @@ def _reference(sim: pd.DataFrame, layers: list[int], seed: int = 0, n_boot: int 
     out["ceiling"] = {"value": float(ceiling.median()) if len(ceiling) else float("nan"),
                       "tasks": sorted(ceiling.index)}
     diff = (_per_task(sim, "experimental", layers) - _per_task(sim, "base", layers)).dropna()
-    if len(diff) >= 2:
-        rng = np.random.default_rng(seed)
-        draws = diff.to_numpy()[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-        out["difference"] = {"mean": float(diff.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])],
+    if len(diff):
+        lo, hi, coverage = median_interval(diff.to_numpy())
+        out["difference"] = {"median": float(diff.median()), "ci": [lo, hi], "coverage": coverage,
                              "n_tasks": len(diff)}
     return out
 
@@ -187,16 +189,22 @@ def _reference_sentences(ref: dict, up: str) -> list[str]:
     diff = ref.get("difference")
     if diff:
         lo, hi = diff["ci"]
+        n = diff["n_tasks"]
+        if not np.isfinite(lo):
+            out.append(f"E - B over {up} is {_signed(diff['median'])} (median over {n} task{'s' * (n != 1)}); too "
+                       f"few tasks for an interval (even min to max would cover the median of the tasks' "
+                       f"population only {diff['coverage']:.2f} of the time), so no verdict on noise is stated.")
+            return out
         noise = []
         if lo <= 0 <= hi:
-            noise.append("its 95% interval over tasks includes 0")
-        if np.isfinite(gap) and abs(diff["mean"]) < gap:
+            noise.append("its interval over tasks includes 0")
+        if np.isfinite(gap) and abs(diff["median"]) < gap:
             noise.append(f"it is smaller than the {_fmt(gap)} by which two seeds of one control differ")
         verdict = (f"within noise: {' and '.join(noise)}" if noise else
                    "beyond noise: its interval excludes 0" + (" and it exceeds the seed-to-seed gap" if
                                                              np.isfinite(gap) else ""))
-        out.append(f"E - B over {up} is {_signed(diff['mean'])} (95% CI {_signed(lo)} to {_signed(hi)}, "
-                   f"{diff['n_tasks']} tasks), {verdict}.")
+        out.append(f"E - B over {up} is {_signed(diff['median'])} (median over {n} tasks; interval over tasks "
+                   f"{_signed(lo)} to {_signed(hi)}, covering {diff['coverage']:.2f}), {verdict}.")
     return out
 
 

@@ -161,8 +161,8 @@ def save_figure(fig, path: Path) -> None:
 
 def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
     """The paper's Fig 3: one panel per task cluster, the median over its tasks of CKA(B, C_t)
-    and CKA(E, C_t) per layer, with its 95% interval as a band (over tasks, or over examples
-    for a one-task cluster; see `ci_source` in results/medians.csv). A cluster with no defined
+    and CKA(E, C_t) per layer, with its interval over tasks as a band (none for a cluster of fewer
+    than 5 tasks; see `ci_source` in results/medians.csv). A cluster with no defined
     value gets an empty panel saying so. Grey: the cluster's chance band (median permutation
     null of B and E, mean to 95% bound); purple: the study's ceiling (median over the tasks with
     a second-seed control), the same line in every panel."""

@@ -39,15 +39,16 @@ from mossa.store import atomic_path, read_json
 CAPTIONS = {
     "cka_by_layer": "Fig 2 of the paper. Per layer, boxplots over tasks of the linear CKA between the base model B "
                     "and each task's control C_t (blue) and between the multi-task model E and C_t (orange); red "
-                    "bars are 95% bootstrap intervals of the medians over tasks. Grey: chance, the permutation null "
+                    "bars are distribution-free intervals of the medians over tasks (none below 5 tasks). Grey: chance, the permutation null "
                     "(the same CKA with the examples re-paired at random, within their template when a task's prompts "
                     "use several; median over tasks from its mean to its "
                     "95% bound). Purple: the ceiling, CKA between two seeds of the same control (median over the "
                     "ceiling tasks, band = their range). Shaded layer bands are the layer "
                     "sections found by the stated criterion on the debiased-CKA gain of E over B "
                     "(results/sections.json), drawn only when a transition is found.",
-    "cka_by_cluster": "Fig 3. The same medians, one panel per task cluster; bands are 95% intervals (over tasks, or "
-                      "over examples for a one-task cluster). Grey: the cluster's chance band (permutation null of "
+    "cka_by_cluster": "Fig 3. The same medians, one panel per task cluster; bands are intervals over tasks, "
+                      "given from 5 tasks on (fewer: too few tasks for an interval, no band; a one-task cluster is "
+                      "that task's value). Grey: the cluster's chance band (permutation null of "
                       "B and E, mean to 95% bound); dashed purple: the study's ceiling (two seeds of one control, "
                       "median over the ceiling tasks), the same line in every panel.",
     "heldout_cka_by_layer": "Fig 7. Tasks held out of a second multi-task model E' (green): B vs C_t and E' vs C_t "
@@ -248,7 +249,7 @@ def write_report(root: Path) -> Path:
              _experimental_row(study, cfg),
              ("held out of E'", ", ".join(heldout) or "none"),
              ("measures / intervals / null", f"{', '.join(sorted(sim['measure'].unique()))} / jackknife over "
-              f"examples, bootstrap over tasks ({cfg.get('n_boot')} resamples) / {cfg.get('n_permutations', 0)} "
+              f"examples, order statistics over tasks (from 5 tasks) / {cfg.get('n_permutations', 0)} "
               f"permutations" + (f"; the robust variants ({', '.join(robust)}) are values only" if robust else "")),
              ("last layer", cfg["last_layer"])]
     figures, evaluation_figures, section_figures = [], [], []
