@@ -14,7 +14,11 @@ import pandas as pd
 
 from mossa.analysis import median_interval
 
-MEASURE = "linear_cka"
+MEASURES = ("debiased_cka", "linear_cka")  # the conclusions' estimator: debiased CKA whenever it was measured
+MEASURE_WORDS = {"debiased_cka": "debiased CKA", "linear_cka": "linear CKA"}
+BIASED_NOTE = ("These conclusions use biased linear CKA, the only CKA measured: at fewer examples than features it "
+               "is inflated by an amount that depends on each model's spectrum, so a difference in spectrum alone "
+               "can move E - B; add debiased_cka to the measures.")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class StudySummary:
     n_undefined: int = 0
     undefined_reasons: list[str] = field(default_factory=list)
     reference: dict = field(default_factory=dict)
+    measure: str = "debiased_cka"  # the estimator every sentence reads
 
     @property
     def all_undefined(self) -> bool:
@@ -94,8 +99,9 @@ def _reference(sim: pd.DataFrame, layers: list[int]) -> dict:
 
 
 def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, sections: dict) -> StudySummary:
-    """Compute the summary numbers of one study."""
-    sim = sim[sim["measure"] == MEASURE]
+    """Compute the summary numbers of one study, on debiased CKA (biased linear CKA when it is the only CKA)."""
+    measure = next((m for m in MEASURES if (sim["measure"] == m).any()), MEASURES[-1])
+    sim = sim[sim["measure"] == measure]
     n_layers = int(study_json["model"]["n_layers"])
     upper = upper_third(n_layers)
     clusters = sorted(sim["cluster"].unique())
@@ -130,7 +136,7 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
         heldout=heldout, controls_better=(better, len(controls)), loss_scored=loss_scored, not_learned=not_learned,
         n_values=len(sim),
         n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
-        undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper))
+        undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper), measure=measure)
 
 
 def _fmt(x: float) -> str:
@@ -161,7 +167,7 @@ def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
 
 def _undefined_sentence(s: StudySummary) -> str:
     reasons = "; ".join(s.undefined_reasons) or "no reason recorded"
-    return (f"Every linear CKA value of this study is undefined ({s.n_undefined} of {s.n_values}), so no "
+    return (f"Every {MEASURE_WORDS[s.measure]} value of this study is undefined ({s.n_undefined} of {s.n_values}), so no "
             f"similarity, layer section or gain can be stated: {reasons}. (CKA is 0/0 for a representation "
             f"that is the same for every test example, as when all of a task's test prompts are the same text.) "
             f"The tables list each value as undefined and the figures built on them are empty.")
@@ -228,8 +234,10 @@ def summary_sentences(s: StudySummary) -> list[str]:
         return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"
     out = [controls,
-           f"Over the last third of the layers ({up}), the median linear CKA with the controls is "
+           f"Over the last third of the layers ({up}), the median {MEASURE_WORDS[s.measure]} with the controls is "
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
+    if s.measure == "linear_cka":
+        out.append(BIASED_NOTE)
     out += _reference_sentences(s.reference, up)
     out.append(_section_sentence(s.sections, "E"))
     ranked = sorted(s.base_upper_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-9))
@@ -237,10 +245,10 @@ def summary_sentences(s: StudySummary) -> list[str]:
     if k:
         top = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[:k])
         low = ", ".join(f"{c} ({_fmt(v)})" for c, v in ranked[-k:])
-        out.append(f"B already matches its controls best in {top}, and least in {low} (median CKA over {up}).")
+        out.append(f"B already matches its controls best in {top}, and least in {low} (median {MEASURE_WORDS[s.measure]} over {up}).")
     elif ranked:
-        out.append(f"B matches its controls at {_fmt(ranked[0][1])} in its one cluster, {ranked[0][0]} (median CKA "
-                   f"over {up}).")
+        out.append(f"B matches its controls at {_fmt(ranked[0][1])} in its one cluster, {ranked[0][0]} (median "
+                   f"{MEASURE_WORDS[s.measure]} over {up}).")
     gains = sorted(s.gain_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1][0], nan=-9))
     out.append("E's largest gains over B: " + ", ".join(
         f"{c} ({_signed(g)} at layer {layer})" if layer is not None else f"{c} (undefined at every layer)"

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from jinja2 import Environment  # noqa: E402
 from markupsafe import Markup  # noqa: E402
 
-from mossa.report._summary import MEASURE, summarize, summary_sentences  # noqa: E402
+from mossa.report._summary import MEASURE_WORDS, summarize, summary_sentences  # noqa: E402
 from mossa.report.html import load_results  # noqa: E402
 from mossa.store import atomic_path  # noqa: E402
 
@@ -29,15 +29,15 @@ th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}</style></he
 <h1>{{ title }}</h1>
 <p>Layer axes are relative depth (layer / number of layers), so models of different depth line up: 0 is the
 embedding output, 1 the last layer.</p>
-<figure><img src="data:image/png;base64,{{ figure }}" alt="comparison"><figcaption>Median over tasks of linear CKA
-with the per-task controls, B (dashed) and E (solid), for each study.</figcaption></figure>
+<figure><img src="data:image/png;base64,{{ figure }}" alt="comparison"><figcaption>Median over tasks of each study's summary
+measure (debiased CKA when it was measured) with the per-task controls, B (dashed) and E (solid), for each study.</figcaption></figure>
 <div class="cols">{% for s in studies %}<div><h2>{{ s.name }}</h2><p><code>{{ s.root }}</code></p><ul>
 {% for line in s.sentences %}<li>{{ line }}</li>{% endfor %}</ul></div>{% endfor %}</div>
 <h2>Numbers</h2>{{ table }}</body></html>"""
 
 
-def _curves(sim: pd.DataFrame, n_layers: int) -> pd.DataFrame:
-    lin = sim[(sim["measure"] == MEASURE) & sim["model"].isin(["base", "experimental"])]
+def _curves(sim: pd.DataFrame, n_layers: int, measure: str) -> pd.DataFrame:
+    lin = sim[(sim["measure"] == measure) & sim["model"].isin(["base", "experimental"])]
     med = lin.groupby(["model", "layer"])["value"].median().reset_index()
     med["depth"] = med["layer"] / n_layers
     return med
@@ -46,13 +46,14 @@ def _curves(sim: pd.DataFrame, n_layers: int) -> pd.DataFrame:
 def write_compare(root_a: Path, root_b: Path, out: Path) -> Path:
     """Write `<out>/compare.html` (and `compare.png`/`.svg`) for two finished studies."""
     out = Path(out)
-    studies, rows = [], []
+    studies, rows, measures = [], [], set()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for (root, colour) in ((Path(root_a), "#4c72b0"), (Path(root_b), "#c44e52")):
         study, sim, controls, sections = load_results(root)
         summary = summarize(study, sim, controls, sections)
         name = f"{summary.model} ({study['config']['preset']}, {summary.n_tasks} tasks)"
-        curves = _curves(sim, summary.n_layers)
+        curves = _curves(sim, summary.n_layers, summary.measure)
+        measures.add(MEASURE_WORDS[summary.measure])
         for model, style in (("base", "--"), ("experimental", "-")):
             c = curves[curves["model"] == model]
             ax.plot(c["depth"], c["value"], style, marker="o", markersize=3, color=colour,
@@ -68,7 +69,7 @@ def write_compare(root_a: Path, root_b: Path, out: Path) -> Path:
                      if sec.get("transition_found") else "none",
                      "controls beating B": f"{summary.controls_better[0]}/{summary.controls_better[1]}"})
     ax.set_xlabel("relative depth (layer / number of layers)")
-    ax.set_ylabel("median linear CKA with C_t")
+    ax.set_ylabel(f"median {' / '.join(sorted(measures))} with C_t")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

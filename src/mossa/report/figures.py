@@ -113,7 +113,8 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     ax.set_xticks(layers)
     ax.set_xticklabels([str(layer) for layer in layers])
     ax.set_xlabel("layer (0 = embedding output)")
-    ax.set_ylabel(f"{measure.replace('_', ' ')} with control C_t")
+    inflated = " (biased: inflated at n < d)" if measure == "linear_cka" else ""
+    ax.set_ylabel(f"{measure.replace('_', ' ')} with control C_t{inflated}")
     n_tasks = data["task"].nunique()
     ax.set_title(f"{title}: similarity to per-task controls ({n_tasks} tasks)", pad=8)
     ax.set_ylim(top=max(1.0, ax.get_ylim()[1]) + 0.06)  # room for the section labels

@@ -25,7 +25,7 @@ from mossa.report._performance import (
     read_optional,
 )
 from mossa.report._summary import (
-    MEASURE,
+    MEASURE_WORDS,
     StudySummary,
     causal_sentence,
     section_check_sentences,
@@ -37,7 +37,9 @@ from mossa.similarity import ROBUST_MEASURES as VALUES_ONLY
 from mossa.store import atomic_path, read_json
 
 CAPTIONS = {
-    "cka_by_layer": "Fig 2 of the paper. Per layer, boxplots over tasks of the linear CKA between the base model B "
+    "cka_by_layer": "Fig 2 of the paper, on its measure: biased linear CKA, inflated at fewer examples than "
+                    "features by an amount that depends on each model's spectrum (the summary reads debiased CKA). "
+                    "Per layer, boxplots over tasks of the linear CKA between the base model B "
                     "and each task's control C_t (blue) and between the multi-task model E and C_t (orange); red "
                     "bars are distribution-free intervals of the medians over tasks (none below 5 tasks). Grey: chance, the permutation null "
                     "(the same CKA with the examples re-paired at random, within their template when a task's prompts "
@@ -117,8 +119,9 @@ def _table(df: pd.DataFrame) -> Markup:
     return Markup(html)
 
 
-def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n_layers: int) -> pd.DataFrame:
-    lin = sim[sim["measure"] == MEASURE]
+def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n_layers: int,
+                measure: str) -> pd.DataFrame:
+    lin = sim[sim["measure"] == measure]
     upper = upper_third(n_layers)
     rows = []
     for task, group in lin.groupby("task", sort=False):
@@ -133,7 +136,7 @@ def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n
 
 
 def _cluster_table(summary: StudySummary, sim: pd.DataFrame) -> pd.DataFrame:
-    lin = sim[sim["measure"] == MEASURE]
+    lin = sim[sim["measure"] == summary.measure]
     rows = []
     for cluster in summary.clusters:
         gain, layer = summary.gain_by_cluster[cluster]
@@ -285,7 +288,8 @@ def write_report(root: Path) -> Path:
         finished=study.get("finished", ""), versions=study.get("versions", {}), model=model["name"],
         n_layers=model["n_layers"], sentences=sentences, setup=setup,
         tasks_by_cluster=[(c, ", ".join(ts)) for c, ts in sorted(by_cluster.items())], figures=figures,
-        task_table=_table(_task_table(sim, controls, heldout, model["n_layers"])),
+        task_table=_table(_task_table(sim, controls, heldout, model["n_layers"], summary.measure)),
+        measure_word=MEASURE_WORDS[summary.measure],
         cluster_table=_table(_cluster_table(summary, sim)),
         controls_table=_table(controls), prompts_table=_table(_prompts_table(study)),
         performance_table=_table(performance_pivot(performance)) if performance is not None and len(performance)

@@ -1,0 +1,61 @@
+"""The summary's E - B verdict reads debiased CKA: a difference of spectrum alone (same population CKA with
+every control) gives no verdict, a planted gain does, and biased linear CKA, which the first case fools,
+is named as such when it is the only CKA measured."""
+
+import numpy as np
+import pandas as pd
+
+from mossa.report import summary_sentences
+from mossa.report._summary import BIASED_NOTE, summarize
+from mossa.similarity import linear_cka
+
+N, K, D_B, D_E, LAYERS = 48, 8, 400, 4, 3
+
+
+def _states(rng, gain):
+    """C_t, B and E on one task's 48 prompts. B and E carry the same 8 task directions S; their other
+    features are noise of equal Frobenius norm, so their population CKA with C_t is the same. B's noise
+    is spread over 400 directions and E's over 4 (E's spectrum has a few dominant directions). `gain`
+    scales E's task directions: 0 = a difference of spectrum alone."""
+    S = rng.standard_normal((N, K))
+    C = S @ rng.standard_normal((K, 64)) + 0.5 * rng.standard_normal((N, 64))
+    B = np.hstack([S, rng.standard_normal((N, D_B))])
+    E = np.hstack([S * (1 + gain), (D_B / D_E) ** 0.25 * rng.standard_normal((N, D_E)), np.zeros((N, D_B - D_E))])
+    return C, B, E
+
+
+def _study(gain, measures=("linear_cka", "debiased_cka"), n_tasks=12, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(n_tasks):
+        for layer in range(1, LAYERS + 1):
+            C, B, E = _states(rng, gain)
+            for model, X in (("base", B), ("experimental", E)):
+                for measure in measures:
+                    rows.append({"task": f"t{t}", "cluster": f"c{t % 4}", "model": model, "layer": layer,
+                                 "measure": measure, "value": linear_cka(X, C, debiased=measure == "debiased_cka"),
+                                 "undefined_reason": ""})
+    sim = pd.DataFrame(rows)
+    study = {"model": {"name": "toy", "n_layers": LAYERS}}
+    controls = pd.DataFrame({"task": [f"t{t}" for t in range(n_tasks)]})
+    summary = summarize(study, sim, controls, {"transition_found": False, "reason": "none tested"})
+    return summary, " ".join(summary_sentences(summary))
+
+
+def test_a_spectrum_difference_alone_gives_no_e_minus_b_verdict():
+    summary, text = _study(gain=0.0)
+    assert summary.measure == "debiased_cka" and "median debiased CKA" in text
+    assert "E - B over layers" in text and "within noise: its interval over tasks includes 0" in text
+    assert "beyond noise" not in text
+
+
+def test_biased_linear_cka_alone_is_fooled_by_the_spectrum_and_says_so():
+    summary, text = _study(gain=0.0, measures=("linear_cka",))
+    assert summary.measure == "linear_cka" and BIASED_NOTE in text
+    assert "beyond noise" in text  # the inflation differs between the spectra: why the summary reads debiased
+
+
+def test_a_planted_gain_is_beyond_noise():
+    summary, text = _study(gain=1.0)
+    assert summary.reference["difference"]["median"] > 0.2
+    assert "beyond noise: its interval excludes 0" in text
