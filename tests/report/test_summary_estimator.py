@@ -59,3 +59,20 @@ def test_a_planted_gain_is_beyond_noise():
     summary, text = _study(gain=1.0)
     assert summary.reference["difference"]["median"] > 0.2
     assert "beyond noise: its interval excludes 0" in text
+
+
+def test_seed_agreement_is_read_on_its_own_tasks_and_never_against_a_difference():
+    """The second seed's agreement is compared with E and B on the same tasks (like with like), and the E - B
+    verdict rests on its interval alone: a difference is not read against a level."""
+    rows = []
+    for t in range(6):
+        for model, value in (("base", 0.2 + 0.1 * t), ("experimental", 0.3 + 0.1 * t), ("ceiling", 0.5)):
+            if model != "ceiling" or t < 2:  # two tasks have a second seed, the lowest-valued ones
+                rows.append({"task": f"t{t}", "cluster": "c", "model": model, "layer": 3, "measure": "debiased_cka",
+                             "value": value, "undefined_reason": ""})
+    summary = summarize({"model": {"name": "toy", "n_layers": 3}}, pd.DataFrame(rows),
+                        pd.DataFrame({"task": [f"t{t}" for t in range(6)]}), {"transition_found": False})
+    text = " ".join(summary_sentences(summary))
+    assert "on the same tasks E reaches 0.35 and B 0.25" in text  # t0, t1 only (all six: 0.55 and 0.45)
+    assert "the two seeds agree at 0.50" in text and "not an upper bound" in text
+    assert "beyond noise: its interval excludes 0" in text and "seeds of one control differ" not in text

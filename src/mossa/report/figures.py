@@ -19,7 +19,7 @@ from mossa.store import atomic_path  # noqa: E402
 
 MODEL_STYLE = {"base": ("B (base) vs C_t", "#4c72b0"), "experimental": ("E (multi-task) vs C_t", "#dd8452"),
                "heldout": ("E' (multi-task, task held out) vs C_t", "#55a868"),
-               "ceiling": ("ceiling: C_t' (second seed) vs C_t", "#8172b3")}
+               "ceiling": ("seed agreement: C_t' (second seed) vs C_t", "#8172b3")}
 NULL_STYLE = {"color": "#999999", "alpha": 0.3, "linewidth": 0, "zorder": 1}
 NULL_LABEL = "chance: permutation null, mean to 95% bound (median over tasks)"
 

@@ -44,18 +44,19 @@ CAPTIONS = {
                     "bars are distribution-free intervals of the medians over tasks (none below 5 tasks). Grey: chance, the permutation null "
                     "(the same CKA with the examples re-paired at random, within their template when a task's prompts "
                     "use several; median over tasks from its mean to its "
-                    "95% bound). Purple: the ceiling, CKA between two seeds of the same control (median over the "
-                    "ceiling tasks, band = their range). Shaded layer bands are the layer "
+                    "95% bound). Purple: seed agreement, CKA between two seeds of the same control (median over the "
+                    "tasks trained twice, band = their range; a level, not an upper bound: each seed moves away "
+                    "from B in directions of its own). Shaded layer bands are the layer "
                     "sections found by the stated criterion on the debiased-CKA gain of E over B "
                     "(results/sections.json), drawn only when a transition is found.",
     "cka_by_cluster": "Fig 3. The same medians, one panel per task cluster; bands are intervals over tasks, "
                       "given from 5 tasks on (fewer: too few tasks for an interval, no band; a one-task cluster is "
                       "that task's value). Grey: the cluster's chance band (permutation null of "
-                      "B and E, mean to 95% bound); dashed purple: the study's ceiling (two seeds of one control, "
-                      "median over the ceiling tasks), the same line in every panel.",
+                      "B and E, mean to 95% bound); dashed purple: the study's seed agreement (two seeds of one "
+                      "control, median over the tasks trained twice), the same line in every panel.",
     "heldout_cka_by_layer": "Fig 7. Tasks held out of a second multi-task model E' (green): B vs C_t and E' vs C_t "
-                            "on those tasks only, with their chance band (grey) and the ceiling (purple, over the "
-                            "ceiling tasks).",
+                            "on those tasks only, with their chance band (grey) and seed agreement (purple, over the "
+                            "tasks trained twice).",
     "tsne_layers": "Fig 4. t-SNE of B's and E's last-token states, all tasks pooled, coloured by cluster, at layers "
                    "spread over the depth (axes carry no meaning).",
     "variance_dims": "Fig 5. Left: principal directions needed for 99% of the variance of each task's "
