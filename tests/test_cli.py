@@ -28,8 +28,11 @@ def test_pipeline_writes_every_output(tiny_model, tiny_tasks, tmp_path, capsys):
     assert _run(tiny_model, tiny_tasks, out) == 0
     for rel in OUTPUTS:
         assert (out / rel).is_file(), rel
-    sim = pd.read_parquet(out / "results/similarity.parquet")
-    assert {"task", "cluster", "model", "layer", "measure", "value", "n_examples"} <= set(sim.columns)
+    full = pd.read_parquet(out / "results/similarity.parquet")
+    assert {"task", "cluster", "model", "reference", "layer", "measure", "value", "n_examples"} <= set(full.columns)
+    assert set(full["reference"]) == {"control", "cross-tiny_sentiment", "cross-tiny_struct", "specificity"}
+    assert set(full.loc[full["reference"] == "specificity", "measure"]) == {"linear_cka", "debiased_cka"}
+    sim = full[full["reference"] == "control"]
     assert set(sim["model"]) == {"base", "experimental"}
     assert set(sim["task"]) == {"tiny_sentiment", "tiny_struct"}
     assert sorted(sim["layer"].unique()) == [0, 1, 2]
@@ -162,9 +165,12 @@ def test_heldout_experiment(tiny_model, tiny_tasks, tmp_path):
     out = tmp_path / "study"
     assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--measures", "linear_cka",
                 "--ceiling-tasks", "tiny_struct") == 0
-    sim = pd.read_parquet(out / "results/similarity.parquet")
+    full = pd.read_parquet(out / "results/similarity.parquet")
+    sim = full[full["reference"] == "control"]
     held = sim[sim["model"] == "heldout"]
     assert set(held["task"]) == {"tiny_struct"} and len(held) == 3
+    spec = full[(full["reference"] == "specificity") & (full["task"] == "tiny_struct")]
+    assert set(spec["model"]) == {"base", "experimental", "heldout", "ceiling"}  # C_t': the control's own
     assert set(sim.loc[sim["model"] == "ceiling", "task"]) == {"tiny_struct"}  # every figure drawn beside them
     assert (out / "figures/heldout_cka_by_layer.png").is_file()
     study = json.loads((out / "study.json").read_text())

@@ -45,6 +45,7 @@ def test_released_model_as_experimental(tiny_model, tiny_tasks, deeper_model, tm
     out = tmp_path / "study"
     assert _run(tiny_model, tiny_tasks, out, "--experimental", str(deeper_model)) == 0
     sim = pd.read_parquet(out / "results/similarity.parquet")
+    sim = sim[sim["reference"] == "control"]  # the rows against C_t
     assert set(sim["model"]) == {"base", "experimental"}  # no E': nothing was held out of a given E
     assert sorted(sim[sim["model"] == "experimental"]["layer"].unique()) == [0, 1, 2]  # on B's grid
     assert sim[(sim["layer"] > 0)]["value"].between(0, 1).all()
@@ -69,7 +70,8 @@ def test_adapter_folder_as_experimental(tiny_model, tiny_tasks, tmp_path):
     study = json.loads((out / "study.json").read_text())
     assert study["experimental"] == {"mode": "given", "spec": str(adapter), "n_layers": 2, "hidden_size": 16,
                                      "prompt_format": study["prompt_format"]}
-    sim = pd.read_parquet(out / "results/similarity.parquet").set_index(["task", "model", "layer"])["value"]
+    sim = pd.read_parquet(out / "results/similarity.parquet").query("reference == 'control'")
+    sim = sim.set_index(["task", "model", "layer"])["value"]
     # E is B + the sentiment control's adapter, so E's states on that task are C_t's: CKA 1.
     np.testing.assert_allclose(sim.loc[("tiny_sentiment", "experimental")].iloc[1:], 1.0, atol=1e-6)
 
@@ -82,7 +84,8 @@ def test_base_plus_adapter_of_an_earlier_study_is_a_model(tiny_model, tiny_tasks
     spec = f"{tiny_model}+{first / 'adapters' / 'control-tiny_sentiment'}"
     out = tmp_path / "merged-e"
     assert _run(tiny_model, tiny_tasks, out, "--experimental", spec) == 0
-    sim = pd.read_parquet(out / "results/similarity.parquet").set_index(["task", "model", "layer"])["value"]
+    sim = pd.read_parquet(out / "results/similarity.parquet").query("reference == 'control'")
+    sim = sim.set_index(["task", "model", "layer"])["value"]
     np.testing.assert_allclose(sim.loc[("tiny_sentiment", "experimental")].iloc[1:], 1.0, atol=1e-5)
     out = tmp_path / "merged-b"
     assert _run(spec, tiny_tasks, out) == 0

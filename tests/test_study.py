@@ -49,3 +49,53 @@ def test_ceiling_control_is_a_second_seed_with_its_own_rows(tiny_model, tiny_tas
     now = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")}
     assert {p: now[p] for p in stamps} == stamps  # every unit reused
     assert set(now) - set(stamps) == {out / "activations/ceiling/tiny_sentiment/acts.npy"}
+
+
+def test_cross_task_states_and_a_second_e_seed(tiny_model, tiny_tasks, tmp_path, monkeypatch):
+    """Each control is also read (states only) on the prompts of the tasks it is a reference of; E is trained
+    twice under two seeds; study.json records both choices; the long table holds the rows against every
+    reference and the specificity rows; the summary opens with E's task specificity; a rerun redoes nothing."""
+    import matplotlib.pyplot as plt
+
+    from mossa.report import figures, summarize, summary_sentences
+    from mossa.report.html import load_results
+
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: plt.close(fig))
+    out = tmp_path / "s"
+    tasks = ["tiny_sentiment", "tiny_struct"]
+
+    def study():
+        return run_study(resolve_config({
+            "model": str(tiny_model), "tasks_dir": tiny_tasks, "preset": "quick", "out": out, "n_boot": 0,
+            "tasks": tasks, "measures": ["debiased_cka"], "experimental_seeds": 2, "cross_tasks": 1,
+            "tsne_layers": [1]}), reporter=Reporter(quiet=True))
+
+    study()
+    info = json.loads((out / "study.json").read_text())
+    chosen = info["cross_tasks"]["chosen"]
+    assert info["cross_tasks"]["rule"] == 1 and set(chosen) == set(tasks)
+    assert all(len(s) == 1 and t not in s for t, s in chosen.items())
+    assert [s["label"] for s in info["experimental_seeds"]] == ["experimental", "experimental_seed2"]
+    assert info["experimental_seeds"][0]["seed"] != info["experimental_seeds"][1]["seed"]
+    store = StudyDir(out)
+    for task, (source,) in chosen.items():
+        meta = store.activation_file(f"cross-{source}", task).meta
+        assert not meta["evaluated"]
+    assert not store.activation_file("experimental_seed2", "tiny_struct").meta["evaluated"]
+    assert info["training"]["experimental"]["train_loss"] != info["training"]["experimental_seed2"]["train_loss"]
+    full = pd.read_parquet(out / "results/similarity.parquet")
+    pairs = set(zip(full["model"], full["reference"]))
+    assert {("experimental", "control"), ("experimental_seed2", "control"), ("experimental_seed2", "experimental"),
+            ("experimental", "specificity"), ("experimental_seed2", "specificity"), ("base", "specificity")} <= pairs
+    for task, (source,) in chosen.items():
+        rows = full[(full["task"] == task) & (full["model"] == "experimental")].set_index(["reference", "layer"])
+        spec = rows.loc["specificity", "value"] - (rows.loc["control", "value"] - rows.loc[f"cross-{source}", "value"])
+        assert np.allclose(spec.dropna(), 0)
+    study_json, sim, controls, sections, references = load_results(out)
+    assert set(sim["reference"]) == {"control"} and "specificity" in set(references["reference"])
+    first = summary_sentences(summarize(study_json, sim, controls, sections, references))[0]
+    assert first.startswith("Is it each task's own information?") and "E (second seed)" in first
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")}
+    study()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("activations/*/*/acts.npy")} == stamps

@@ -273,8 +273,8 @@ def _summary(result) -> None:
             row.append(f"{v.median():.3f}" if len(v) else "undefined")
         table.add_row(label, *row)
     out.print(table)
-    study, full, controls, sections = load_results(result.root)
-    summary = summarize(study, full, controls, sections)
+    study, full, controls, sections, references = load_results(result.root)
+    summary = summarize(study, full, controls, sections, references)
     n = summary.n_layers
     picks = sorted({max(1, round(n / 3)), max(1, round(2 * n / 3)), n})
     clusters = Table(title="per cluster: median linear CKA with C_t, B / E")

@@ -146,6 +146,10 @@ class _StudyInputs(BaseModel):
         "init and data order) on the same examples: CKA(C_t', C_t) per layer is what two equally trained "
         "specialists share, the ceiling of the task's curves. Names, 'auto' (the first task of each of up to 4 "
         "clusters spread evenly over the study's clusters in study order) or 'none' (or []).")
+    cross_tasks: int | Literal["all", "none"] = Field(
+        3, description="Other tasks' controls whose states are also taken on each task's test prompts (extraction "
+        "only), the reference of task specificity: CKA(M, C_t) - mean over s of CKA(M, C_s). A number k >= 1 "
+        "(seeded, from other clusters first; at most the other tasks), 'all' or 'none'.")
 
     @field_validator("chat_template")
     @classmethod
@@ -164,6 +168,13 @@ class _StudyInputs(BaseModel):
             return v[0]
         if isinstance(v, list) and not v and info.field_name == "ceiling_tasks":
             return "none"
+        return v
+
+    @field_validator("cross_tasks")
+    @classmethod
+    def _cross_count(cls, v):
+        if isinstance(v, int) and (isinstance(v, bool) or v < 1):
+            raise ValueError(f"must be a number of other tasks (1 or more), 'all' or 'none', got {v!r}")
         return v
 
     @field_validator("ceiling_tasks")
@@ -322,6 +333,10 @@ class StudyConfig(_AnalysisSettings):
         "(LoRA on the mixture of all tasks). A given E has no E' (nothing to hold tasks out of).")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters of C_t, E and E'.")
     control: TrainSettings = Field(default_factory=TrainSettings, description="Training of each control C_t.")
+    experimental_seeds: int = Field(
+        1, ge=1, le=2, description="Training runs of E (and E'), each under its own seed (LoRA init and data "
+        "order) on the same data and budget: 2 measures E's seed variation (CKA(E, E2) per layer; every statement "
+        "about E is checked on both). A given E has one.")
     experimental: TrainSettings = Field(default_factory=TrainSettings, description="Training of E and E' (unused "
                                         "when experimental_model gives E).")
 
@@ -353,6 +368,9 @@ class StudyConfig(_AnalysisSettings):
         if self.restrict_sections and self.experimental_model is not None:
             raise ValueError("restrict_sections trains E on layer ranges, but E is given (experimental_model); "
                              "train E instead")
+        if self.experimental_seeds > 1 and self.experimental_model is not None:
+            raise ValueError(f"experimental_seeds is {self.experimental_seeds}, but E is given (experimental_model) "
+                             "and has one seed; set experimental_seeds: 1 or train E")
         return self
 
     @field_validator("executor")
@@ -443,7 +461,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "tasks": DEMO_TASKS,
         "n_train": 16, "n_test": 96, "max_prompt_tokens": 224, "max_target_tokens": 48,
-        "generate_examples": 32, "lens_examples": 32, "n_permutations": 100,
+        "generate_examples": 32, "lens_examples": 32, "n_permutations": 100, "experimental_seeds": 2,
         "causal_examples": 32, "causal_tasks": ["glue_mrpc", "fix_punct", "word_segment"],
         "control": {"lr": 2e-3, "epochs": 2, "batch_size": 4, "grad_accum": 1, "schedule": "cosine",
                     "warmup_ratio": 0.1},
@@ -452,7 +470,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "n_train": 1_000_000, "n_test": 10_000, "max_prompt_tokens": 1024, "max_target_tokens": 256,
-        "cluster_cap": 50_000,
+        "cluster_cap": 50_000, "experimental_seeds": 2,
         "control": {"lr": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "schedule": "cosine"},
         "experimental": {"lr": 5e-5, "epochs": 3, "batch_size": 4, "grad_accum": 4, "schedule": "cosine"},
     },
@@ -530,6 +548,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, config_file: Path
     except ValueError as exc:
         raise MossaError(f"{config_file or 'config'}: {exc}") from None
     preset_values = {k: v for k, v in PRESETS[preset].items() if k != "tasks"}  # see preset_tasks
+    if (file_values | overrides).get("experimental_model") is not None:
+        preset_values.pop("experimental_seeds", None)  # a given E has one seed, whatever the preset trains
     merged = _merge(_merge(preset_values, file_values), overrides)
     merged["preset"] = preset
     if merged.get("tasks_dir") is None and os.environ.get("MOSSA_TASKS_DIR"):

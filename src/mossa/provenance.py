@@ -1,6 +1,6 @@
 """What study.json records of how a study came to be: the resolved config, package versions, the model and
 its fingerprint, the prompt format, every task with its prompts' statistics and properties, the held-out
-and second-seed tasks, the training budget, and how E came to be.
+and second-seed tasks, the cross-task references, the training budget, and how E came to be (with E's seeds).
 
 Stage: provenance (reads the open study's context and, for a given E, its stored states; writes nothing:
 the study writes study.json).
@@ -14,11 +14,11 @@ import sys
 from datetime import datetime
 from importlib import metadata
 
-from mossa.analysis import depth_map, readability
+from mossa.analysis import SECOND_SEED, depth_map, readability
 from mossa.config import StudyConfig
 from mossa.store import StudyDir
 from mossa.tasks import TaskSpec, resolve_ceiling, resolve_holdout
-from mossa.training import BUDGET_RULES, examples_seen
+from mossa.training import BUDGET_RULES, examples_seen, unit_seed
 from mossa.units import EXPERIMENTAL, StudyContext
 
 VERSIONED = ("mossa", "torch", "transformers", "peft", "numpy", "pandas", "safetensors")
@@ -55,6 +55,8 @@ def study_provenance(ctx: StudyContext, source, cfg: StudyConfig) -> dict:
                   for t in ctx.tasks},
         "heldout_tasks": list(resolve_holdout(cfg, ctx.tasks)),
         "ceiling_tasks": list(resolve_ceiling(cfg, ctx.tasks)),
+        "cross_tasks": {"rule": cfg.cross_tasks, "chosen": {t: list(s) for t, s in ctx.cross.items()}},
+        "experimental_seeds": experimental_seeds(cfg),
         "training_budget": {"rule": cfg.experimental_budget, "statement": BUDGET_RULES[cfg.experimental_budget],
                             "control_examples_seen": {t: examples_seen(len(p), cfg.control)
                                                       for t, p in ctx.train_prompts.items()}},
@@ -62,6 +64,14 @@ def study_provenance(ctx: StudyContext, source, cfg: StudyConfig) -> dict:
         else {"mode": "given", "spec": cfg.experimental_model},
         "command": " ".join(sys.argv), "started": datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def experimental_seeds(cfg: StudyConfig) -> list[dict]:
+    """Each trained E's model label and the seed of its LoRA init and data order (none for a given E)."""
+    if cfg.experimental_model is not None:
+        return []
+    labels = ["experimental", SECOND_SEED["experimental"]][:cfg.experimental_seeds]
+    return [{"label": label, "seed": unit_seed(cfg.seed, label)} for label in labels]
 
 
 def task_properties(ctx: StudyContext, task: TaskSpec) -> dict:

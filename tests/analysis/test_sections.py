@@ -8,6 +8,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -369,6 +370,9 @@ def test_task_order_does_not_change_the_point_estimate(perm_seed):
         (np.zeros((4, 12)), {"min_size": 0}, r"expected min_size to be an integer >= 1"),
         (np.zeros((4, 12)), {"min_jump": -0.1}, r"expected min_jump to be None or a finite number >= 0"),
         (np.zeros((4, 12)), {"alpha": 1.5}, r"expected alpha in \(0, 1\)"),
+        (np.zeros((4, 12)), {"alpha": 0.6}, r"expected alpha below 0.5.*1 - 2 alpha"),
+        (np.zeros((4, 12)), {"plateau_ratio": 0.0}, r"expected plateau_ratio in \(0, 1\], got 0.0; fix"),
+        (np.zeros((4, 12)), {"plateau_ratio": 1.5}, r"expected plateau_ratio in \(0, 1\]"),
         (np.full((4, 12), np.inf), {}, r"expected finite gains or NaN .*got inf.*fix"),
     ],
 )
@@ -420,3 +424,214 @@ def test_layer_sections_reads_the_gain_from_the_similarity_table():
     assert out["transition"] == direct["transition"]
     missing = layer_sections(sim.assign(measure="linear_cka"), n_boot=200, seed=0)
     assert not missing["transition_found"] and "no debiased_cka values" in missing["reason"]
+
+
+# ---------------------------------------------------------------------------- plateaus
+
+
+X18 = np.arange(18, dtype=float)
+SMOOTH = {  # rising gain curves that bend but have no plateau on one side or both (amplitude 0.3, 18 layers)
+    "saturating": 0.3 * (1 - np.exp(-X18 / 3)),
+    "cubic": 0.3 * (X18 / 17) ** 3,
+    "hinge_rise": 0.3 * np.clip((X18 - 6) / 11, 0, 1),  # flat, then a straight rise to the last layer
+    "hinge_level": 0.3 * np.clip(X18 / 11, 0, 1),  # a straight rise, then flat
+}
+
+
+@pytest.mark.parametrize("n_tasks", [12, 30])
+@pytest.mark.parametrize("shape", sorted(SMOOTH))
+def test_smooth_curves_without_plateaus_give_no_three_sections(shape, n_tasks):
+    # The bend test alone states three sections in many of these tables; the plateau test must not.
+    rng = np.random.default_rng(300 + n_tasks + len(shape))
+    tables = SMOOTH[shape] + task_noise(rng, 40, n_tasks, 18)
+    res = _sections._decide(tables, _sections._design(np.arange(18), 2), n_boot=200, alpha=0.05, min_jump=None,
+                            rng=rng)
+    assert res["bends"].mean() >= 0.3
+    assert res["found"].mean() <= 0.05
+
+
+@pytest.mark.parametrize("shape", sorted(SMOOTH))
+def test_a_smooth_curve_is_rejected_for_its_sloping_section_with_the_reason(shape):
+    # The first table (of seeds 0, 1, ...) in which the bend test alone would state three sections.
+    for seed in range(20):
+        out = find_sections(SMOOTH[shape] + task_noise(np.random.default_rng(seed), 1, 30, 18)[0], n_boot=300)
+        if out["p_value"] <= 0.05 and out["rss"] < out["rss_line"] and out["jump"] > 0:
+            break
+    else:
+        pytest.fail(f"the bend test never passed on {shape}")
+    assert out["transition_found"] is False
+    assert "not shown to be plateaus" in out["reason"] and "times the transition's slope" in out["reason"]
+    assert not (out["shared_flat"] and out["refinement_flat"])
+    bad = [s for s in ("shared", "refinement") if not out["plateaus"][s]["flat"]]
+    assert all(f"the {s} section changes by" in out["reason"] for s in bad)
+    for s in bad:  # the interval of the slope ratio leaves [-0.5, 0.5]
+        lo, hi = out["plateaus"][s]["slope_ratio_ci"]
+        assert (lo is None or lo < -0.5) or (hi is None or hi > 0.5)
+    assert "transition" not in out and "candidate" in out and json.loads(json.dumps(out)) == out
+
+
+def test_planted_plateaus_are_flat_and_their_slopes_reported():
+    out = find_sections(noisy(ramp_curve(), n_tasks=30, sd=0.05), n_boot=500)
+    assert out["transition_found"] and out["shared_flat"] and out["refinement_flat"]
+    plateaus = out["plateaus"]
+    assert plateaus["max_ratio"] == _sections.PLATEAU_RATIO and plateaus["level"] == pytest.approx(0.9)
+    assert plateaus["transition_slope"] == pytest.approx(out["jump"] / (out["transition"][1] + 1 - (
+        out["transition"][0] - 1)))
+    for s in ("shared", "refinement"):
+        lo, hi = plateaus[s]["slope_ratio_ci"]
+        assert -0.5 <= lo <= plateaus[s]["slope_ratio"] <= hi <= 0.5
+        assert plateaus[s]["slope_ratio"] == pytest.approx(plateaus[s]["slope"] / plateaus["transition_slope"])
+    assert "plateaus" in out["criterion"] and "+-0.5" in out["criterion"] and "90% bootstrap" in out["criterion"]
+
+
+def test_planted_plateau_ramp_plateau_is_still_found_with_a_six_layer_ramp_at_thirty_tasks():
+    rng = np.random.default_rng(77)
+    tables = ramp_curve(n_layers=18, start=6, end=11, low=0.0, high=0.3) + task_noise(rng, 60, 30, 18)
+    res = _sections._decide(tables, _sections._design(np.arange(18), 2), n_boot=200, alpha=0.05, min_jump=None,
+                            rng=rng)
+    assert res["found"].mean() >= 0.75
+
+
+def test_a_refinement_that_keeps_rising_is_not_a_plateau():
+    # A ramp of 0.05 per layer whose last section climbs on at 0.04 per layer: a kink, not a plateau.
+    curve = ramp_curve(n_layers=24, low=0.0, high=0.3) + 0.04 * np.clip(np.arange(24) - 12, 0, None)
+    out = find_sections(noisy(curve, n_tasks=30, sd=0.03), n_boot=300)
+    assert out["transition_found"] is False and out["refinement_flat"] is False and out["shared_flat"] is True
+    assert "the refinement section changes by" in out["reason"]
+    loose = find_sections(noisy(curve, n_tasks=30, sd=0.03), n_boot=300, plateau_ratio=1.0)
+    assert loose["plateaus"]["max_ratio"] == 1.0 and "+-1" in loose["criterion"]
+
+
+def test_a_one_layer_section_cannot_be_shown_level():
+    curve = np.r_[0.0, 0.1, 0.2, np.full(9, 0.3)]  # best split with min_size=1: shared = layer 0 alone
+    out = find_sections(noisy(curve, n_tasks=20, sd=0.01), n_boot=200, min_size=1)
+    assert out["candidate"]["shared"] == [0, 0]
+    assert out["transition_found"] is False and out["shared_flat"] is False
+    assert out["plateaus"]["shared"]["slope"] is None and "has one layer" in out["reason"]
+    assert json.loads(json.dumps(out)) == out
+
+
+# ---------------------------------------------------------------------------- E against B in the shared section
+
+
+@pytest.mark.parametrize(("low", "verdict", "at_or_below"), [(-0.08, "at or below B", True), (0.1, "above B", False),
+                                                            (0.0, "within noise of B", False)])
+def test_shared_section_says_whether_e_is_at_or_below_b(low, verdict, at_or_below):
+    out = find_sections(noisy(ramp_curve(low=low, high=low + 0.35), n_tasks=30, sd=0.05, seed=3), n_boot=500)
+    assert out["transition_found"]
+    lo, hi = out["shared_gain_ci"]
+    assert out["shared_gain"] == out["segment_means"][0] and [lo, hi] == out["segment_means_ci"][0]
+    assert lo <= out["shared_gain"] <= hi and abs(out["shared_gain"] - low) < 0.03
+    assert out["shared_e_vs_b"] == verdict and out["shared_e_at_or_below_b"] is at_or_below
+
+
+# ---------------------------------------------------------------------------- two E seeds
+
+
+def similarity_table(gains: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long debiased_cka rows: base at 0.5 for every task and layer, each model at 0.5 + its gain [tasks, layers]."""
+    rows = []
+    for model, gain in {"base": np.zeros_like(next(iter(gains.values()))), **gains}.items():
+        for t, curve in enumerate(gain):
+            rows += [{"task": f"t{t}", "layer": layer, "measure": "debiased_cka", "model": model, "value": 0.5 + g}
+                     for layer, g in enumerate(curve)]
+    return pd.DataFrame(rows)
+
+
+def test_one_e_says_seed_variation_is_not_measured():
+    from mossa.analysis._sections import layer_sections
+
+    sim = similarity_table({"experimental": noisy(ramp_curve(), n_tasks=12, sd=0.03)})
+    for second in (None, "experimental_seed2"):  # not asked for, or asked for but absent
+        out = layer_sections(sim, n_boot=200, seed=0, second_seed=second)
+        assert out["transition_found"] and out["seed_check"] == _sections.ONE_E == "one E: seed variation not measured"
+        assert "seeds" not in out and out["seed_rule"].startswith("one E")
+
+
+def test_both_seeds_showing_the_sections_state_them_with_each_seeds_result():
+    from mossa.analysis._sections import layer_sections
+
+    task = noisy(ramp_curve(), n_tasks=12, sd=0.03, seed=1)
+    sim = similarity_table({"experimental": task + noisy(np.zeros(24), 1, 0.02, seed=2),
+                            "experimental_seed2": task + noisy(np.zeros(24), 1, 0.02, seed=3)})
+    out = layer_sections(sim, n_boot=200, seed=0, second_seed="experimental_seed2")
+    assert out["transition_found"] and out["seed_check"] == "both E seeds show it"
+    assert set(out["seeds"]) == {"experimental", "experimental_seed2"}
+    assert all(s["transition_found"] for s in out["seeds"].values())
+    assert out["seeds"]["experimental"]["transition"] == out["transition"]
+    assert "experimental_seed2" in out["seed_rule"] and "at most 2 layers" in out["seed_rule"]
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_a_transition_in_one_seed_only_is_not_stated():
+    from mossa.analysis._sections import layer_sections
+
+    sim = similarity_table({"experimental": noisy(ramp_curve(), n_tasks=12, sd=0.03, seed=4),
+                            "experimental_seed2": noisy(0.01 * np.arange(24), n_tasks=12, sd=0.03, seed=5)})
+    out = layer_sections(sim, n_boot=200, seed=0, second_seed="experimental_seed2")
+    assert out["transition_found"] is False and out["seed_check"] == "only experimental shows it"
+    assert out["seeds"]["experimental"]["transition_found"] and not out["seeds"]["experimental_seed2"][
+        "transition_found"]
+    assert out["reason"].startswith("the other E seed (experimental_seed2) shows no three sections")
+    assert not {"shared", "transition", "ci", "shared_e_vs_b"} & set(out) and "transition" in out["candidate"]
+    swapped = layer_sections(sim, model="experimental_seed2", n_boot=200, seed=0, second_seed="experimental")
+    assert swapped["transition_found"] is False and swapped["seed_check"] == "only experimental shows it"
+
+
+def test_seeds_placing_the_transition_far_apart_are_not_stated():
+    from mossa.analysis._sections import layer_sections
+
+    sim = similarity_table({"experimental": noisy(ramp_curve(start=5, end=8), n_tasks=12, sd=0.03, seed=6),
+                            "experimental_seed2": noisy(ramp_curve(start=13, end=16), n_tasks=12, sd=0.03, seed=7)})
+    out = layer_sections(sim, n_boot=200, seed=0, second_seed="experimental_seed2")
+    assert all(s["transition_found"] for s in out["seeds"].values())
+    assert out["transition_found"] is False and out["seed_check"] == "the E seeds disagree on the boundaries"
+    assert "more than 2 layers apart" in out["reason"]
+
+
+def common_noise(rng, reps, n_layers, sd=0.05, rho=0.7):
+    """[reps, 1, n_layers]: one Gaussian AR(1) curve per replicate (an E run), the same for all its tasks."""
+    e = rng.normal(size=(reps, 1, n_layers))
+    for layer in range(1, n_layers):
+        e[..., layer] = rho * e[..., layer - 1] + np.sqrt(1 - rho ** 2) * e[..., layer]
+    return sd * e
+
+
+def test_common_noise_drawn_per_seed_does_not_make_sections_with_two_seeds():
+    # One AR(1) curve per E run (sd 0.05), the same for all tasks: resampling tasks cannot see it, so one E
+    # states sections on a straight line; requiring both seeds removes them.
+    rng = np.random.default_rng(55)
+    reps, n_tasks, design = 100, 30, _sections._design(np.arange(18), 2)
+    tables = 0.01 * X18 + task_noise(rng, reps, n_tasks, 18)
+    seeds = [_sections._decide(tables + common_noise(rng, reps, 18), design, n_boot=200, alpha=0.05, min_jump=None,
+                               rng=rng) for _ in range(2)]
+    both = seeds[0]["found"] & seeds[1]["found"] & _sections._seeds_agree(design.pairs[seeds[0]["best"]],
+                                                                          design.pairs[seeds[1]["best"]])
+    assert seeds[0]["bends"].mean() >= 0.3  # the bend test alone is fooled by the common noise
+    assert both.mean() <= 0.03
+
+
+def test_report_sentence_states_plateaus_e_against_b_and_the_seed_check():
+    from mossa.analysis._sections import layer_sections
+    from mossa.report._summary import _section_sentence
+
+    one = layer_sections(similarity_table({"experimental": noisy(ramp_curve(), n_tasks=12, sd=0.03)}), n_boot=200,
+                         seed=0)
+    text = _section_sentence(one, "E")
+    lo, hi = one["plateaus"]["shared"]["slope_ratio_ci"]
+    assert "Both sections beside the rise are plateaus: each changes at most 0.5 times as steeply" in text
+    assert f"shared {lo:.2f} to {hi:.2f}" in text
+    assert (f"In the shared section E is at or below B: mean gain {one['shared_gain']:+.2f} (95% CI "
+            f"{one['shared_gain_ci'][0]:+.2f} to {one['shared_gain_ci'][1]:+.2f})") in text
+    assert text.endswith("One E: seed variation not measured, so noise common to all tasks is not in the test.")
+    above = find_sections(noisy(ramp_curve(low=0.1, high=0.45), n_tasks=30, sd=0.05, seed=3), n_boot=300)
+    assert "E is above B, unlike the paper's shared layers" in _section_sentence(above, "E")
+
+    task = noisy(ramp_curve(), n_tasks=12, sd=0.03, seed=1)
+    two = layer_sections(similarity_table({"experimental": task, "experimental_seed2": task + 0.01}), n_boot=200,
+                         seed=0, second_seed="experimental_seed2")
+    assert _section_sentence(two, "E").endswith("Seed check: both E seeds show it (experimental, experimental_seed2).")
+    hinge = find_sections(SMOOTH["hinge_rise"] + task_noise(np.random.default_rng(0), 1, 30, 18)[0], n_boot=300)
+    text = _section_sentence(hinge, "E")
+    assert text.startswith("For E, the data show no clear transition section: the curve bends but does not level off")
+    assert "not shown to be plateaus" in text and "E seeds" not in text

@@ -65,7 +65,7 @@ def test_constant_layer_is_undefined_with_reason(tmp_path):
     study = StudyDir(tmp_path)
     for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
         study.write_activations(name, "t", _acts(ids, a), inputs="x")
-    sim, controls, cross, medians = analyze(study, {"t": "C"})
+    sim, controls, cross, medians, _ = analyze(study, {"t": "C"})
     assert medians[(medians["layer"] == 0)]["ci_source"].eq("undefined").all()
     assert cross[cross["layer"] == 0]["value"].isna().all()
     layer0 = sim[sim["layer"] == 0]
@@ -86,7 +86,7 @@ def test_many_examples_stream_from_disk_and_match_memory(tmp_path, monkeypatch):
     for name, a in (("control", ctl), ("base", base), ("experimental", exp)):
         study.write_activations(name, "t", _acts(ids, a), inputs="x")
     monkeypatch.setattr(jackknife, "EXACT_MAX_N", 200)
-    sim, _, cross, _ = analyze(study, {"t": "C"}, measures=("linear_cka", "debiased_cka"), n_boot=50,
+    sim, _, cross, _, _ = analyze(study, {"t": "C"}, measures=("linear_cka", "debiased_cka"), n_boot=50,
                                chunk_rows=64)
     row = sim[(sim.model == "base") & (sim.layer == 1) & (sim.measure == "linear_cka")].iloc[0]
     assert abs(row.value - linear_cka(base[1], ctl[1])) < 1e-6

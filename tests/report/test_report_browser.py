@@ -42,7 +42,7 @@ def test_summary_numbers_match_the_tables(study):
     html = unescape(re.sub(r"<[^>]+>", "", (study / "report.html").read_text()))
     sim = pd.read_csv(study / "results/similarity.csv")
     measure = "debiased_cka" if (sim["measure"] == "debiased_cka").any() else "linear_cka"  # the summary's
-    sim = sim[sim["measure"] == measure]
+    sim = sim[(sim["measure"] == measure) & (sim["reference"] == "control")]  # the rows against C_t
     upper = upper_third(2)
     per_task = sim[sim["layer"].isin(upper)].groupby(["model", "task"])["value"].mean()
     e, b = per_task["experimental"].median(), per_task["base"].median()

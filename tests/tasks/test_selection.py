@@ -52,3 +52,31 @@ def test_task_choices_name_the_field(tiny_tasks):
     for field in ("holdout", "ceiling_tasks", "causal_tasks"):
         with pytest.raises(MossaError, match=rf"^field '{field}': nope not among the study's tasks"):
             check_task_choices(resolve_config({"preset": "quick", field: ["nope"]}), tasks)
+
+
+@pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
+def test_cross_tasks_are_seeded_and_come_from_other_clusters_first():
+    from mossa.tasks import resolve_cross_tasks
+
+    tasks = load_tasks(FLAN_MINI)
+    cluster = {t.name: t.cluster for t in tasks}
+    chosen = resolve_cross_tasks(resolve_config({"seed": 0}), tasks)
+    assert set(chosen) == set(cluster)
+    for task, sources in chosen.items():
+        assert len(sources) == 3 and task not in sources
+        assert len({cluster[s] for s in sources} | {cluster[task]}) == 4  # three other clusters, one each
+    assert chosen == resolve_cross_tasks(resolve_config({"seed": 0}), tasks)
+    assert chosen != resolve_cross_tasks(resolve_config({"seed": 1}), tasks)
+    every = resolve_cross_tasks(resolve_config({"cross_tasks": "all"}), tasks)
+    assert all(len(s) == len(tasks) - 1 for s in every.values())
+    assert resolve_cross_tasks(resolve_config({"cross_tasks": "none"}), tasks) == {}
+
+
+def test_cross_tasks_fall_back_on_the_own_cluster_and_stop_at_the_other_tasks(tiny_tasks):
+    from mossa.tasks import resolve_cross_tasks
+
+    tasks = load_tasks(tiny_tasks)
+    chosen = resolve_cross_tasks(resolve_config({"cross_tasks": 50}), tasks)
+    assert all(len(s) == len(tasks) - 1 for s in chosen.values())
+    one = resolve_cross_tasks(resolve_config({"cross_tasks": 1}), tasks[:1])
+    assert one == {tasks[0].name: ()}

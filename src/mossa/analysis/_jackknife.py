@@ -91,17 +91,20 @@ def jackknife_variance(theta: float, singles: np.ndarray, pairs: np.ndarray | No
     return v1, "jackknife (second-order term exceeded the first; first order)"
 
 
-def _kernel_layer(measure: str, a: np.ndarray, b: np.ndarray,
+def _kernel_layer(measure: str, a: np.ndarray, bs: list[np.ndarray], weights: list[float],
                   rng: np.random.Generator) -> tuple[float, float, int, str]:
-    """(estimate, standard error, groups, method) of a kernel CKA on one layer (NaN where undefined)."""
+    """(estimate, standard error, groups, method) of ``sum_i w_i CKA(a, b_i)`` (a kernel CKA) on one layer, every
+    pair with the same deleted groups (NaN where undefined)."""
     kind, debiased = KERNEL_MEASURES[measure]
     groups, g = _groups(len(a), KERNEL_GROUPS, rng)
     every = g + int(groups.max() == g)  # with the kept group, if there are left-over rows
     pair_index = np.stack(np.triu_indices(g, k=1), axis=1)  # never the kept group
     if kind == "rbf":
-        values = adaptive_rbf_cka(a, b, groups, every, pair_index, deleted=g)
+        values = sum(w * adaptive_rbf_cka(a, b, groups, every, pair_index, deleted=g) for b, w in zip(bs, weights))
     else:
-        values = deletion_cka(kernel(a, kind), kernel(b, kind), groups, every, pair_index, debiased, deleted=g)
+        K = kernel(a, kind)
+        values = sum(w * deletion_cka(K, kernel(b, kind), groups, every, pair_index, debiased, deleted=g)
+                     for b, w in zip(bs, weights))
     theta, singles, pairs = values[0], values[1:1 + g], values[1 + g:]
     if not np.all(np.isfinite(values)):
         return np.nan, np.nan, g, ""
@@ -109,10 +112,11 @@ def _kernel_layer(measure: str, a: np.ndarray, b: np.ndarray,
     return theta, np.sqrt(variance), g, method
 
 
-def _generic_layer(measure: str, a: np.ndarray, b: np.ndarray,
+def _generic_layer(measure: str, a: np.ndarray, bs: list[np.ndarray], weights: list[float],
                    rng: np.random.Generator) -> tuple[float, float, int, str]:
-    """(estimate, standard error, groups, method) of any registered measure on one layer."""
+    """(estimate, standard error, groups, method) of any registered measure between a and bs[0] on one layer."""
     func = get_measure(measure)
+    b = bs[0]
     if func.rotation_invariant:  # the same values on n x rank rotations, much cheaper when n < d
         a, b = row_space_factor(a), row_space_factor(b)
     groups, g = _groups(len(a), GENERIC_GROUPS, rng)
@@ -149,28 +153,45 @@ def example_intervals(measure: str, A: np.ndarray, B: np.ndarray, *, rng: np.ran
     EXACT_MAX_N rows, the standard error of a seeded subsample of m = EXACT_MAX_N rows is scaled
     to n by (m/n)^(a/2), the rate a read off the same estimate on a nested m/2 rows (`_rate`).
     """
+    return contrast_intervals(measure, A, [B], [1.0], rng=rng, values=values)
+
+
+def contrast_intervals(measure: str, A: np.ndarray, Bs: list[np.ndarray], weights: list[float], *,
+                       rng: np.random.Generator, values: list[float] | None = None
+                       ) -> list[tuple[float, float, str]]:
+    """(ci_low, ci_high, ci_method) per layer of the contrast ``sum_i w_i measure(A, B_i)`` over stacks
+    [layers, n, d] whose rows are the same examples (one B and weight 1: the measure itself).
+
+    One jackknife serves every pair: the same groups of examples are deleted from every representation and
+    the contrast is recomputed on each subset, so the interval respects the pairing (what the pairs share
+    example by example cancels in the contrast instead of adding up). Several B's need a kernel CKA. Centring,
+    undefined layers and the subsampling above EXACT_MAX_N rows are as in `example_intervals`.
+    """
+    if len(Bs) > 1 and measure not in KERNEL_MEASURES:
+        raise MossaError(f"contrast_intervals: a contrast of several pairs needs a kernel CKA "
+                         f"({', '.join(KERNEL_MEASURES)}), got {measure!r}")
     n = A.shape[1]
     m = min(n, EXACT_MAX_N)
     order = rng.permutation(n)[:m] if n > m else None
     half = np.sort(order[:m // 2]) if order is not None else None
     if order is not None:
-        A_half, B_half = A[:, half], B[:, half]
-        A, B = A[:, np.sort(order)], B[:, np.sort(order)]
+        A_half, Bs_half = A[:, half], [B[:, half] for B in Bs]
+        A, Bs = A[:, np.sort(order)], [B[:, np.sort(order)] for B in Bs]
     layer = _kernel_layer if measure in KERNEL_MEASURES else _generic_layer
     state = rng.bit_generator.state
     out = []
     with threadpool_limits(1, user_api="blas"):  # small products: one BLAS thread is fastest
-        for i, (a, b) in enumerate(zip(A, B)):
+        for i, a in enumerate(A):
             if values is not None and not np.isfinite(values[i]):
                 out.append((np.nan, np.nan, ""))
                 continue
             rng.bit_generator.state = state  # the same groups at every layer
-            theta, se, g, method = layer(measure, a, b, rng)
+            theta, se, g, method = layer(measure, a, [B[i] for B in Bs], weights, rng)
             if not method:
                 out.append((np.nan, np.nan, ""))
                 continue
             if order is not None:
-                _, se_half, _, _ = layer(measure, A_half[i], B_half[i], rng)
+                _, se_half, _, _ = layer(measure, A_half[i], [B[i] for B in Bs_half], weights, rng)
                 rate = _rate(se, se_half)
                 se *= (m / n) ** (rate / 2)
                 method += f", on {m} of {n} rows, scaled by (m/n)^({rate:.2f}/2)"

@@ -190,11 +190,13 @@ def _overall(variants: dict) -> str:
 
 
 def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None = None, *, n_boot: int, seed: int,
-               model: str = "experimental", variants: tuple[str, ...] = ROBUST_MEASURES) -> dict:
+               model: str = "experimental", variants: tuple[str, ...] = ROBUST_MEASURES,
+               second_seed: str | None = None) -> dict:
     """The robustness verdict of each variant, by `CRITERION` (results/robustness.json).
 
-    `sections` are the study's, from ``layer_sections(sim, model=model, n_boot=n_boot, seed=seed)``; every
-    variant's are recomputed with the same call on its measure. `outliers` (the outlier table) only feeds
+    `sections` are the study's, from ``layer_sections(sim, model=model, n_boot=n_boot, seed=seed,
+    second_seed=second_seed)``; every variant's are recomputed with the same call on its measure (so a study
+    with two E seeds judges every variant by the same two-seed rule). `outliers` (the outlier table) only feeds
     the summary and the sentences. Returns the keys measure, model, criterion, outlier_rule, outliers (a
     summary), original (its sections and per-layer median gain), variants (one entry per variant, with its
     "sentence" and "verdict") and sentence (over all variants).
@@ -211,7 +213,8 @@ def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None 
                                 "median_gain": _listed(reference["median"]),
                                 "median_gain_ci": [_listed(reference["ci_low"]), _listed(reference["ci_high"])]},
            "variants": {}}
-    found = {v: layer_sections(sim, model=model, measure=v, n_boot=n_boot, seed=seed) for v in variants if v in gains}
+    found = {v: layer_sections(sim, model=model, measure=v, n_boot=n_boot, seed=seed, second_seed=second_seed)
+             for v in variants if v in gains}
     for variant in variants:
         entry = {"measure": variant, "description": get_measure(variant).description, "reference": SECTION_MEASURE}
         if variant not in found:

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from mossa.analysis._task_intervals import median_over_tasks
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._permutation import NULL_COLUMNS, n_strata, permutation_nulls, permutations
+from mossa.analysis._specificity import CROSS, HELDOUT, SECOND_SEED, cross_label, specificity_rows
 from mossa.workers import JobPool
 from mossa.errors import MossaError
 from mossa.similarity import (
@@ -36,8 +37,8 @@ from mossa.store import ActivationFile, Activations, StudyDir, atomic_path, read
 Run = Union[Activations, ActivationFile]  # .ids .shape .read() .view() .finite_rows() .prefetch()
 
 COMPARED = ("base", "experimental")
-HELDOUT = "heldout"  # E', trained without the held-out tasks, compared on those tasks only
-SIMILARITY_COLUMNS = ["task", "cluster", "model", "layer", "measure", "value", "ci_low", "ci_high", "ci_method",
+SIMILARITY_COLUMNS = ["task", "cluster", "model", "reference", "layer", "measure", "value", "ci_low", "ci_high",
+                      "ci_method",
                       *NULL_COLUMNS, "n_examples", "n_dropped", "undefined_reason"]
 
 
@@ -208,8 +209,8 @@ class _TaskData:
     def __init__(self, runs: Mapping[str, Run], chunk_rows: int | None):
         self.runs = runs
         ids, self.rows = aligned_rows(runs)
-        models = [m for m in runs if m != "control"]
-        self.acc, finite = scan(runs, self.rows, [(m, "control") for m in models], chunk_rows=chunk_rows)
+        self.compared = [m for m in runs if m != "control" and not m.startswith(CROSS)]  # read against C_t
+        self.acc, finite = scan(runs, self.rows, [(m, "control") for m in self.compared], chunk_rows=chunk_rows)
         self.ids = [i for i, ok in zip(ids, finite) if ok]
         self.kept = {m: r[finite] for m, r in self.rows.items()}
         self.n_dropped = int((~finite).sum())
@@ -279,7 +280,7 @@ def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
     perms = permutations(len(data.ids), n_permutations, np.random.default_rng([seed, key, 2]), groups)
     rows = []
     for measure in measures:
-        for model in [m for m in runs if m != "control"]:
+        for model in data.compared:
             values = data.values(measure, model)
             cis = [(np.nan, np.nan, "")] * len(values)
             nulls = [dict.fromkeys(NULL_COLUMNS, np.nan) | {"n_permutations": 0, "null_strata": n_strata(groups)}
@@ -292,7 +293,7 @@ def task_similarity(task: str, cluster: str, runs: Mapping[str, Run],
             for layer, ((value, reason), (lo, hi, method), null) in enumerate(zip(values, cis, nulls)):
                 if not np.isfinite(value):
                     lo = hi = np.nan
-                rows.append({"task": task, "cluster": cluster, "model": model, "layer": layer,
+                rows.append({"task": task, "cluster": cluster, "model": model, "reference": "control", "layer": layer,
                              "measure": measure, "value": value, "ci_low": lo, "ci_high": hi,
                              "ci_method": method if np.isfinite(lo) else "", **null, "n_examples": len(data.ids),
                              "n_dropped": data.n_dropped, "undefined_reason": reason})
@@ -341,18 +342,24 @@ def check_measures(measures: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(measures)
 
 
-def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...], measures: tuple[str, ...],
-                 n_boot: int, n_permutations: int, seed: int, chunk_rows: int | None) -> tuple[list, list, dict, set]:
-    """One task's similarity rows, cross-layer rows, loss row and unscored models (a worker job).
+def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...], sources: tuple[str, ...],
+                 measures: tuple[str, ...], n_boot: int, n_permutations: int, seed: int, chunk_rows: int | None
+                 ) -> tuple[list, list, list, dict, set]:
+    """One task's similarity rows against C_t, cross-layer rows, rows against the other references (with the
+    specificity rows), loss row and unscored models (a worker job).
 
-    `extra` names the task's models beyond C_t, B and E (HELDOUT, "ceiling")."""
-    runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED, *extra)}
+    `extra` names the task's models beyond C_t, B and E (the second seeds, HELDOUT, "ceiling"); `sources` the
+    tasks whose controls were read on this task's prompts."""
+    runs = {m: study.activation_file(m, task) for m in ("control", *COMPARED, *extra, *map(cross_label, sources))}
     runs = on_grid(runs, runs["control"].shape[0])  # a given E of another depth: on B's layers
     data = _TaskData(runs, chunk_rows)
     templates = read_prompt_templates(study.path("prompts.jsonl")).get(task)
     sim_rows = task_similarity(task, cluster, runs, measures, intervals=n_boot > 0,
                                n_permutations=n_permutations, seed=seed, data=data, templates=templates)
     cross_rows = task_cross_layer(task, runs, chunk_rows=chunk_rows, data=data)
+    spec_rows = specificity_rows(task, cluster, data.full, data.compared, list(sources), measures,
+                                 intervals=n_boot > 0, seed=seed,
+                                 base_row={"n_examples": len(data.ids), "n_dropped": data.n_dropped})
     control_row = {"task": task, "metric": "loss", "base": mean_loss(runs["base"]),
                    "control": mean_loss(runs["control"]), "experimental": mean_loss(runs["experimental"]),
                    HELDOUT: mean_loss(runs[HELDOUT]) if HELDOUT in runs else float("nan"),
@@ -361,13 +368,14 @@ def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...
                    "n_scored": int(np.sum(runs["control"].target_tokens > 0))}
     unscored = {m for m in ("experimental", HELDOUT, "ceiling")
                 if m in runs and not int(runs[m].target_tokens.sum())}  # extracted without its test loss
-    return sim_rows, cross_rows, control_row, unscored
+    return sim_rows, cross_rows, spec_rows, control_row, unscored
 
 
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
             heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None,
-            ceiling: tuple[str, ...] = (), n_permutations: int = 0, pool: JobPool | None = None
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+            ceiling: tuple[str, ...] = (), n_permutations: int = 0, pool: JobPool | None = None,
+            seeds: int = 1, cross: Mapping[str, tuple[str, ...]] | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
     Parameters
@@ -393,43 +401,58 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     pool : JobPool, optional
         Where the tasks run (one job each, the costliest first); default: one after another in this
         process. The tables do not depend on it.
+    seeds : int
+        Training runs of E (and E'): with 2, the second seeds' rows (`SECOND_SEED`) are computed too, and their
+        agreement with the first.
+    cross : mapping, optional
+        Task -> the tasks whose controls were read on its test prompts (`cross_label`): the rows against them
+        and the task's specificity rows (`_specificity`).
 
     Returns
     -------
-    similarity, controls, cross_layer, medians : pandas.DataFrame
-        `medians` holds the per-layer median over tasks (group "all", and one group per
-        cluster) with intervals over tasks (`median_over_tasks`); it is also written to `results/medians.csv`.
+    similarity, controls, cross_layer, medians, references : pandas.DataFrame
+        `similarity` holds the rows against C_t (`reference` "control"); `references` those against every other
+        reference and the specificity rows; results/similarity.* is the long table of both. `medians` holds the
+        per-layer median over tasks of the rows against C_t (group "all", and one group per cluster) with
+        intervals over tasks (`median_over_tasks`); it is also written to `results/medians.csv`.
     """
     measures = check_measures(measures)
-    extra = {t: tuple(m for m, among in ((HELDOUT, heldout), ("ceiling", ceiling)) if t in among) for t in tasks}
+    cross = cross or {}
+    second = seeds > 1
+    extra = {t: tuple(m for m, among in ((SECOND_SEED["experimental"], tasks if second else ()), (HELDOUT, heldout),
+                                         (SECOND_SEED[HELDOUT], heldout if second else ()), ("ceiling", ceiling))
+                      if t in among) for t in tasks}
     order = sorted(tasks, key=lambda t: -len(extra[t]))  # the tasks with most models first: a shorter tail
     jobs = pool or JobPool()
-    futures = {t: jobs.submit(_task_tables, study, t, tasks[t], extra[t], measures, n_boot, n_permutations,
-                              seed, chunk_rows) for t in order}
+    futures = {t: jobs.submit(_task_tables, study, t, tasks[t], extra[t], tuple(cross.get(t, ())), measures, n_boot,
+                              n_permutations, seed, chunk_rows) for t in order}
     done = {t: f.result() for t, f in futures.items()}
-    sim_rows, cross_rows, control_rows, unscored = [], [], [], set()
+    sim_rows, cross_rows, ref_rows, control_rows, unscored = [], [], [], [], set()
     for task in tasks:
-        sims, crosses, control_row, unscored_here = done[task]
+        sims, crosses, refs, control_row, unscored_here = done[task]
         sim_rows += sims
         cross_rows += crosses
+        ref_rows += refs
         control_rows.append(control_row)
         unscored |= unscored_here
     sim = pd.DataFrame(sim_rows, columns=SIMILARITY_COLUMNS)
+    references = pd.DataFrame(ref_rows, columns=SIMILARITY_COLUMNS)
     controls = pd.DataFrame(control_rows).drop(columns=sorted(unscored))
     controls["control_better"] = controls["control"] < controls["base"]
     cross = pd.DataFrame(cross_rows)
     medians = pd.concat([median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=False),
                          median_over_tasks(sim, n_boot=n_boot, seed=seed, by_cluster=True)], ignore_index=True)
-    write_table(sim, study.path("results", "similarity"))
+    write_table(pd.concat([sim, references], ignore_index=True) if len(references) else sim,
+                study.path("results", "similarity"))
     with atomic_path(study.path("results", "medians.csv")) as tmp:
         medians.to_csv(tmp, index=False)
     with atomic_path(study.path("results", "controls.csv")) as tmp:
         controls.to_csv(tmp, index=False)
     with atomic_path(study.path("results", "layer_by_layer_cka.csv")) as tmp:
         cross.to_csv(tmp, index=False)
-    return sim, controls, cross, medians
+    return sim, controls, cross, medians, references
 
 
-__all__ = ["COMPARED", "DEFAULT_MEASURES", "HELDOUT", "SIMILARITY_COLUMNS", "VALUES_ONLY", "DepthMapped", "align",
-           "aligned_rows", "analyze", "check_measures", "depth_map", "mean_loss", "on_grid", "scan", "task_cross_layer",
-           "task_similarity"]
+__all__ = ["COMPARED", "CROSS", "DEFAULT_MEASURES", "HELDOUT", "SECOND_SEED", "SIMILARITY_COLUMNS", "VALUES_ONLY",
+           "DepthMapped", "align", "aligned_rows", "analyze", "check_measures", "cross_label", "depth_map", "mean_loss",
+           "on_grid", "scan", "task_cross_layer", "task_similarity"]

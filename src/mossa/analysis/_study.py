@@ -22,7 +22,16 @@ from mossa.analysis._outliers import outlier_table
 from mossa.workers import JobPool, choose_workers
 from mossa.analysis._robustness import robustness
 from mossa.analysis._sections import layer_sections
-from mossa.analysis._similarity import COMPARED, DEFAULT_MEASURES, HELDOUT, analyze, check_measures, on_grid, write_table
+from mossa.analysis._similarity import (
+    COMPARED,
+    DEFAULT_MEASURES,
+    HELDOUT,
+    SECOND_SEED,
+    analyze,
+    check_measures,
+    on_grid,
+    write_table,
+)
 from mossa.analysis._spectra import spectral_table
 from mossa.analysis._tsne import check_tsne_layers, default_tsne_layers, tsne_of_runs
 from mossa.errors import MossaError
@@ -57,6 +66,7 @@ class StudyTables:
     probes: pd.DataFrame
     heldout: tuple[str, ...]
     heldout_medians: pd.DataFrame | None
+    references: pd.DataFrame | None = None  # the long table's rows against other references, and specificity
     outliers: pd.DataFrame | None = None  # results/outliers.csv
     robustness: dict = field(default_factory=dict)  # results/robustness.json
     timings: dict = field(default_factory=dict)
@@ -119,6 +129,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         title = provenance["model"]["name"]
         heldout = tuple(provenance.get("heldout_tasks", ()))
         ceiling = tuple(provenance.get("ceiling_tasks", ()))
+        seeds = max(1, len(provenance.get("experimental_seeds", ())))
+        cross = {t: tuple(s) for t, s in provenance.get("cross_tasks", {}).get("chosen", {}).items()}
         config = provenance["config"]
         seed = int(config.get("seed", 0))
         n_boot = int(config.get("n_boot", 200)) if n_boot is None else n_boot
@@ -127,7 +139,8 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         tsne_layers = tsne_layers or config.get("tsne_layers") or default_tsne_layers(n_layers)
         workers = config.get("analysis_workers", "auto") if workers is None else workers
         probe_examples = config.get("probe_examples") if probe_examples == "config" else probe_examples
-        work = sum(int(info.get("n_test", 0)) * (n_layers + 1) * (len(COMPARED) + (t in heldout) + (t in ceiling))
+        work = sum(int(info.get("n_test", 0)) * (n_layers + 1)
+                   * (len(COMPARED) * seeds + (t in heldout) * seeds + (t in ceiling) + len(cross.get(t, ())))
                    for t, info in provenance["tasks"].items())
     except (KeyError, TypeError, AttributeError, ValueError):
         raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
@@ -146,8 +159,9 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     labels_path = study.path("prompts.jsonl")
     labels = prompt_labels(labels_path) if labels_path.is_file() else {}
     with JobPool(workers) as pool:
-        sim, controls, cross, medians = analyze(study, clusters, measures=measures, heldout=heldout, n_boot=n_boot,
-                                                seed=seed, ceiling=ceiling, n_permutations=n_permutations, pool=pool)
+        sim, controls, cross_layer, medians, references = analyze(
+            study, clusters, measures=measures, heldout=heldout, n_boot=n_boot, seed=seed, ceiling=ceiling,
+            n_permutations=n_permutations, pool=pool, seeds=seeds, cross=cross)
         runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
                 for m in ("base", EXPERIMENTAL)}
         tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=1, pool=pool)
@@ -181,12 +195,13 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     if corr is not None:
         with atomic_path(study.path("results", "correlations.csv")) as tmp:
             corr.to_csv(tmp, index=False)
-    sections = {**layer_sections(sim, n_boot=n_boot, seed=seed),
-                HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed)
+    sections = {**layer_sections(sim, n_boot=n_boot, seed=seed, second_seed=SECOND_SEED[EXPERIMENTAL]),
+                HELDOUT: layer_sections(sim[sim["task"].isin(heldout)], model=HELDOUT, n_boot=n_boot, seed=seed,
+                                        second_seed=SECOND_SEED[HELDOUT])
                 if heldout else {"transition_found": False, "reason": "no tasks were held out"}}
     write_json(study.path("results", "sections.json"), sections)
     t1 = time.perf_counter()
-    robust = robustness(sim, sections, outliers, n_boot=n_boot, seed=seed)
+    robust = robustness(sim, sections, outliers, n_boot=n_boot, seed=seed, second_seed=SECOND_SEED[EXPERIMENTAL])
     write_json(study.path("results", "robustness.json"), robust)
     timings["robustness"] = time.perf_counter() - t1
     with atomic_path(study.path("results", "tsne.csv")) as tmp:
@@ -194,12 +209,12 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     timings["analyze"] = time.perf_counter() - t0
     if log:
         log(f"analysis: {len(measures)} measures, {len(clusters)} tasks, tables in {study.path('results')}")
-    return StudyTables(root=study.root, title=title, similarity=sim, controls=controls, cross_layer=cross,
+    return StudyTables(root=study.root, title=title, similarity=sim, controls=controls, cross_layer=cross_layer,
                        medians=medians, sections=sections, spectral=spectral, tsne=tsne, correlations=corr,
                        performance=performance, lens=lens, probes=probes, heldout=heldout,
                        heldout_medians=median_over_tasks(sim[sim["task"].isin(heldout)], n_boot=n_boot, seed=seed,
                                                          by_cluster=False) if heldout else None, outliers=outliers,
-                       robustness=robust, timings=timings)
+                       robustness=robust, timings=timings, references=references)
 
 
 def not_learned(controls: pd.DataFrame) -> list[str]:

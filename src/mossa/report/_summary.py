@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mossa.analysis import median_interval
+from mossa.analysis import CROSS, SECOND_SEED, SPECIFICITY, median_interval, swap_test
 
 MEASURES = ("debiased_cka", "linear_cka")  # the conclusions' estimator: debiased CKA whenever it was measured
 MEASURE_WORDS = {"debiased_cka": "debiased CKA", "linear_cka": "linear CKA"}
@@ -45,6 +45,7 @@ class StudySummary:
     undefined_reasons: list[str] = field(default_factory=list)
     reference: dict = field(default_factory=dict)
     measure: str = "debiased_cka"  # the estimator every sentence reads
+    specificity: dict = field(default_factory=dict)  # `_specificity`: E's, B's and the controls' own
 
     @property
     def all_undefined(self) -> bool:
@@ -100,10 +101,73 @@ def _reference(sim: pd.DataFrame, layers: list[int]) -> dict:
     return out
 
 
-def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, sections: dict) -> StudySummary:
-    """Compute the summary numbers of one study, on debiased CKA (biased linear CKA when it is the only CKA)."""
+def _task_summary(per_task: pd.Series) -> dict:
+    """Median over tasks of per-task values with its distribution-free interval (`median_interval`)."""
+    d = per_task.dropna()
+    if not len(d):
+        return {}
+    lo, hi, coverage = median_interval(d.to_numpy())
+    return {"median": float(d.median()), "ci": [lo, hi], "coverage": coverage, "n_tasks": len(d),
+            "per_task": {str(t): float(v) for t, v in d.items()}}
+
+
+def _reference_tables(sim: pd.DataFrame, refs: pd.DataFrame, model: str, layers: list[int]) -> dict[str, np.ndarray]:
+    """Per task, `model`'s mean over `layers` against C_t, then against each other task's control (in order)."""
+    own = _per_task(sim, model, layers)
+    cross = refs[refs["reference"].astype(str).str.startswith(CROSS) & (refs["model"] == model)
+                 & refs["layer"].isin(layers)]
+    per = cross.groupby(["task", "reference"], sort=False)["value"].mean()
+    tables = {str(t): np.array([own[t], *per[t].to_numpy()]) for t in own.index if t in per.index.get_level_values(0)}
+    return {t: v for t, v in tables.items() if np.all(np.isfinite(v))}
+
+
+def _specificity(refs: pd.DataFrame, sim: pd.DataFrame, layers: list[int], study_json: dict) -> dict:
+    """Over `layers` (rows of one measure): each model's task specificity (its CKA with C_t minus its mean CKA
+    with other tasks' controls on t's prompts; mean over tasks and the exact swap test over tasks,
+    `mossa.analysis.swap_test`) and E's gain in it over B, per E seed; the controls' own specificity (their
+    second seed's); the agreement of E's two seeds; and E - B with E's second seed and recomputed against C_t'
+    (the gain's noise scales), as medians over tasks with their intervals over tasks."""
+    if refs is None or not len(refs) or "reference" not in refs:
+        return {}
+    seed = int(study_json.get("config", {}).get("seed", 0))
+    seeds = [m for m in ("experimental", SECOND_SEED["experimental"])
+             if ((refs["model"] == m) & refs["reference"].astype(str).str.startswith(CROSS)).any()]
+    out = {"seeds": seeds, "n_sources": {t: len(v) for t, v in
+                                         study_json.get("cross_tasks", {}).get("chosen", {}).items()}}
+    tables = {m: _reference_tables(sim, refs, m, layers) for m in ("base", *seeds, "ceiling")}
+    out["models"] = {}
+    for m, t in tables.items():
+        if t:
+            test = swap_test(list(t.values()), seed=seed)
+            out["models"][m] = test | {"per_task": dict(zip(t, test["per_task"]))}
+    out["gain"] = {m: swap_test([tables[m][t] - tables["base"][t] for t in tables[m] if t in tables["base"]],
+                                seed=seed) for m in seeds}
+    spec = refs[(refs["reference"] == SPECIFICITY) & (refs["model"] == "ceiling") & refs["layer"].isin(layers)]
+    out["controls"] = {str(t): {"value": float(rows["value"].mean()), "layers_above": int((rows["ci_low"] > 0).sum()),
+                                "n_layers": len(rows)} for t, rows in spec.groupby("task")}
+    if len(seeds) > 1:
+        agree = refs[(refs["model"] == seeds[1]) & (refs["reference"] == seeds[0])]
+        out["agreement"] = _task_summary(_per_task(agree, seeds[1], layers))
+        out["gain_seed2"] = _task_summary(_per_task(sim, seeds[1], layers) - _per_task(sim, "base", layers))
+    versus = refs[refs["reference"] == "ceiling"]
+    if len(versus):
+        own = _per_task(sim, "experimental", layers) - _per_task(sim, "base", layers)
+        second = _per_task(versus, "experimental", layers) - _per_task(versus, "base", layers)
+        tasks = second.dropna().index
+        out["control_seed"] = {"against_control": _task_summary(own.reindex(tasks)),
+                               "against_second": _task_summary(second),
+                               "change": float((own.reindex(tasks) - second).abs().median()) if len(tasks)
+                               else float("nan")}
+    return out
+
+
+def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, sections: dict,
+              references: pd.DataFrame | None = None) -> StudySummary:
+    """Compute the summary numbers of one study, on debiased CKA (biased linear CKA when it is the only CKA).
+    `references` are the long table's rows against other references than C_t, with the specificity rows."""
     measure = next((m for m in MEASURES if (sim["measure"] == m).any()), MEASURES[-1])
     sim = sim[sim["measure"] == measure]
+    refs = references[references["measure"] == measure] if references is not None and len(references) else None
     n_layers = int(study_json["model"]["n_layers"])
     upper = upper_third(n_layers)
     clusters = sorted(sim["cluster"].unique())
@@ -122,6 +186,7 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
         heldout = {"tasks": held_tasks,
                    "base_upper": _median(held, "base", upper),
                    "heldout_upper": _median(held, "heldout", upper),
+                   "heldout_seed2_upper": _median(held, SECOND_SEED["heldout"], upper),
                    "experimental_upper_seen": _median(seen, "experimental", upper),
                    "base_upper_seen": _median(seen, "base", upper)}
     better = int(controls["control_better"].sum()) if "control_better" in controls else 0
@@ -138,7 +203,8 @@ def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, secti
         heldout=heldout, controls_better=(better, len(controls)), loss_scored=loss_scored, not_learned=not_learned,
         n_values=len(sim),
         n_undefined=int((~np.isfinite(sim["value"].to_numpy(dtype=float))).sum()),
-        undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper), measure=measure)
+        undefined_reasons=undefined_reasons(sim), reference=_reference(sim, upper), measure=measure,
+        specificity=_specificity(refs, sim, upper, study_json))
 
 
 def _fmt(x: float) -> str:
@@ -150,21 +216,43 @@ def _signed(x: float) -> str:
 
 
 def _section_sentence(sec: dict, who: str, model: str = "E") -> str:
-    """One sentence on the layer sections: found, not found and why, or too few tasks to say."""
+    """One sentence on the layer sections: found (with the plateau test, E against B in the shared section and
+    the seed check), not found and why, or too few tasks to say."""
     if sec.get("too_few_tasks"):
         return (f"For {who}, no layer sections are stated: too few tasks ({sec.get('n_tasks')}; the test of a "
                 f"transition needs at least {sec.get('min_tasks')}).")
+    seeds = sec.get("seed_check")
     if not sec.get("transition_found"):
-        return f"For {who}, the data show no clear transition section: {sec.get('reason', 'no reason recorded')}."
+        checked = f" (E seeds: {seeds})" if seeds and "not measured" not in seeds else ""
+        return (f"For {who}, the data show no clear transition section: {sec.get('reason', 'no reason recorded')}"
+                f"{checked}.")
     measure = sec.get("measure", "CKA").replace("_cka", " CKA").replace("_", " ")
     ci = sec.get("ci", {})
     start, end = ci.get("transition_start", [None, None]), ci.get("transition_end", [None, None])
-    return (f"For {who}, layers {sec['shared'][0]}-{sec['shared'][1]} are shared, "
-            f"{sec['transition'][0]}-{sec['transition'][1]} are the transition "
-            f"(start 95% CI {start[0]}-{start[1]}, end 95% CI {end[0]}-{end[1]}) and "
-            f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median {measure} gain of "
-            f"{model} over B rises by {_fmt(sec.get('jump', float('nan')))} "
-            f"(95% CI {_fmt(sec.get('jump_ci', [np.nan])[0])} to {_fmt(sec.get('jump_ci', [np.nan, np.nan])[1])}).")
+    out = (f"For {who}, layers {sec['shared'][0]}-{sec['shared'][1]} are shared, "
+           f"{sec['transition'][0]}-{sec['transition'][1]} are the transition "
+           f"(start 95% CI {start[0]}-{start[1]}, end 95% CI {end[0]}-{end[1]}) and "
+           f"{sec['refinement'][0]}-{sec['refinement'][1]} the refinement section; the median {measure} gain of "
+           f"{model} over B rises by {_fmt(sec.get('jump', float('nan')))} "
+           f"(95% CI {_fmt(sec.get('jump_ci', [np.nan])[0])} to {_fmt(sec.get('jump_ci', [np.nan, np.nan])[1])}).")
+    plateaus = sec.get("plateaus")
+    if plateaus:
+        ratio = lambda name: " to ".join("unbounded" if v is None else _fmt(v)
+                                         for v in plateaus[name]["slope_ratio_ci"])
+        out += (f" Both sections beside the rise are plateaus: each changes at most {plateaus['max_ratio']:g} times "
+                f"as steeply as the transition ({100 * plateaus['level']:g}% intervals of that ratio: shared "
+                f"{ratio('shared')}, refinement {ratio('refinement')}).")
+    if "shared_e_vs_b" in sec:
+        lo, hi = sec["shared_gain_ci"]
+        verdict = {"at or below B": f"{model} is at or below B",
+                   "above B": f"{model} is above B, unlike the paper's shared layers",
+                   "within noise of B": f"{model} is within noise of B (not shown to be at or below it)"}
+        out += (f" In the shared section {verdict[sec['shared_e_vs_b']]}: mean gain {_signed(sec['shared_gain'])} "
+                f"(95% CI {_signed(lo)} to {_signed(hi)}).")
+    if seeds:
+        out += (f" {seeds[0].upper()}{seeds[1:]}, so noise common to all tasks is not in the test." if "not measured"
+                in seeds else f" Seed check: {seeds} ({', '.join(sec.get('seeds', {}))}).")
+    return out
 
 
 def _undefined_sentence(s: StudySummary) -> str:
@@ -175,7 +263,114 @@ def _undefined_sentence(s: StudySummary) -> str:
             f"The tables list each value as undefined and the figures built on them are empty.")
 
 
-def _reference_sentences(ref: dict, up: str) -> list[str]:
+ALPHA = 0.05  # the level of every "beyond noise" over tasks
+
+
+def _side(entry: dict) -> str:
+    """'above' / 'below' 0 beyond noise, 'within' noise, or 'too few' tasks: by the swap test's p-value when the
+    entry has one (`swap_test`), else by its interval over tasks (none under 5 tasks)."""
+    if "p_value" in entry:
+        if not np.isfinite(entry["p_value"]):
+            return "too few"
+        return "within" if entry["p_value"] > ALPHA else "above" if entry["mean"] > 0 else "below"
+    lo, hi = entry.get("ci", [np.nan, np.nan])
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "too few"
+    return "above" if lo > 0 else "below" if hi < 0 else "within"
+
+
+def _interval(entry: dict) -> str:
+    n = entry["n_tasks"]
+    if "p_value" in entry:
+        p = entry["p_value"]
+        test = (f"swap test over tasks p = {p:.2g}" if np.isfinite(p) else
+                f"too few tasks for the swap test ({entry['n_assignments']:.0f} assignments)")
+        return f"mean over {n} task{'s' * (n != 1)}, {entry['n_above']} above 0; {test}"
+    lo, hi = entry["ci"]
+    if not np.isfinite(lo):
+        return f"median over {n} task{'s' * (n != 1)}; too few tasks for an interval"
+    return (f"median over {n} tasks; interval over tasks {_signed(lo)} to {_signed(hi)}, covering "
+            f"{entry['coverage']:.2f}")
+
+
+def _centre(entry: dict) -> float:
+    return entry["mean"] if "p_value" in entry else entry["median"]
+
+
+def seed_verdict(entries: list[dict], what: str) -> str:
+    """The verdict on a quantity measured on each E seed (`entries`, one per seed): beyond noise only when every
+    seed's test (or interval over tasks) puts it beyond 0 on the same side; with one seed, said to be unchecked
+    against E's seed."""
+    sides = {_side(e) for e in entries}
+    one = "" if len(entries) > 1 else " (one E seed: its seed variation is not measured)"
+    both = "both E seeds show it" if len(entries) > 1 else "by its " + ("test" if "p_value" in entries[0] else
+                                                                       "interval over tasks")
+    if sides == {"above"} or sides == {"below"}:
+        return f"{what} is {'above' if sides == {'above'} else 'below'} 0 beyond noise ({both}){one}"
+    if "too few" in sides:
+        return f"no verdict on {what}: too few tasks{one}"
+    if len(entries) > 1 and len(sides) > 1:
+        return f"{what} is not established: the two E seeds disagree ({' / '.join(sorted(sides))} 0)"
+    return f"{what} is within noise of 0{one}"
+
+
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def specificity_sentences(sp: dict, up: str, words: str) -> list[str]:
+    """The summary's first conclusion: is what E shares with each task's control that task's information?
+    E's specificity (per seed), B's, E's gain over B in specificity, and the controls' own specificity."""
+    if not sp.get("models") or not sp.get("seeds"):
+        return [f"Whether E holds each task's own information is not measured: no task has other tasks' controls "
+                f"read on its prompts (cross_tasks none, or a single task), so a high {words} with C_t cannot be "
+                f"told from what every adapter of this base shares."]
+    k = sorted(set(sp["n_sources"].values())) or [0]
+    n_src = f"{k[0]} other task{'s' * (k[0] != 1)}'" if len(k) == 1 else f"{k[0]}-{k[-1]} other tasks'"
+    names = {"experimental": "E", SECOND_SEED["experimental"]: "E (second seed)"}
+    seeds = [m for m in sp["seeds"] if sp["models"].get(m)]
+    parts = "; ".join(f"{names[m]} {_signed(sp['models'][m]['mean'])} ({_interval(sp['models'][m])})" for m in seeds)
+    out = [f"Is it each task's own information? Over {up}, on each task's test prompts, E's {words} with the task's "
+           f"control minus its mean {words} with {n_src} controls (task specificity) is {parts}. "
+           + _upper_first(seed_verdict([sp["models"][m] for m in seeds], "E's task specificity")) + "."]
+    base = sp["models"].get("base")
+    gains = [m for m in seeds if sp["gain"].get(m)]
+    if base and gains:
+        g = "; ".join(f"{names[m]} {_signed(sp['gain'][m]['mean'])} ({_interval(sp['gain'][m])})" for m in gains)
+        out.append(f"B's specificity is {_signed(base['mean'])} ({_interval(base)}); E's gain in specificity over B, "
+                   f"its move towards t's specialist beyond its move towards every specialist, is {g}: "
+                   + seed_verdict([sp["gain"][m] for m in gains], "the gain in specificity") + ".")
+    own = sp["models"].get("ceiling")
+    if own:
+        listed = ", ".join(f"{t} {_signed(c['value'])} ({c['layers_above']} of {c['n_layers']} layer"
+                           f"{'s' * (c['n_layers'] != 1)} above 0 by the paired interval over examples)"
+                           for t, c in sp.get("controls", {}).items())
+        out.append(f"The controls' own specificity (their second seed's {words} with C_t minus its mean with the "
+                   f"other tasks' controls: 0 in expectation for a control that learned nothing of its task) over "
+                   f"{up} is {_signed(own['mean'])} ({_interval(own)}): {listed}.")
+    else:
+        out.append("The controls' own specificity is not measured: no control was trained twice (ceiling_tasks).")
+    return out
+
+
+def _seed_sentences(sp: dict, up: str, words: str) -> list[str]:
+    """E's two seeds side by side, and E - B recomputed against the control's second seed (noise scales)."""
+    out = []
+    if sp.get("agreement"):
+        a, g = sp["agreement"], sp.get("gain_seed2") or {}
+        out.append(f"E's two seeds agree at {_fmt(a['median'])} {words} over {up} ({_interval(a)})"
+                   + (f"; E - B with the second seed is {_signed(g['median'])} ({_interval(g)})" if g else "") + ".")
+    cs = sp.get("control_seed")
+    if cs and cs["against_second"]:
+        a, b = cs["against_control"], cs["against_second"]
+        out.append(f"Read against the control's seed: on the {b['n_tasks']} task{'s' * (b['n_tasks'] != 1)} with a "
+                   f"second control, E - B over {up} is {_signed(a.get('median', np.nan))} against C_t and "
+                   f"{_signed(b['median'])} against C_t' (medians over those tasks); recomputed against the other "
+                   f"seed, a task's gain moves by a median {_fmt(cs['change'])}, the scale of a gain's seed noise.")
+    return out
+
+
+def _reference_sentences(ref: dict, up: str, seed2: dict | None = None) -> list[str]:
     """E and B against chance and against seed agreement (on the same tasks), and whether E - B is within
     noise (by its interval over tasks; a difference is never read against a level)."""
     b, e, ceiling = ref.get("base", {}), ref.get("experimental", {}), ref.get("ceiling", {})
@@ -203,10 +398,9 @@ def _reference_sentences(ref: dict, up: str) -> list[str]:
                        f"few tasks for an interval (even min to max would cover the median of the tasks' "
                        f"population only {diff['coverage']:.2f} of the time), so no verdict on noise is stated.")
             return out
-        verdict = ("within noise: its interval over tasks includes 0" if lo <= 0 <= hi else
-                   "beyond noise: its interval excludes 0")
         out.append(f"E - B over {up} is {_signed(diff['median'])} (median over {n} tasks; interval over tasks "
-                   f"{_signed(lo)} to {_signed(hi)}, covering {diff['coverage']:.2f}), {verdict}.")
+                   f"{_signed(lo)} to {_signed(hi)}, covering {diff['coverage']:.2f}): "
+                   + seed_verdict([diff] + ([seed2] if seed2 else []), "E - B") + ".")
     return out
 
 
@@ -229,12 +423,13 @@ def summary_sentences(s: StudySummary) -> list[str]:
     if s.all_undefined:
         return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"
-    out = [controls,
+    out = [*specificity_sentences(s.specificity, up, MEASURE_WORDS[s.measure]), controls,
            f"Over the last third of the layers ({up}), the median {MEASURE_WORDS[s.measure]} with the controls is "
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
     if s.measure == "linear_cka":
         out.append(BIASED_NOTE)
-    out += _reference_sentences(s.reference, up)
+    out += _reference_sentences(s.reference, up, s.specificity.get("gain_seed2"))
+    out += _seed_sentences(s.specificity, up, MEASURE_WORDS[s.measure])
     out.append(_section_sentence(s.sections, "E"))
     ranked = sorted(s.base_upper_by_cluster.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-9))
     k = min(3, len(ranked) // 2)  # the best and the worst clusters never overlap
@@ -251,8 +446,11 @@ def summary_sentences(s: StudySummary) -> list[str]:
         for c, (g, layer) in gains[:3]) + ".")
     if s.heldout:
         h = s.heldout
+        second = (f" (its second seed {_fmt(h['heldout_seed2_upper'])})"
+                  if np.isfinite(h.get("heldout_seed2_upper", np.nan)) else "")
         out.append(f"On the {len(h['tasks'])} tasks held out of E' ({', '.join(h['tasks'])}), E' reaches "
-                   f"{_fmt(h['heldout_upper'])} against B's {_fmt(h['base_upper'])} over {up}, while on the tasks "
+                   f"{_fmt(h['heldout_upper'])}{second} against B's {_fmt(h['base_upper'])} over {up}, while on the "
+                   f"tasks "
                    f"it was trained on E reaches {_fmt(h['experimental_upper_seen'])} against B's "
                    f"{_fmt(h['base_upper_seen'])}.")
         out.append(_section_sentence(s.heldout_sections, "E' on the held-out tasks", model="E'"))

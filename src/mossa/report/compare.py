@@ -49,8 +49,8 @@ def write_compare(root_a: Path, root_b: Path, out: Path) -> Path:
     studies, rows, measures = [], [], set()
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for (root, colour) in ((Path(root_a), "#4c72b0"), (Path(root_b), "#c44e52")):
-        study, sim, controls, sections = load_results(root)
-        summary = summarize(study, sim, controls, sections)
+        study, sim, controls, sections, references = load_results(root)
+        summary = summarize(study, sim, controls, sections, references)
         name = f"{summary.model} ({study['config']['preset']}, {summary.n_tasks} tasks)"
         curves = _curves(sim, summary.n_layers, summary.measure)
         measures.add(MEASURE_WORDS[summary.measure])

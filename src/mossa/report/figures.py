@@ -48,6 +48,29 @@ def _ceiling_line(ax, rows: pd.DataFrame) -> None:
         ax.fill_between(per.index, per["min"], per["max"], color=colour, alpha=0.12, linewidth=0, zorder=1)
 
 
+CROSS_LABEL = "{} vs other tasks' controls C_s on t's prompts (dotted; median over tasks of the mean over s)"
+
+
+def _cross_lines(ax, cross: pd.DataFrame | None, models, measure: str, *, band: bool) -> None:
+    """Per model, the per-layer median over tasks of mean_s CKA(M, C_s) (`cross_task_means` rows) as a dotted
+    line, with the tasks' quartiles as a band when `band`: the level a specialist of another task reaches, which
+    C_t's curve must beat for the similarity to be this task's."""
+    if cross is None or not len(cross):
+        return
+    for model in models:
+        rows = cross[(cross["model"] == model) & (cross["measure"] == measure)]
+        rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
+        if not len(rows):
+            continue
+        label, colour = MODEL_STYLE[model]
+        per = rows.groupby("layer")["value"].quantile([0.25, 0.5, 0.75]).unstack()
+        ax.plot(per.index, per[0.5], color=colour, linestyle=":", linewidth=1.5, zorder=4,
+                label=CROSS_LABEL.format(label.split(" vs ")[0]))
+        if band and rows["task"].nunique() > 1:
+            ax.fill_between(per.index, per[0.25], per[0.75], color=colour, alpha=0.10, linewidth=0, zorder=1,
+                            hatch="//")
+
+
 def _note_empty(ax, text: str, layers=()) -> None:
     """Say on an empty panel why it holds nothing (instead of leaving it blank); `layers` keeps its
     x axis on the layers that have no value."""
@@ -59,7 +82,8 @@ def _note_empty(ax, text: str, layers=()) -> None:
 
 def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
                       models: tuple[str, ...] = ("base", "experimental"), medians: pd.DataFrame | None = None,
-                      sections: dict | None = None, ceiling: pd.DataFrame | None = None) -> None:
+                      sections: dict | None = None, ceiling: pd.DataFrame | None = None,
+                      cross: pd.DataFrame | None = None) -> None:
     """The paper's Fig 2 (and Fig 7): per layer, boxplots over tasks of CKA(B, C_t) and CKA(E, C_t).
 
     Undefined values (NaN with a reason) are left out; layers with no defined value for a model
@@ -68,7 +92,9 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     median carries its bootstrap-over-tasks 95% interval as an error bar; with `sections`
     (a found transition), the shared / transition / refinement layers are shaded. Every value is
     read against chance, a grey band (the permutation null of the plotted rows), and against the
-    ceiling, `ceiling` rows (model "ceiling": two seeds of one control; any tasks) as a line.
+    ceiling, `ceiling` rows (model "ceiling": two seeds of one control; any tasks) as a line. With `cross`
+    (`mossa.analysis.cross_task_means` rows), each model's similarity to other tasks' controls on the same
+    prompts is drawn as a dotted line with the tasks' quartiles as a band: the cross-task reference.
     """
     data = sim[sim["measure"] == measure]
     layers = sorted(data["layer"].unique())
@@ -76,6 +102,7 @@ def plot_cka_by_layer(sim: pd.DataFrame, path: Path, *, title: str, measure: str
     _null_band(ax, data[data["model"].isin(models)])
     if ceiling is not None:
         _ceiling_line(ax, ceiling[ceiling["measure"] == measure])
+    _cross_lines(ax, cross, models, measure, band=True)
     width = 0.36
     undefined = []
     for k, model in enumerate(models):
@@ -160,13 +187,15 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka") -> None:
+def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measure: str = "linear_cka",
+                        cross: pd.DataFrame | None = None) -> None:
     """The paper's Fig 3: one panel per task cluster, the median over its tasks of CKA(B, C_t)
     and CKA(E, C_t) per layer, with its interval over tasks as a band (none for a cluster of fewer
     than 5 tasks; see `ci_source` in results/medians.csv). A cluster with no defined
     value gets an empty panel saying so. Grey: the cluster's chance band (median permutation
     null of B and E, mean to 95% bound); purple: the study's ceiling (median over the tasks with
-    a second-seed control), the same line in every panel."""
+    a second-seed control), the same line in every panel. With `cross` (`mossa.analysis.cross_task_means` rows),
+    dotted: the cluster's median similarity of B and E to other tasks' controls on the same prompts."""
     ceiling = medians[(medians["measure"] == measure) & (medians["group"] == "all") & (medians["model"] == "ceiling")]
     data = medians[(medians["measure"] == measure) & (medians["group"] != "all")]
     clusters = sorted(data["group"].unique())
@@ -186,6 +215,8 @@ def plot_cka_by_cluster(medians: pd.DataFrame, path: Path, *, title: str, measur
             n_ceiling = int(c["n_tasks"].max())
             ax.plot(c["layer"], c["median"], color=MODEL_STYLE["ceiling"][1], linewidth=1.1, linestyle="--",
                     label=f"{MODEL_STYLE['ceiling'][0]}, median over {n_ceiling} task{'s' if n_ceiling != 1 else ''}")
+        if cross is not None and len(cross):
+            _cross_lines(ax, cross[cross["cluster"] == cluster], ("base", "experimental"), measure, band=False)
         for model in ("base", "experimental"):
             label, colour = MODEL_STYLE[model]
             m = sub[sub["model"] == model].sort_values("layer")

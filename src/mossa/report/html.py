@@ -120,8 +120,15 @@ def _table(df: pd.DataFrame) -> Markup:
     return Markup(html)
 
 
+SPECIFICITY_COLUMNS = {"experimental": "E specificity, upper third", "experimental_seed2": "E seed 2 specificity",
+                       "base": "B specificity", "ceiling": "control's own specificity"}
+
+
 def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n_layers: int,
-                measure: str) -> pd.DataFrame:
+                measure: str, specificity: dict | None = None) -> pd.DataFrame:
+    """Per task: B's and E's value with C_t at the last layer and over the upper third, and each model's task
+    specificity over the upper third (`StudySummary.specificity`)."""
+    models = (specificity or {}).get("models", {})
     lin = sim[sim["measure"] == measure]
     upper = upper_third(n_layers)
     rows = []
@@ -132,6 +139,8 @@ def _task_table(sim: pd.DataFrame, controls: pd.DataFrame, heldout: list[str], n
                      "held out of E'": "yes" if task in heldout else "",
                      "B last layer": last["value"].get("base"), "E last layer": last["value"].get("experimental"),
                      "B upper third": up.get("base"), "E upper third": up.get("experimental"),
+                     **{label: models[m]["per_task"].get(str(task)) for m, label in SPECIFICITY_COLUMNS.items()
+                        if m in models},
                      "n examples": int(group["n_examples"].iloc[0])})
     return pd.DataFrame(rows)
 
@@ -195,15 +204,19 @@ def _format_text(fmt: dict | None) -> str:
                    ", no system prompt")
 
 
-def load_results(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict]:
-    """study.json, the similarity table, controls and sections of a finished, analysed study."""
+def load_results(root: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict, pd.DataFrame]:
+    """study.json, the similarity table's rows against C_t, controls, sections and the table's other rows
+    (against other references, and specificity) of a finished, analysed study."""
     root = Path(root)
     needed = [root / "study.json", root / "results" / "similarity.parquet", root / "results" / "controls.csv",
               root / "results" / "sections.json"]
     for path in needed:
         if not path.is_file():
             raise MossaError(f"{path}: not found; run `mossa run` (or `mossa analyze {root}`) first")
-    return (read_json(needed[0]), pd.read_parquet(needed[1]), pd.read_csv(needed[2]), read_json(needed[3]))
+    full = pd.read_parquet(needed[1])
+    against_control = full["reference"] == "control" if "reference" in full else np.ones(len(full), bool)
+    return (read_json(needed[0]), full[against_control].reset_index(drop=True), pd.read_csv(needed[2]),
+            read_json(needed[3]), full[~against_control].reset_index(drop=True))
 
 
 def _experimental_row(study: dict, cfg: dict) -> tuple[str, str]:
@@ -230,8 +243,8 @@ def _experimental_row(study: dict, cfg: dict) -> tuple[str, str]:
 def write_report(root: Path) -> Path:
     """Write `<root>/report.html` from the study's tables and figures; returns its path."""
     root = Path(root)
-    study, sim, controls, sections = load_results(root)
-    summary = summarize(study, sim, controls, sections)
+    study, sim, controls, sections, references = load_results(root)
+    summary = summarize(study, sim, controls, sections, references)
     cfg = study["config"]
     model = study["model"]
     heldout = list(study.get("heldout_tasks", []))
@@ -289,7 +302,8 @@ def write_report(root: Path) -> Path:
         finished=study.get("finished", ""), versions=study.get("versions", {}), model=model["name"],
         n_layers=model["n_layers"], sentences=sentences, setup=setup,
         tasks_by_cluster=[(c, ", ".join(ts)) for c, ts in sorted(by_cluster.items())], figures=figures,
-        task_table=_table(_task_table(sim, controls, heldout, model["n_layers"], summary.measure)),
+        task_table=_table(_task_table(sim, controls, heldout, model["n_layers"], summary.measure,
+                                      summary.specificity)),
         measure_word=MEASURE_WORDS[summary.measure],
         cluster_table=_table(_cluster_table(summary, sim)),
         controls_table=_table(controls), prompts_table=_table(_prompts_table(study)),

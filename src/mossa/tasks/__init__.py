@@ -44,6 +44,7 @@ from mossa.tasks._selection import (
     check_task_choices,
     check_test_prompts,
     resolve_ceiling,
+    resolve_cross_tasks,
     resolve_holdout,
     study_tasks,
 )
@@ -68,6 +69,6 @@ __all__ = [
     "convert_row", "default_tasks_dir", "generic_template", "hub_table", "load_hub_task", "load_sni_task",
     "load_task", "load_task_file", "load_tasks", "parse_row", "prompt_digest", "read_manifest",
     "read_task_file", "register_chat_template", "register_task_source", "render_body", "render_options",
-    "resolve_ceiling", "resolve_format", "resolve_holdout", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
+    "resolve_ceiling", "resolve_cross_tasks", "resolve_format", "resolve_holdout", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
     "study_tasks", "task_catalog", "template_fields", "template_index", "templates_for",
 ]

@@ -7,6 +7,7 @@ Stage: tasks (reads the task source; writes nothing).
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,33 @@ def resolve_ceiling(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
         raise MossaError(f"field 'ceiling_tasks': {', '.join(unknown)} not among the study's tasks "
                          f"({', '.join(names)})")
     return tuple(n for n in names if n in cfg.ceiling_tasks)
+
+
+def resolve_cross_tasks(cfg: StudyConfig, tasks: list[TaskSpec]) -> dict[str, tuple[str, ...]]:
+    """For each task t, the other tasks s whose control C_s is also read on t's test prompts (the reference of
+    t's specificity): every other task ('all'), none, or k of them drawn by a generator seeded with the study
+    seed and t's name, one per other cluster in turn (clusters in a drawn order), t's own cluster last.
+    Without another task, t has none."""
+    if cfg.cross_tasks == "none":
+        return {}
+    out = {}
+    for t in tasks:
+        others = [s for s in tasks if s.name != t.name]
+        if cfg.cross_tasks == "all" or not others:
+            out[t.name] = tuple(s.name for s in others)
+            continue
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(t.name.encode())])
+        by_cluster: dict[str, list[str]] = {}
+        for s in others:
+            by_cluster.setdefault(s.cluster, []).append(s.name)
+        groups = [by_cluster[c] for c in rng.permutation(sorted(set(by_cluster) - {t.cluster}))]
+        groups = [[g[i] for i in rng.permutation(len(g))] for g in groups]
+        order = [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+        own = by_cluster.get(t.cluster, [])
+        order += [own[i] for i in rng.permutation(len(own))]
+        chosen = set(order[:cfg.cross_tasks])
+        out[t.name] = tuple(s.name for s in others if s.name in chosen)
+    return out
 
 
 def check_causal_tasks(cfg: StudyConfig, tasks: list[TaskSpec]) -> None:

@@ -15,12 +15,21 @@ from pathlib import Path
 
 import torch
 
+from mossa.analysis import CROSS, SECOND_SEED
 from mossa.config import LoraSettings, StudyConfig
 from mossa.extraction import extract
 from mossa.models import AdapterHost
 from mossa.progress import Reporter
 from mossa.store import MARKER, StudyDir, atomic_path
-from mossa.tasks import PromptBuilder, PromptFormat, TaskSpec, check_test_prompts, prompt_digest, resolve_format
+from mossa.tasks import (
+    PromptBuilder,
+    PromptFormat,
+    TaskSpec,
+    check_test_prompts,
+    prompt_digest,
+    resolve_cross_tasks,
+    resolve_format,
+)
 from mossa.training import n_steps, train_adapter
 
 CEILING = "ceiling"  # C_t': a task's control trained again under another seed (seed agreement)
@@ -52,6 +61,7 @@ class StudyContext:
         self.train_prompts = {t: sample.prompts for t, sample in self.samples["train"].items()}
         self.test = {t: sample.prompts for t, sample in self.samples["test"].items()}
         self.task_fp = {t.name: t.fingerprint for t in tasks}
+        self.cross = resolve_cross_tasks(cfg, tasks)  # task -> the other tasks whose controls read its prompts
         self.prompt_key = input_digest(self.fmt.describe(), cfg.max_prompt_tokens, cfg.max_target_tokens,
                                        cfg.truncation_floor, cfg.templates, cfg.seed, cfg.n_train, cfg.n_test,
                                        "prompts-v2")
@@ -61,8 +71,12 @@ class StudyContext:
 
     def evaluated(self, label: str) -> bool:
         """Whether `label`'s extraction also evaluates the model on its first `eval_examples` prompts
-        (test loss, options, answers, lens): B, E, E' and every C_t always; C_t' with evaluate_ceiling."""
-        return label != CEILING or self.cfg.evaluate_ceiling
+        (test loss, options, answers, lens): B, E, E' and every C_t always; C_t' with evaluate_ceiling; E and
+        E' of the second seed and C_s on another task's prompts never (states only: they serve the similarity
+        measures)."""
+        if label == CEILING:
+            return self.cfg.evaluate_ceiling
+        return label not in SECOND_SEED.values() and not label.startswith(CROSS)
 
     def eval_key(self, label: str) -> tuple:
         """What an extraction's cache key adds for its evaluation (or for having none)."""

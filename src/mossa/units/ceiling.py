@@ -24,3 +24,6 @@ class Ceiling(Control):
     @classmethod
     def units(cls, ctx) -> list[str]:
         return [f"{cls.name}-{t}" for t in resolve_ceiling(ctx.cfg, ctx.tasks)]
+
+    def cross_targets(self) -> list[str]:
+        return []  # the first seed's control is the one read on other tasks' prompts

@@ -6,6 +6,7 @@ activations/experimental/<task>/).
 
 from __future__ import annotations
 
+from mossa.analysis import SECOND_SEED
 from mossa.units._kind import register_unit
 from mossa.units._mixture import MixtureUnit
 
@@ -14,12 +15,16 @@ EXPERIMENTAL = "experimental"
 
 @register_unit
 class Experimental(MixtureUnit):
-    """E trained here (when no experimental_model is given)."""
+    """E trained here (when no experimental_model is given), and again under a second seed with
+    experimental_seeds 2 (the unit's name seeds LoRA init and data order)."""
 
     name = EXPERIMENTAL
     reads = "every task's training and test prompts, the base model"
-    writes = "adapters/experimental/, activations/experimental/<task>/ for every task"
+    writes = ("adapters/experimental/, activations/experimental/<task>/ for every task (and the same for "
+              "experimental_seed2)")
 
     @classmethod
     def units(cls, ctx) -> list[str]:
-        return [EXPERIMENTAL] if ctx.cfg.experimental_model is None else []
+        if ctx.cfg.experimental_model is not None:
+            return []
+        return [EXPERIMENTAL] + [SECOND_SEED[EXPERIMENTAL]] * (ctx.cfg.experimental_seeds > 1)

@@ -7,7 +7,7 @@ activations/heldout/<task>/ for the held-out tasks).
 
 from __future__ import annotations
 
-from mossa.analysis import HELDOUT
+from mossa.analysis import HELDOUT, SECOND_SEED
 from mossa.tasks import resolve_holdout
 from mossa.units._kind import register_unit
 from mossa.units._mixture import MixtureUnit
@@ -15,15 +15,18 @@ from mossa.units._mixture import MixtureUnit
 
 @register_unit
 class Heldout(MixtureUnit):
-    """E' (when the study holds tasks out)."""
+    """E' (when the study holds tasks out), and again under a second seed with experimental_seeds 2."""
 
     name = HELDOUT
     reads = "the seen tasks' training prompts, the held-out tasks' test prompts, the base model"
-    writes = "adapters/heldout/, activations/heldout/<task>/ for the held-out tasks"
+    writes = ("adapters/heldout/, activations/heldout/<task>/ for the held-out tasks (and the same for "
+              "heldout_seed2)")
 
     @classmethod
     def units(cls, ctx) -> list[str]:
-        return [HELDOUT] if resolve_holdout(ctx.cfg, ctx.tasks) else []
+        if not resolve_holdout(ctx.cfg, ctx.tasks):
+            return []
+        return [HELDOUT] + [SECOND_SEED[HELDOUT]] * (ctx.cfg.experimental_seeds > 1)
 
     def train_on(self) -> list[str]:
         held = resolve_holdout(self.ctx.cfg, self.ctx.tasks)
