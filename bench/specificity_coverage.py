@@ -1,7 +1,9 @@
 """Coverage of the paired interval over examples of task specificity, CKA(M, C_t) - mean_s CKA(M, C_s).
 
 The interval is one delete-a-group jackknife shared by every pair of the contrast
-(`mossa.analysis._jackknife.contrast_intervals`), second-order corrected for the kernel CKAs. Its target,
+(`mossa.analysis._jackknife.contrast_intervals`), second-order corrected for the kernel CKAs, first order
+when the contrast's influence values are heavy-tailed, t at the variance's Satterthwaite degrees of
+freedom (the rules of `example_intervals`, applied to the contrast's own subset values). Its target,
 as for every interval over examples, is the mean of the estimator over fresh samples of the same size with
 the models held fixed. For each population (fixed model maps, rows drawn per replicate) `--replicates`
 fresh samples are drawn; the target is estimated by the mean of their estimates and coverage is the share

@@ -54,12 +54,14 @@ def test_causal_table_shares_on_planted_records():
     table = causal_table({("t", "experimental"): stored}, records, {"t": "NLI"}, n_boot=200, seed=0)
     nll = table[table["metric"] == "nll_per_token"].set_index("mask")
     assert nll.loc["only a", "share"] == pytest.approx(0.75) and nll.loc["outside a", "share"] == pytest.approx(0.25)
-    assert nll.loc["only a", "share_low"] < 0.75 < nll.loc["only a", "share_high"]
+    only_a = nll.loc["only a"]  # constant differences over examples: the paired interval is the point itself
+    assert only_a["share_low"] == pytest.approx(0.75) and only_a["share_high"] == pytest.approx(0.75)
     assert nll.loc["none", "value"] == pytest.approx(np.mean(b_nll)) and nll.loc["all", "active_layers"] == "1-2"
     acc = table[table["metric"] == "accuracy"].set_index("mask")
     assert acc.loc["only a", "share"] == 1.0 and acc.loc["outside a", "share"] == 0.0
     verdict = section_verdict(table)
-    assert verdict["primary"]["carrier"] == "a" and verdict["nll_per_token"]["only"]["a"] == pytest.approx(0.75)
+    assert verdict["primary"]["carriers"] == {"a": ["t"]}
+    assert verdict["nll_per_token"]["only"]["a"] == pytest.approx(0.75)
     no_gain = causal_table({("t", "experimental"): stored}, {**records, ("t", "experimental"): rec(b_nll, miss)},
                            {"t": "NLI"}, n_boot=200, seed=0)
     masked = no_gain[~no_gain["mask"].isin(["all", "none"])]
@@ -124,3 +126,137 @@ def test_rerun_redoes_no_causal_record(causal_study):
     before = path.stat().st_mtime_ns
     run_study(cfg, reporter=Reporter(quiet=True))
     assert path.stat().st_mtime_ns == before
+
+
+def test_gain_share_test_is_fieller_on_a_paired_t_test():
+    """For a mean the share's interval is the set of shares s whose contrast d_masked - s d_E a paired t test
+    does not reject, and the tests against one half are one-sided paired t tests (scipy's, independently)."""
+    from scipy import stats as sps
+
+    from mossa.causal import gain_share_test
+    from mossa.evaluation._metrics import mean_scores
+
+    rng = np.random.default_rng(3)
+    n = 40
+    z = rng.normal(size=n)
+    b, e, m = (z + rng.normal(0, 0.5, n) + shift for shift in (0.0, 1.0, 0.7))
+    rows = np.arange(n)
+    test = gain_share_test(*(mean_scores("rougeL", rows, v) for v in (b, e, m)), lower_better=False)
+    assert test.reason == "" and test.share == pytest.approx((m.mean() - b.mean()) / (e.mean() - b.mean()))
+    q = sps.t.ppf(0.975, n - 1)
+    for bound in (test.low, test.high):
+        d = (m - b) - bound * (e - b)
+        assert abs(d.mean() / (d.std(ddof=1) / np.sqrt(n))) == pytest.approx(q)
+    assert test.low < test.share < test.high
+    half = (m - b) - 0.5 * (e - b)
+    assert test.above_p == pytest.approx(sps.ttest_1samp(half, 0, alternative="greater").pvalue)
+    assert test.below_p == pytest.approx(sps.ttest_1samp(half, 0, alternative="less").pvalue)
+    assert test.gain_p == pytest.approx(sps.ttest_1samp(e - b, 0, alternative="greater").pvalue)
+    lower = gain_share_test(*(mean_scores("nll", rows, -v) for v in (b, e, m)), lower_better=True)
+    assert lower.share == pytest.approx(test.share) and lower.low == pytest.approx(test.low)
+    weak = gain_share_test(*(mean_scores("rougeL", rows, v) for v in (b, b + np.where(rows % 2, 1.0, -0.9), m)),
+                           lower_better=False)  # E's gain 0.05, t 0.3: no share
+    assert np.isnan(weak.share) and np.isnan(weak.low) and weak.reason.startswith("gain over B is not above 0")
+
+
+def test_holm_adjusts_step_down():
+    from mossa.causal import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([np.nan, 0.001]) == pytest.approx([1.0, 0.002])
+
+
+RANGES3 = ("a", "b", "c")
+
+
+def _option_record(n, right):
+    """An option record of n examples: right (a set of rows) answered correctly, the NLL the same for all."""
+    gold = [0] * n
+    loglik = [[0.0, -1.0] if i in right else [-1.0, 0.0] for i in range(n)]
+    return _record(list(range(n)), gold, loglik, [2.0 + 0.01 * (i % 3) for i in range(n)])
+
+
+def _verdict_of(tasks: dict[str, dict[str, set]], n: int):
+    """causal.csv and its verdict for tasks whose models get these rows right: keys 'base', 'experimental',
+    'only a', 'outside a', ... (E's adapter on 'a' = layer 1, 'b' = 2, 'c' = 3)."""
+    stored, records = {}, {}
+    for task, right in tasks.items():
+        masks_ = {f"{kind} {r}": {"section": r, "layers": [k + 1] if kind == "only" else
+                                  [j + 1 for j in range(3) if j != k],
+                                  "evaluation": _option_record(n, right[f"{kind} {r}"])}
+                  for k, r in enumerate(RANGES3) for kind in ("only", "outside")}
+        stored[(task, "experimental")] = {"masks": masks_, "updates": [[0.1] * n] * 3}
+        records[(task, "experimental")] = _option_record(n, right["experimental"])
+        records[(task, "base")] = _option_record(n, right["base"])
+    table = causal_table(stored, records, dict.fromkeys(tasks, "NLI"), n_boot=50, seed=0)
+    verdict = section_verdict(table)
+    verdict.update(ranges={"a": [1, 1], "b": [2, 2], "c": [3, 3]}, source="three test ranges")
+    return table, verdict
+
+
+def _rights(only: dict[str, int], outside: dict[str, int], n: int) -> dict[str, set]:
+    """B right on none, E on all; each masked run right on its first k rows (k per range)."""
+    out = {"base": set(), "experimental": set(range(n))}
+    out.update({f"only {r}": set(range(k)) for r, k in only.items()})
+    out.update({f"outside {r}": set(range(n - k, n)) for r, k in outside.items()})
+    return out
+
+
+def test_a_planted_carrier_is_found_and_an_even_spread_names_none():
+    """Accuracy, E right on every example and B on none. t1: only a keeps 112 of 120 examples, b and c 8,
+    without a 12 are kept: a carries the gain. t2: each range alone keeps a third, without any range two
+    thirds are kept: the gain is spread, no range is named. The NLL is the same for every model: nothing to
+    test there."""
+    from mossa.report._summary import causal_sentence
+
+    n = 120
+    table, verdict = _verdict_of({"t1": _rights({"a": 112, "b": 8, "c": 8}, {"a": 12, "b": 114, "c": 114}, n),
+                                  "t2": _rights(dict.fromkeys(RANGES3, 40), dict.fromkeys(RANGES3, 80), n)}, n)
+    primary = verdict["primary"]
+    assert primary["carriers"] == {"a": ["t1"]} and primary["spread"] == ["t2"] and verdict["carriers"] == ["a"]
+    t1 = primary["tasks"]["t1"]
+    assert t1["status"] == "carried" and t1["p_holm"]["a"] <= 0.05 and t1["only"]["a"]["low"] >= 0.5
+    assert t1["outside"]["a"]["high"] < 0.5 and all(t1["only"][r]["high"] < 0.5 for r in ("b", "c"))
+    assert primary["tasks"]["t2"]["carrier"] is None and primary["tasks"]["t2"]["p_holm"]["spread"] <= 0.05
+    assert verdict["nll_per_token"]["not_tested"] == ["t1", "t2"] and verdict["n_claims"] == 2 * 2 * 4
+    json.dumps(verdict, allow_nan=False)  # results/causal.json is plain JSON
+    said = causal_sentence(verdict)
+    assert "finds E's gain over B carried by its adapter in layer 1 (a)" in said
+    assert "layer 1 (a) carries it on t1: the a alone keeps 0.93 [" in said
+    assert "no single range carries it on t2" in said
+    assert "By the NLL per target token nothing could be tested (experimental's gain over B is not above 0" in said
+
+
+def test_a_point_estimate_above_half_is_no_carrier_without_its_corrected_test():
+    """At 30 examples, a alone keeps 20 (0.67), b and c 5, without a 8 are kept: the point estimates would name a
+    (the rule before intervals), and a's claim passes at p < 0.05 uncorrected, but not after Holm's correction
+    over the 8 claims; a noisier spread (a alone 17 of 30) is undetermined too."""
+    from mossa.report._summary import causal_sentence
+
+    n = 30
+    _, verdict = _verdict_of({"t": _rights({"a": 20, "b": 5, "c": 5}, {"a": 8, "b": 25, "c": 25}, n)}, n)
+    check = verdict["primary"]["tasks"]["t"]
+    assert check["only"]["a"]["share"] > 0.5 > check["outside"]["a"]["share"]
+    assert check["p"]["a"] < 0.05 < check["p_holm"]["a"]
+    assert check["status"] == "undetermined" and verdict["carriers"] == [] and "too wide" in check["reason"]
+    _, noisy = _verdict_of({"t": _rights({"a": 17, "b": 9, "c": 9}, {"a": 13, "b": 21, "c": 21}, n)}, n)
+    assert noisy["carriers"] == [] and noisy["primary"]["undetermined"] == ["t"]
+    said = causal_sentence(noisy)
+    assert said.startswith("The causal check (E's adapter on in one layer range only")
+    assert "finds no layer range" in said
+    assert "undetermined, the intervals too wide, on t: the a alone keeps 0.57 [" in said
+
+
+def test_nothing_tested_is_said_so():
+    """E no better than B anywhere: no share, every task 'not tested', and the sentence says why."""
+    from mossa.report._summary import causal_sentence
+
+    n = 30
+    same = {"base": set(range(10)), "experimental": set(range(10)),
+            **{f"{k} {r}": set(range(10)) for r in RANGES3 for k in ("only", "outside")}}
+    table, verdict = _verdict_of({"t": same}, n)
+    masked = table[~table["mask"].isin(["all", "none"])]
+    assert masked["share"].isna().all() and not verdict["stated"]
+    assert verdict["primary"]["not_tested"] == ["t"] and verdict["primary"]["n_tested"] == 0
+    said = causal_sentence(verdict)
+    assert "could test nothing" in said and "gain over B is not above 0" in said

@@ -52,6 +52,7 @@ ALL_MEASURES = [
     "debiased_cka_no_outliers",
     "debiased_cka_random_dims",
     "debiased_cka_standardized",
+    "debiased_cka_top_pcs_removed",
     "linear_cka",
     "linear_cka_standardized",
     "mutual_knn",

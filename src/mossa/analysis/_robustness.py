@@ -6,35 +6,70 @@ model). For each variant of `mossa.similarity.ROBUST_MEASURES`, the sections are
 `layer_sections` on that variant's gain CKA(E, C_t) - CKA(B, C_t) and compared with the study's
 (`SECTION_MEASURE`), and so is the sign of the per-layer median over tasks of that gain. The outlier
 removal is also compared with its control, as many random dimensions removed. The rule is `CRITERION`.
+
+Agreement is evidence only when there was a result to overturn and the variant could have overturned it.
+So a study without sections whose E - B is beyond noise at no layer (`TEST_RULE`: per-layer intervals at
+the level 1 - 0.05 / L, Bonferroni over the L layers, since a pure-noise gain at 5 tasks puts some
+per-layer 95% interval off 0 in most studies) has nothing to test, and "survives" also needs the power
+check (`POWER_RULE`): the variant must change the compared CKA values by more than the noise of E - B.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._task_intervals import median_over_tasks
+from mossa.analysis._task_intervals import median_interval, median_over_tasks
 from mossa.analysis._sections import SECTION_MEASURE, layer_sections
-from mossa.similarity import OUTLIER_RULE, ROBUST_MEASURES, get_measure
+from mossa.similarity import OUTLIER_RULE, ROBUST_MEASURES, TOP_PCS_RULE, get_measure
 
 NO_OUTLIERS, RANDOM_DIMS = "debiased_cka_no_outliers", "debiased_cka_random_dims"
+TOP_PCS = "debiased_cka_top_pcs_removed"
+FAMILY_ALPHA = 0.05
+NOTHING, UNTESTED = "nothing to test", "not tested"
+TEST_RULE = ("There is something to test when the original finds a transition or its E - B is beyond noise at some "
+             "layer over the whole curve: the distribution-free interval over tasks of that layer's median, at the "
+             "level 1 - 0.05 / L for L layers (Bonferroni), excludes 0. Min to max reaches that level only from "
+             "1 + log2(L / 0.05) tasks (10 at 18 layers). Without something to test, a variant that finds a "
+             "transition or an E - B beyond noise by the same rule changes the answer (does not survive); one that "
+             "finds neither leaves nothing to test.")
+POWER_RULE = ("The variant's reach at a layer is the median over tasks of |dE| + |dB|, where dE and dB are the "
+              "changes it makes to CKA(E, C_t) and CKA(B, C_t): the most it moves a task's E - B. Its noise is half "
+              "the width of the original's 95% interval over tasks of the median E - B there: a median whose "
+              "interval excludes 0 lies about that far from 0 or farther, so a smaller change cannot flip it, nor "
+              "move a boundary that task noise pins to its interval. The variant can move the result when its reach "
+              "is at least the noise at most of the layers with both (more than half: the sections are fitted to "
+              "the whole curve); otherwise its agreement is not tested.")
 CRITERION = ("The sections survive a variant when it finds a transition exactly when the reference does and, when "
              "both do, each boundary of the variant's (its first and last transition layers: where the shared "
              "section ends and the refinement section starts) lies inside the reference's 95% bootstrap interval "
              "of that boundary (or equals it where there is no interval). E - B flips at a layer when the median "
              "over tasks of value(E) - value(B) has another sign with the variant than with the reference (layers "
              "where either is undefined are set aside); every flip is listed, and it counts against the result "
-             "where the reference's sign is established: its interval over tasks excludes 0 (or there is "
-             "none: fewer than 5 tasks). The result survives a variant when the sections survive and no established "
-             "sign flips.")
+             "where the reference's sign is established: its 95% interval over tasks excludes 0 (a missing "
+             "interval, below 5 tasks, establishes nothing). The result survives a variant when there is something "
+             "to test, the sections survive, no established sign flips and the variant can move the result (the "
+             "power check); it does not survive when the sections move or an established sign flips. "
+             + TEST_RULE + " " + POWER_RULE)
 LEADS = {
     "debiased_cka_standardized": "With debiased CKA on standardised features (every dimension z-scored)",
     "linear_cka_standardized": "With biased linear CKA on standardised features (every dimension z-scored; biased, "
                                "so inflated when there are fewer examples than dimensions)",
     NO_OUTLIERS: "With each side's outlier dimensions removed{outliers}",
     RANDOM_DIMS: "With as many random dimensions removed from each side instead (the control of the removal)",
+    TOP_PCS: "With the dominant principal directions of C_t (each over 10% of its variance, at least the top one) "
+             "projected out of both sides{top}",
 }
 _SUMMARY_KEYS = ("transition_found", "shared", "transition", "refinement", "ci", "jump", "p_value", "reason")
+
+
+def _task_values(sim: pd.DataFrame, measure: str, model: str) -> pd.DataFrame | None:
+    """value of `measure` for `model` and for base per (task, layer) (the index), or None when either is absent."""
+    rows = sim[(sim["measure"] == measure) & sim["model"].isin(("base", model))]
+    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
+    return None if data.empty or model not in data or "base" not in data else data[[model, "base"]]
 
 
 def median_gain(sim: pd.DataFrame, measure: str, *, model: str = "experimental", n_boot: int = 0,
@@ -42,13 +77,77 @@ def median_gain(sim: pd.DataFrame, measure: str, *, model: str = "experimental",
     """Per layer (the index), the median over tasks of value(model) - value(base) of `measure` (tasks where it
     is undefined left out; NaN where none has it), with its distribution-free interval over tasks when `n_boot`
     > 0 (`median_over_tasks` on the gains; columns median, ci_low, ci_high, n_tasks)."""
-    rows = sim[(sim["measure"] == measure) & sim["model"].isin(("base", model))]
-    data = rows.pivot_table(index=["task", "layer"], columns="model", values="value", dropna=False)
-    if data.empty or model not in data or "base" not in data:
+    data = _task_values(sim, measure, model)
+    if data is None:
         return pd.DataFrame(columns=["median", "ci_low", "ci_high", "n_tasks"], dtype=float)
     gains = (data[model] - data["base"]).rename("value").reset_index().assign(measure=measure, model=model)
     medians = median_over_tasks(gains, n_boot=n_boot, seed=seed, by_cluster=False)
     return medians.set_index("layer")[["median", "ci_low", "ci_high", "n_tasks"]].astype(float)
+
+
+def beyond_noise(sim: pd.DataFrame, measure: str, *, model: str = "experimental", alpha: float = FAMILY_ALPHA
+                 ) -> dict:
+    """The layers where the median over tasks of value(model) - value(base) is beyond noise over the whole
+    curve (`TEST_RULE`): its distribution-free interval at the level 1 - alpha / L (L: the layers with a defined
+    gain) excludes 0. Returns level, n_layers, n_tasks (the most at a layer), min_tasks (the fewest for which
+    min to max reaches the level) and layers."""
+    data = _task_values(sim, measure, model)
+    gains = pd.Series(dtype=float) if data is None else (data[model] - data["base"]).dropna()
+    per_layer = {int(la): g.to_numpy(dtype=float) for la, g in gains.groupby(level="layer")}
+    level = 1.0 - alpha / max(len(per_layer), 1)
+    layers = []
+    for layer, values in per_layer.items():
+        lo, hi, coverage = median_interval(values, level)
+        if np.isfinite(coverage) and coverage >= level and (lo > 0 or hi < 0):
+            layers.append(layer)
+    n_tasks = max((len(v) for v in per_layer.values()), default=0)
+    return {"level": level, "n_layers": len(per_layer), "n_tasks": n_tasks,
+            "min_tasks": int(math.ceil(1 + math.log2(max(len(per_layer), 1) / alpha))), "layers": layers}
+
+
+def _power(sim: pd.DataFrame, variant: str, model: str, reference: pd.DataFrame) -> dict:
+    """`POWER_RULE`: per layer of `reference` (the original's median gain with its intervals), the variant's
+    reach (median over tasks of |dE| + |dB|) and the noise (half the width of the interval), the layers where
+    the reach is at least the noise, and whether that holds at more than half of the layers with both."""
+    ours, theirs = _task_values(sim, SECTION_MEASURE, model), _task_values(sim, variant, model)
+    if ours is None or theirs is None:
+        reach = pd.Series(np.nan, index=reference.index)
+    else:
+        change = (theirs - ours.reindex(theirs.index)).abs()
+        reach = (change[model] + change["base"]).groupby(level="layer").median().reindex(reference.index)
+    noise = (reference["ci_high"] - reference["ci_low"]) / 2
+    both = np.isfinite(reach.to_numpy(dtype=float)) & np.isfinite(noise.to_numpy(dtype=float))
+    able = both & (reach.to_numpy(dtype=float) >= noise.to_numpy(dtype=float))
+    n, n_able = int(both.sum()), int(able.sum())
+    return {"reach": _listed(reach), "noise": _listed(noise), "n_layers": n, "n_able": n_able,
+            "able_layers": [int(la) for la, a in zip(reference.index, able) if a],
+            "median_reach": float(np.median(reach[both])) if n else None,
+            "median_noise": float(np.median(noise[both])) if n else None,
+            "can_move": bool(2 * n_able > n)}
+
+
+def _power_phrase(power: dict) -> str:
+    if not power["n_layers"]:
+        return ("its power cannot be checked: the original's E - B has no 95% interval over tasks at any layer "
+                "(fewer than 5 tasks, or no intervals)")
+    if not any(power["reach"]):  # every defined reach is 0: the variant's values are the original's
+        return "it leaves both CKA values as they are at every layer, so it could not move E - B"
+    return (f"its changes to the two CKA values could move a task's E - B by a median of up to "
+            f"{power['median_reach']:.2g} (|dE| + |dB|) against a noise of {power['median_noise']:.2g} (half the "
+            f"original's 95% interval over tasks), reaching that noise at {power['n_able']} of {power['n_layers']} "
+            f"layers")
+
+
+def _something(sections: dict, noise: dict) -> bool:
+    return bool(sections.get("transition_found")) or bool(noise["layers"])
+
+
+def _nothing_phrase(noise: dict) -> str:
+    """Why the original (`noise`: its `beyond_noise`) leaves nothing to test, as a clause."""
+    short = (f"; {noise['n_tasks']} tasks, at least {noise['min_tasks']} needed for any layer"
+             if noise["n_tasks"] < noise["min_tasks"] else "")
+    return (f"the original finds no transition and E - B beyond noise at none of {noise['n_layers']} layers "
+            f"(intervals over tasks at {noise['level']:.2%}, Bonferroni over the layers{short})")
 
 
 def _summary(sections: dict) -> dict:
@@ -112,7 +211,8 @@ def _compare_signs(ref: pd.DataFrame, var: pd.DataFrame, ref_name: str, keeps: s
     lo, hi = ref["ci_low"].to_numpy(dtype=float), ref["ci_high"].to_numpy(dtype=float)
     defined = np.isfinite(a) & np.isfinite(b)
     flips = defined & (np.sign(a) != np.sign(b))
-    established = ~(lo <= 0) | ~(hi >= 0)  # the interval excludes 0, or there is none (NaN)
+    established = (lo > 0) | (hi < 0)  # the interval excludes 0; a missing one (NaN) establishes nothing
+    missing = ~np.isfinite(lo) | ~np.isfinite(hi)
     flipped = [int(la) for la, f in zip(layers, flips) if f]
     counted = [int(la) for la, f, e in zip(layers, flips, established) if f and e]
     n = int(defined.sum())
@@ -123,8 +223,9 @@ def _compare_signs(ref: pd.DataFrame, var: pd.DataFrame, ref_name: str, keeps: s
     else:
         noise = [la for la in flipped if la not in counted]
         size = float(np.nanmax(np.abs(ref.loc[noise, "median"]))) if noise else 0.0
+        lacking = any(m for la, m in zip(layers, missing) if la in noise)
         within = (f"{ref_name}'s median gain is at most {size:.2g} in size and its 95% interval over tasks "
-                  f"includes 0")
+                  f"{'includes 0 or is missing (fewer than 5 tasks)' if lacking else 'includes 0'}")
         if not counted:
             why = f", where {within}"
         elif not noise:
@@ -141,6 +242,18 @@ def _verdict(sections: dict, signs: dict) -> dict:
     return {"survives": survives, "verdict": "survives" if survives else "does not survive",
             "sections_survive": sections["survive"], "section_boundaries": sections["boundaries"],
             "sign": {k: v for k, v in signs.items() if k != "phrase"}}
+
+
+def _tested(verdict: dict, *, something: bool, changes_answer: bool, power: dict) -> dict:
+    """`verdict` with `TEST_RULE` and `POWER_RULE` applied: nothing to test (unless the variant changes the
+    answer), and "survives" only when the variant can move the result."""
+    if not something:
+        label = "does not survive" if changes_answer else NOTHING
+    elif not verdict["survives"]:
+        label = "does not survive"
+    else:
+        label = "survives" if power["can_move"] else UNTESTED
+    return {**verdict, "survives": {"survives": True, "does not survive": False}.get(label), "verdict": label}
 
 
 def _outlier_summary(outliers: pd.DataFrame | None) -> dict:
@@ -162,6 +275,13 @@ def _outlier_summary(outliers: pd.DataFrame | None) -> dict:
             "n_rows": len(rows)}
 
 
+def _top_phrase(summary: dict) -> str:
+    if not summary:
+        return ""
+    return (f" (the top principal direction carries a median {summary['median_top_direction_share']:.0%} of the "
+            f"variance of B, E and C_t per varying layer)")
+
+
 def _outlier_phrase(summary: dict) -> str:
     if not summary:
         return ""
@@ -178,15 +298,28 @@ def _listed(series: pd.Series) -> list:
     return [float(v) if np.isfinite(v) else None for v in series.to_numpy(dtype=float)]
 
 
-def _overall(variants: dict) -> str:
-    """One sentence over all variants: how many the result survives, and which it does not."""
+def _overall(variants: dict, original: str) -> str:
+    """One sentence over all variants: which the result survives, which it does not, which could not test it,
+    and where there was nothing to test (`original`: what the original lacks, then)."""
     done = {v: e for v, e in variants.items() if e["computed"]}
     if not done:
         return "No robust CKA variant was computed, so the robustness of the sections is not known."
-    failed = [v for v, e in done.items() if not e["survives"]]
-    tail = f" (not: {', '.join(failed)})" if failed else ""
-    return (f"The sections and the sign of E - B survive {len(done) - len(failed)} of the {len(done)} robust CKA "
-            f"variants{tail}.")
+    by = {label: [v for v, e in done.items() if e["verdict"] == label]
+          for label in ("survives", "does not survive", UNTESTED, NOTHING)}
+    parts = []
+    if by["survives"]:
+        parts.append(f"survive {len(by['survives'])} of the {len(done)} robust CKA variants "
+                     f"({', '.join(by['survives'])}), each able to move them")
+    if by["does not survive"]:
+        parts.append(f"do not survive {', '.join(by['does not survive'])}")
+    if by[UNTESTED]:
+        parts.append(f"are not tested by {', '.join(by[UNTESTED])}, which change the compared values by less than "
+                     "the noise of E - B")
+    head = f"The sections and the sign of E - B {'; they '.join(parts)}." if parts else ""
+    if by[NOTHING]:
+        head += (f"{' ' if head else ''}There is nothing to test for {', '.join(by[NOTHING])}: {original}, and "
+                 f"{'it finds' if len(by[NOTHING]) == 1 else 'they find'} none either.")
+    return head
 
 
 def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None = None, *, n_boot: int, seed: int,
@@ -197,11 +330,14 @@ def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None 
     `sections` are the study's, from ``layer_sections(sim, model=model, n_boot=n_boot, seed=seed,
     second_seed=second_seed)``; every variant's are recomputed with the same call on its measure (so a study
     with two E seeds judges every variant by the same two-seed rule). `outliers` (the outlier table) only feeds
-    the summary and the sentences. Returns the keys measure, model, criterion, outlier_rule, outliers (a
-    summary), original (its sections and per-layer median gain), variants (one entry per variant, with its
-    "sentence" and "verdict") and sentence (over all variants).
+    the summary and the sentences. Returns the keys measure, model, criterion (with test_rule and power_rule
+    also apart), outlier_rule, top_pcs_rule, outliers (a summary), original (its sections, per-layer median gain
+    with intervals, `beyond_noise` and something_to_test), variants (one entry per variant: its sections, median
+    gain with intervals, beyond_noise, power, "verdict" — survives, does not survive, not tested or nothing to
+    test — and "sentence") and sentence (over all variants).
     """
     head = {"measure": SECTION_MEASURE, "model": model, "criterion": CRITERION, "outlier_rule": OUTLIER_RULE,
+            "top_pcs_rule": TOP_PCS_RULE, "test_rule": TEST_RULE, "power_rule": POWER_RULE,
             "outliers": _outlier_summary(outliers)}
     if not (sim["measure"] == SECTION_MEASURE).any():
         return {**head, "variants": {}, "sentence": f"The sections' measure {SECTION_MEASURE} was not computed, "
@@ -215,6 +351,10 @@ def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None 
            "variants": {}}
     found = {v: layer_sections(sim, model=model, measure=v, n_boot=n_boot, seed=seed, second_seed=second_seed)
              for v in variants if v in gains}
+    noise = {m: beyond_noise(sim, m, model=model) for m in gains}
+    something = _something(sections, noise[SECTION_MEASURE])
+    out["original"]["beyond_noise"] = noise[SECTION_MEASURE]
+    out["original"]["something_to_test"] = something
     for variant in variants:
         entry = {"measure": variant, "description": get_measure(variant).description, "reference": SECTION_MEASURE}
         if variant not in found:
@@ -224,11 +364,28 @@ def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None 
             continue
         against = (_compare_sections(sections, found[variant], "the original"),
                    _compare_signs(reference, gains[variant], "the original"))
-        verdict = _verdict(*against)
-        lead = LEADS.get(variant, f"With {variant}").format(outliers=_outlier_phrase(out["outliers"]))
-        sentence = f"{lead}, {against[0]['phrase']}, and {against[1]['phrase']}, so the result {verdict['verdict']}."
+        power = _power(sim, variant, model, reference)
+        changes = _something(found[variant], noise[variant])
+        verdict = _tested(_verdict(*against), something=something, changes_answer=changes, power=power)
+        lead = LEADS.get(variant, f"With {variant}").format(outliers=_outlier_phrase(out["outliers"]),
+                                                            top=_top_phrase(out["outliers"]))
+        if something:
+            close = {"survives": "so the result survives", "does not survive": "so the result does not survive",
+                     UNTESTED: "so its agreement does not test the result"}[verdict["verdict"]]
+            sentence = f"{lead}, {against[0]['phrase']}, and {against[1]['phrase']}; {_power_phrase(power)}, {close}."
+        elif changes:
+            found_here = ("a transition" if found[variant].get("transition_found") else
+                          f"E - B beyond noise at {_layers_text(noise[variant]['layers'])}")
+            sentence = (f"{lead}, the variant finds {found_here} where "
+                        f"{_nothing_phrase(noise[SECTION_MEASURE])}, so the result does not survive.")
+        else:
+            sentence = (f"{lead}, there is nothing to test: {_nothing_phrase(noise[SECTION_MEASURE])}, "
+                        f"and the variant finds none either; {_power_phrase(power)}.")
         entry.update(computed=True, sections=_summary(found[variant]),
-                     median_gain=_listed(gains[variant]["median"].reindex(reference.index)), **verdict)
+                     median_gain=_listed(gains[variant]["median"].reindex(reference.index)),
+                     median_gain_ci=[_listed(gains[variant][c].reindex(reference.index))
+                                     for c in ("ci_low", "ci_high")],
+                     beyond_noise=noise[variant], power=power, **verdict)
         if variant == NO_OUTLIERS and RANDOM_DIMS in found:
             control = (_compare_sections(found[RANDOM_DIMS], found[variant], "the random removal"),
                        _compare_signs(gains[RANDOM_DIMS], gains[variant], "the random removal",
@@ -236,11 +393,11 @@ def robustness(sim: pd.DataFrame, sections: dict, outliers: pd.DataFrame | None 
             entry["against_random_control"] = {"reference": RANDOM_DIMS, **_verdict(*control)}
             random = _verdict(_compare_sections(sections, found[RANDOM_DIMS], "the original"),
                               _compare_signs(reference, gains[RANDOM_DIMS], "the original"))
-            sentence += (f" Against removing as many random dimensions, {_against_control(*control)}; "
-                         f"{_versus(verdict, random)}.")
+            versus = f"; {_versus(verdict['verdict'], random)}" if something else ""
+            sentence += f" Against removing as many random dimensions, {_against_control(*control)}{versus}."
         entry["sentence"] = sentence
         out["variants"][variant] = entry
-    out["sentence"] = _overall(out["variants"])
+    out["sentence"] = _overall(out["variants"], _nothing_phrase(noise[SECTION_MEASURE]))
     return out
 
 
@@ -255,14 +412,17 @@ def _against_control(sections: dict, signs: dict) -> str:
     return f"{agree} and E - B flips at {_layers_text(flipped)} ({where})"
 
 
-def _versus(removal: dict, random: dict) -> str:
+def _versus(removal: str, random: dict) -> str:
     """What removing the outlier dimensions does beyond removing as many random ones (both against the
-    original), in a phrase."""
-    if removal["survives"]:
+    original; `removal` is the removal's verdict), in a phrase."""
+    if removal == "survives":
         return "the outlier dimensions do not carry the result"
+    if removal == UNTESTED:
+        return ("removing them changes the compared values by less than the noise of E - B, so whether they carry "
+                "the result is not tested")
     if random["survives"]:
         return "the change comes from the outlier dimensions: removing as many random dimensions keeps the result"
     return "removing as many random dimensions changes the result too, so the change is not specific to the outliers"
 
 
-__all__ = ["CRITERION", "median_gain", "robustness"]
+__all__ = ["CRITERION", "FAMILY_ALPHA", "POWER_RULE", "TEST_RULE", "beyond_noise", "median_gain", "robustness"]

@@ -91,21 +91,42 @@ def plot_answer_by_layer(lens: pd.DataFrame, path: Path, *, title: str, sections
 
 
 def plot_probes_by_layer(probes: pd.DataFrame, path: Path, *, title: str, sections: dict | None = None) -> None:
-    """Linear probes per layer: held-out accuracy of the gold option (solid) against the same probe on
-    permuted labels (dashed) and the majority share (left); selectivity, their difference (right)."""
+    """Linear probes per layer: held-out accuracy of the gold option (solid) against the same probe on its
+    control task, one random label per template (dashed), and both majority shares (left); selectivity with
+    its 95% interval (right), or why it is not tested."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     layers = sorted(probes["layer"].unique()) if len(probes) else []
     left, right = axes
     if _median_lines(left, probes, "accuracy"):
-        _median_lines(left, probes, "control_accuracy", style="--", label_suffix=", labels permuted", band=False)
-        chance = probes.groupby("layer")["chance"].median()
-        left.plot(chance.index, chance.values, ":", color="#666666", label="majority-class share")
-        left.set_ylim(-0.02, 1.02)
-        _median_lines(right, probes, "selectivity")
-        right.axhline(0, color="#666666", linewidth=0.8)
+        drawn = len(left.get_lines())
+        if _median_lines(left, probes, "control_task_accuracy", style="--", band=False):
+            for line in left.get_lines()[drawn:]:  # one legend entry for the dashed lines, not one per model
+                line.set_label("_nolegend_")
+            left.plot([], [], "--", color="#666666", label="dashed: the same probe on the control task")
+        for column, style, label in (("chance", ":", "majority share"),
+                                     ("control_chance", "-.", "control task's majority share")):
+            share = probes.groupby("layer")[column].median()
+            if share.notna().any():
+                left.plot(share.index, share.values, style, color="#666666", label=label)
+        left.set_ylim(-0.02, 1.45)  # room above 1 for the legend: the control task often reaches 1
+        left.set_yticks(np.linspace(0, 1, 6))
+        if _median_lines(right, probes, "selectivity", band=False):
+            ends = probes.groupby(["model", "layer"])[["selectivity_low", "selectivity_high"]].median()
+            for model, (_, colour) in MODELS.items():
+                if model in ends.index.get_level_values("model"):
+                    band = ends.loc[model].dropna()
+                    right.fill_between(band.index, band["selectivity_low"], band["selectivity_high"], color=colour,
+                                       alpha=0.15, linewidth=0)
+            right.axhline(0, color="#666666", linewidth=0.8)
+            low, high = float(ends["selectivity_low"].min()), float(ends["selectivity_high"].max())
+            span = max(high, 0.0) - min(low, 0.0) or 1.0
+            right.set_ylim(min(low, 0.0) - 0.05 * span, max(high, 0.0) + 0.4 * span)  # room for the legend
+        else:
+            _note_empty(right, "no control task (each task uses one template and records no prompt lengths): "
+                               "selectivity not tested", layers)
     else:
         for ax in axes:
             _note_empty(ax, "no task with options, or too few labelled examples, to probe", layers)
     left.set_ylabel("probe accuracy (cross-validated)")
-    right.set_ylabel("selectivity (accuracy - permuted-label accuracy)")
+    right.set_ylabel("selectivity (over the control task)")
     _finish(fig, axes, path, sections, f"{title}: linear probes for the gold option, per layer")

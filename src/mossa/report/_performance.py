@@ -110,22 +110,65 @@ def lens_reading(lens: pd.DataFrame | None) -> str | None:
             + " (medians over tasks)" + tail + ".")
 
 
-def probe_reading(probes: pd.DataFrame | None) -> str | None:
-    """Where the linear probes read the gold option best, against their permuted-label control."""
-    if probes is None or not len(probes):
+_CONTROL_KEYS = {"template": "template", "length quartile": "prompt-length quartile"}
+
+
+def _selectivity_part(tested: pd.DataFrame, model: str) -> tuple[str, int] | None:
+    """One model's clause, selectivity at its best layer with the interval (one task) or the number of tasks whose
+    interval is above 0 there (several), and how many of its intervals lie above and below 0; and that first
+    number (None for a model without a tested row)."""
+    rows = tested[tested["model"] == model]
+    peak = _peak(tested, "selectivity", model)
+    if peak is None:
         return None
-    parts = []
-    for model in ("base", "experimental", "control"):
-        peak = _peak(probes, "selectivity", model)
-        if peak:
-            rows = probes[(probes["model"] == model) & (probes["layer"] == peak[0])]
-            parts.append(f"{MODEL_NAMES[model]} at layer {peak[0]} (selectivity {peak[1]:.2f}: accuracy "
-                         f"{rows['accuracy'].median():.2f} against {rows['control_accuracy'].median():.2f} on "
-                         f"permuted labels)")
+    at = rows[rows["layer"] == peak[0]]
+    above, below = int((rows["selectivity_low"] > 0).sum()), int((rows["selectivity_high"] < 0).sum())
+    if at["task"].nunique() == 1:
+        value = f"{peak[1]:.2f} [{at['selectivity_low'].iloc[0]:.2f}, {at['selectivity_high'].iloc[0]:.2f}]"
+        cells = f"{len(rows)} layers"
+    else:
+        value = (f"{peak[1]:.2f} (median over {len(at)} tasks; its interval above 0 in "
+                 f"{int((at['selectivity_low'] > 0).sum())})")
+        cells = f"{len(rows)} (task, layer) pairs"
+    clause = f"{MODEL_NAMES[model]} {value} at layer {peak[0]}, above 0 at {above} and below 0 at {below} of {cells}"
+    return clause, above
+
+
+def probe_reading(probes: pd.DataFrame | None) -> str | None:
+    """How well the linear probes read the gold option against their Hewitt-Liang control task: selectivity at
+    each model's best layer with its interval, and where nothing could be tested (no labelled task, too few
+    examples, no control task), says so."""
+    if probes is None:
+        return None
+    if not len(probes):
+        return "No task has options with a gold label: the linear probes had nothing to test."
+    if "selectivity_low" not in probes.columns:
+        return ("results/probes.csv predates the probes' control task and intervals: rerun `mossa analyze` to "
+                "read the probes.")
+    n = probes["task"].nunique()
+    probed = probes[np.isfinite(probes["accuracy"].to_numpy(dtype=float))]
+    if not len(probed):
+        return (f"The {n} option task{'s' if n != 1 else ''} had too few labelled examples of two or more classes: "
+                "the linear probes tested nothing.")
+    tested = probed[np.isfinite(probed["selectivity"].to_numpy(dtype=float))]
+    untested = sorted(set(probed["task"]) - set(tested["task"]))
+    if not len(tested):
+        return (f"Linear probes read the gold option at up to {probed['accuracy'].max():.2f} accuracy, but no task "
+                "has a control task (a single template and no prompt lengths): selectivity is not tested, and "
+                "accuracy alone says nothing of what the states encode.")
+    parts = [p for p in (_selectivity_part(tested, m) for m in ("base", "experimental", "control")) if p]
     if not parts:
         return None
-    n = probes["task"].nunique()
-    best = max(p for p in (_peak(probes, "selectivity", m) for m in ("base", "experimental", "control")) if p)[1]
-    weak = " No layer's probe beats its control by more than 0.05." if best <= 0.05 else ""
-    return (f"Over {n} option tasks, linear probes read the gold option best for " + ", for ".join(parts)
-            + " (medians over tasks)." + weak)
+    keys = " or ".join(_CONTROL_KEYS.get(k, k) for k in sorted(set(tested["control_type"])))
+    top = tested.loc[tested["control_task_accuracy"].idxmax()]
+    n_tested = tested["task"].nunique()
+    verdict = ("better, at some layers, than" if any(above for _, above in parts)
+               else "no better, by any layer's interval, than")
+    return (f"Over {n_tested} option task{'s' if n_tested != 1 else ''}, linear probes read the gold option {verdict} "
+            f"a control task of one random label per {keys}, which they decode at up to "
+            f"{top['control_task_accuracy']:.2f} (chance agreement {top['control_chance_agreement']:.2f}). "
+            "Selectivity (accuracy above chance agreement, minus the control task's) at each model's best layer, "
+            "with its 95% interval over folds (not corrected for picking that layer): "
+            + "; ".join(p for p, _ in parts) + "."
+            + (f" {', '.join(untested)}: no control task (a single template and no prompt lengths), selectivity not "
+               "tested." if untested else ""))

@@ -22,7 +22,9 @@ VARIANT_STYLE = {SECTION_MEASURE: ("debiased CKA (the sections' measure)", "blac
                  "debiased_cka_standardized": ("debiased CKA, standardised features", "#55a868", "-"),
                  "linear_cka_standardized": ("linear CKA, standardised features", "#8172b3", "--"),
                  "debiased_cka_no_outliers": ("debiased CKA, outlier dimensions removed", "#c44e52", "-"),
-                 "debiased_cka_random_dims": ("debiased CKA, as many random dimensions removed", "#937860", ":")}
+                 "debiased_cka_random_dims": ("debiased CKA, as many random dimensions removed", "#937860", ":"),
+                 "debiased_cka_top_pcs_removed": ("debiased CKA, C_t's dominant principal directions removed",
+                                                  "#dd8452", "-.")}
 
 
 def _dominance(ax, outliers: pd.DataFrame) -> None:

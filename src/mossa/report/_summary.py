@@ -460,43 +460,93 @@ def summary_sentences(s: StudySummary) -> list[str]:
 METRIC_WORDS = {"primary": "each task's primary metric", "nll_per_token": "the NLL per target token"}
 
 
+def _share_words(part: dict | None) -> str:
+    """A share of E's gain with its interval, e.g. "0.83 [0.78, 0.89]"."""
+    part = part or {}
+    low, high = part.get("low"), part.get("high")
+    interval = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else ""
+    return f"{_fmt(part.get('share'))}{interval}"
+
+
+def _causal_task_words(check: dict, task: str, ranges: dict) -> str:
+    """What decided one task's status in the causal verdict, with the intervals it rests on."""
+    def the(name: str) -> str:
+        return name if name.startswith("layers") else f"the {name}"
+
+    def fact(mask: str) -> str:
+        kind, name = mask.split(" ", 1)
+        share = _share_words(check[kind].get(name))
+        return f"{the(name)} alone keeps {share}" if kind == "only" else f"without {the(name)} {share} is left"
+
+    if check["status"] == "carried":
+        top = check["carrier"]
+        return f"{task}: {fact('only ' + top)}, {fact('outside ' + top)}, Holm-adjusted p {check['p_holm'][top]:.2g}"
+    if check["status"] == "spread":
+        masks = list(dict.fromkeys(v["mask"] for v in check["not_carrier"].values()))
+        return f"{task}: {', '.join(fact(m) for m in masks)}"
+    nearest = min(ranges, key=lambda r: check["p"][r])
+    return f"{task}: {fact('only ' + nearest)}, {fact('outside ' + nearest)}"
+
+
+def _causal_tasks(tasks: list[str], words, limit: int = 3) -> str:
+    """Up to `limit` tasks with what decided them, and how many more there are."""
+    said = "; ".join(words(t) for t in tasks[:limit])
+    more = len(tasks) - limit
+    return f"{said}; and {more} more (results/causal.json)" if more > 0 else said
+
+
 def causal_sentence(verdict: dict | None) -> str | None:
     """One sentence on which layer range of E's adapter carries E's gain over B (results/causal.json), or
-    None when the study ran no causal check. A range carries the gain when alone it keeps at least half of it,
-    no other range alone does, and without it less than half is left; otherwise the gain is spread."""
+    None when the study ran no causal check. It states the verdict's rule (`mossa.causal.RULE`: a range
+    carries the gain on a task only when Holm-corrected paired tests establish that alone it keeps at least
+    half, no other range alone does and without it less than half is left), per metric the tasks carried,
+    spread (no single range carries it), undetermined (intervals too wide) or not tested (no established gain),
+    and the share intervals each rests on; where nothing could be tested, it says so and why."""
     if not verdict or "ranges" not in verdict:
         return None
     ranges = verdict["ranges"]
-    label = next((k for k in ("primary", "nll_per_token") if (verdict.get(k) or {}).get("carrier")), None)
-    if label is None:
-        return ("The causal check (E's adapter on in one layer range only, and everywhere but there) cannot say which "
-                "layers carry E's gain: E's gain over B is not above 0 on any checked task by its paired interval.")
-    part = verdict[label]
-    only, outside, n_tasks = part["only"], part["outside"], part["n_tasks"]
-    top = part["carrier"]
 
     def where(name: str) -> str:
         a, b = ranges[name]
         span = f"layer {a}" if a == b else f"layers {a}-{b}"
         return name if name.startswith("layers") else f"{span} ({name})"
 
-    carries = (only[top] >= 0.5 and outside.get(top, np.nan) < 0.5
-               and all(only[n] < 0.5 for n in ranges if n != top))
-    n = n_tasks[top]
-    on = f"on {METRIC_WORDS[label]} ({n} task{'s' * (n != 1)} where E's gain is above 0)"
-    alone = ", ".join(f"{_fmt(only[r])} in {where(r)}" for r in ranges)
-    without = ", ".join(f"{_fmt(outside.get(r, np.nan))} without {r if r.startswith('layers') else 'the ' + r}"
-                        for r in ranges)
-    other = next((k for k in ("nll_per_token",) if k != label and (verdict.get(k) or {}).get("carrier")), None)
-    extra = ""
-    if other:
-        o = verdict[other]
-        extra = (f"; on {METRIC_WORDS[other]} the largest share alone is {_fmt(o['only'][o['carrier']])} in "
-                 f"{where(o['carrier'])}")
-    head = (f"E's gain over B is carried by its adapter in {where(top)}" if carries else
-            "No one layer range of E's adapter carries E's gain over B")
-    return (f"{head} {on}: with the adapter on in one range only E keeps a median {alone} of its gain, and with it "
-            f"everywhere but one range {without}{extra} (ranges: {verdict['source']}).")
+    head = (f"The causal check (E's adapter on in one layer range only, and everywhere but there; ranges: "
+            f"{verdict.get('source', 'as configured')})")
+    if "rule" not in verdict:
+        return (f"{head} has a results/causal.json from an earlier mossa, which judged from point estimates without "
+                "intervals; `mossa analyze` recomputes it with intervals and the corrected verdict.")
+    labels = [k for k in ("primary", "nll_per_token") if k in verdict]
+    if not any(verdict[k]["n_tested"] for k in labels):
+        reasons = [c["reason"] for k in labels for c in verdict[k]["tasks"].values()]
+        why = reasons[0] if reasons else verdict.get("reason", "no causal records")
+        return (f"{head} could test nothing, on any task or metric: {why}; with no gain to share out, no layer range "
+                "can be said to carry it.")
+    parts = []
+    for label in labels:
+        v = verdict[label]
+        checks = v["tasks"]
+        words = lambda t: _causal_task_words(checks[t], t, ranges)  # noqa: E731
+        if not v["n_tested"]:
+            parts.append(f"By {METRIC_WORDS[label]} nothing could be tested ({next(iter(checks.values()))['reason']})")
+            continue
+        bits = [f"{where(r)} carries it on {_causal_tasks(ts, words)}" for r, ts in v["carriers"].items()]
+        if v["spread"]:
+            bits.append(f"no single range carries it on {_causal_tasks(v['spread'], words)}")
+        if v["undetermined"]:
+            bits.append(f"it is undetermined, the intervals too wide, on {_causal_tasks(v['undetermined'], words)}")
+        if v["not_tested"]:
+            bits.append(f"nothing could be tested on {', '.join(v['not_tested'])}, where E's gain over B is not "
+                        "established")
+        parts.append(f"By {METRIC_WORDS[label]} ({v['n_tested']} of {len(checks)} tasks tested), " + "; ".join(bits))
+    carriers = verdict.get("carriers") or []
+    claim = (f"finds E's gain over B carried by its adapter in {' or '.join(where(r) for r in carriers)} on some tasks"
+             if carriers else "finds no layer range that carries E's gain over B")
+    return (f"{head} {claim}. {'. '.join(parts)}. A range carries the gain on a task when alone it keeps at least "
+            f"half of it, no other range alone does and without it less than half is left, each by a paired t test "
+            f"over examples, with Holm's correction over the {verdict['n_claims']} claims checked (each range carrying "
+            f"it, or none, per task and metric; family-wise error {verdict['alpha']:g}); each share is given with its "
+            f"95% Fieller interval over examples.")
 
 
 def section_check_sentences(root) -> list[str]:
@@ -514,16 +564,45 @@ def section_check_sentences(root) -> list[str]:
 VARIANT_WORDS = {"debiased_cka_standardized": "debiased CKA on standardised features",
                  "linear_cka_standardized": "biased linear CKA on standardised features",
                  "debiased_cka_no_outliers": "debiased CKA with the outlier dimensions removed",
-                 "debiased_cka_random_dims": "debiased CKA with as many random dimensions removed"}
+                 "debiased_cka_random_dims": "debiased CKA with as many random dimensions removed",
+                 "debiased_cka_top_pcs_removed": "debiased CKA with C_t's dominant principal directions projected out"}
 
 
 def _pct(x) -> str:
     return "undefined" if x is None or not np.isfinite(x) else f"{x:.0%}"
 
 
+def _gains(values) -> np.ndarray:
+    """A JSON list of gains (null for undefined) as floats."""
+    return np.array([np.nan if g is None else g for g in values or []], float)
+
+
+def _span(ci, i: int) -> str:
+    """The 95% interval over tasks at position `i` of a [lows, highs] pair, in words."""
+    lo, hi = (_gains(bound)[i] if len(bound or []) > i else np.nan for bound in (ci or [[], []]))
+    return f"{_signed(lo)} to {_signed(hi)}" if np.isfinite(lo) and np.isfinite(hi) else "none"
+
+
+def _nothing_words(original: dict) -> str:
+    """Why the original leaves nothing to test: no transition, and its E - B beyond noise at no layer."""
+    noise = original.get("beyond_noise") or {}
+    lows, highs = (_gains(b) for b in (original.get("median_gain_ci") or [[], []]))
+    spans = np.isfinite(lows) & np.isfinite(highs)
+    with_zero = int(np.sum(spans & (lows <= 0) & (highs >= 0)))
+    n = noise.get("n_layers", len(lows))
+    short = (f" ({noise['n_tasks']} tasks; at least {noise['min_tasks']} are needed)"
+             if noise.get("n_tasks", 0) < noise.get("min_tasks", 0) else "")
+    intervals = (f"has a 95% interval over tasks that includes 0 at {with_zero} of {int(spans.sum())} layers"
+                 if spans.any() else "has no 95% interval over tasks (fewer than 5 tasks)")
+    return (f"the original finds no transition, its median E - B {intervals}, and corrected over its {n} layers it "
+            f"is beyond noise at none{short}")
+
+
 def robustness_sentence(rob: dict | None) -> str | None:
-    """One sentence on whether the sections and the sign of E - B survive the outlier controls
-    (results/robustness.json), with the largest change of the median gain they make."""
+    """One sentence on whether the sections and the sign of E - B survive the robust CKA variants
+    (results/robustness.json): which survive (with the power check: at how many layers each moves E - B by more
+    than its noise), which do not, which change too little to test the result, where there was nothing to test,
+    and the largest change of the median gain they make, with its 95% intervals over tasks."""
     if not rob or not rob.get("variants"):
         return None
     o = rob.get("outliers", {})
@@ -535,25 +614,56 @@ def robustness_sentence(rob: dict | None) -> str | None:
             f"{o['median_count']:.0f} per layer{', most often ' + dims if dims else ''}, carrying a median "
             f"{_pct(o.get('median_variance_share'))} of the variance, the top principal direction "
             f"{_pct(o.get('median_top_direction_share'))})")
-    done = {k: v for k, v in rob["variants"].items() if v.get("verdict") in ("survives", "does not survive")}
-    kept = [VARIANT_WORDS.get(k, k) for k, v in done.items() if v["verdict"] == "survives"]
-    lost = [VARIANT_WORDS.get(k, k) for k, v in done.items() if v["verdict"] != "survives"]
+    labels = ("survives", "does not survive", "not tested", "nothing to test")
+    done = {k: v for k, v in rob["variants"].items() if v.get("verdict") in labels}
     if not done:
         return f"{head}: no robust CKA variant could be compared with the original."
-    verdict = (f"the sections and the sign of E - B survive {', '.join(kept) or 'none of the variants'}"
-               + (f", but not {', '.join(lost)}" if lost else ""))
-    original = np.array([np.nan if g is None else g for g in rob.get("original", {}).get("median_gain", [])], float)
-    change = ""
+    by = {label: [k for k, v in done.items() if v["verdict"] == label] for label in labels}
+
+    def words(keys: list[str]) -> str:
+        return ", ".join(VARIANT_WORDS.get(k, k) for k in keys)
+
+    def reach(keys: list[str]) -> str:
+        counts = [(done[k].get("power") or {}) for k in keys]
+        if not counts or not all(c.get("n_layers") for c in counts):
+            return ""
+        return (f"{', '.join(str(c['n_able']) for c in counts)} of {counts[0]['n_layers']} layers"
+                if len({c["n_layers"] for c in counts}) == 1 else
+                ", ".join(f"{c['n_able']} of {c['n_layers']}" for c in counts) + " layers")
+
+    parts = []
+    if by["survives"]:
+        where = reach(by["survives"])
+        parts.append(f"the sections and the sign of E - B survive {words(by['survives'])}"
+                     + (f" (each moves a task's E - B by more than its noise at {where})" if where else "")
+                     + (f", but not {words(by['does not survive'])}" if by["does not survive"] else ""))
+    elif by["does not survive"]:
+        parts.append(f"the sections and the sign of E - B do not survive {words(by['does not survive'])}")
+    if by["not tested"]:
+        where = reach(by["not tested"])
+        beyond = f" (beyond it at {where})" if where else ""
+        parts.append(f"{words(by['not tested'])} change{'s' if len(by['not tested']) == 1 else ''} the compared CKA "
+                     f"values by less than the noise of E - B at most layers{beyond}, so agreement there tests nothing")
+    if by["nothing to test"]:
+        parts.append(f"there is nothing to test for {words(by['nothing to test'])}: "
+                     f"{_nothing_words(rob.get('original', {}))}")
+    original = rob.get("original", {})
+    before = _gains(original.get("median_gain"))
+    layers = original.get("layers") or list(range(len(before)))
     moved = []
     for k, v in done.items():
         if not k.startswith("debiased"):  # the same estimator as the sections': only the features differ
             continue
-        gain = np.array([np.nan if g is None else g for g in v.get("median_gain", [])], float)
-        if len(gain) == len(original) and np.isfinite(gain - original).any():
-            layer = int(np.nanargmax(np.abs(gain - original)))
-            moved.append((abs(gain[layer] - original[layer]), k, layer, gain[layer]))
+        gain = _gains(v.get("median_gain"))
+        if len(gain) == len(before) and np.isfinite(gain - before).any():
+            i = int(np.nanargmax(np.abs(gain - before)))
+            moved.append((abs(gain[i] - before[i]), k, i, gain[i]))
+    change = ""
     if moved:
-        _, k, layer, value = max(moved)
-        change = (f"; the largest change of the median gain is at layer {layer}, from {_signed(original[layer])} to "
-                  f"{_signed(value)} under {VARIANT_WORDS.get(k, k)}")
-    return f"{head}: {verdict}{change}."
+        _, k, i, value = max(moved)
+        intervals = (f" (95% intervals over tasks: {_span(original['median_gain_ci'], i)} and "
+                     f"{_span(done[k]['median_gain_ci'], i)})"
+                     if "median_gain_ci" in original and "median_gain_ci" in done[k] else "")
+        change = (f"; the largest change of the median gain is at layer {layers[i]}, from {_signed(before[i])} to "
+                  f"{_signed(value)} under {VARIANT_WORDS.get(k, k)}{intervals}")
+    return f"{head}: {'; '.join(parts)}{change}."

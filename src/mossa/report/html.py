@@ -81,10 +81,14 @@ EVALUATION_CAPTIONS = {
                        "highest lens logit is the gold one, against chance (dotted). Lines are medians over tasks, "
                        "bands their middle half; E' on its held-out tasks only; shaded: the layer sections.",
     "probes_by_layer": "Linear probes: a cross-validated, L2-regularised logistic probe predicting the gold option "
-                       "from each layer's stored state (tasks with options). Left: held-out accuracy (solid) against "
-                       "the same probe on labels permuted within the task (dashed) and the majority share (dotted); "
-                       "right: selectivity, accuracy minus permuted-label accuracy. Medians over tasks, bands their "
-                       "middle half; shaded: the layer sections.",
+                       "from each layer's stored state (tasks with options), its penalty chosen per fold and layer by "
+                       "an inner cross-validation on the training folds. Its control task (Hewitt and Liang) gives "
+                       "every template one random label, which a probe that tells templates apart can memorise (one "
+                       "random label per prompt-length quartile where a task has one template). Left: held-out "
+                       "accuracy (solid, band: middle half of the tasks) against the same probe on the control task "
+                       "(dashed), and both majority shares (dotted, dash-dot); right: selectivity, accuracy above "
+                       "chance agreement minus the same on the control task, band: its 95% interval over folds "
+                       "(median of the tasks' ends). Medians over tasks; shaded: the layer sections.",
 }
 
 SECTION_CAPTIONS = {

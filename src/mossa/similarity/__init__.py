@@ -3,8 +3,9 @@
 The ``similarity`` stage: it reads per-layer hidden-state matrices (rows = examples) of two
 models and returns how similar they are, layer by layer. Each measure family lives in a
 private module (``_cka.py``, ``_kernel.py``, ``_cca.py``, ``_procrustes.py``, ``_knn.py``, and
-``_robust.py`` for the CKA variants robust to outlier dimensions) and is re-exported here; what
-every measure returns lives in ``_result.py``, shared input checks in ``_validation.py``. Every
+``_robust.py`` for the CKA variants robust to outlier dimensions and dominant directions) and is
+re-exported here; what every measure returns lives in ``_result.py``, shared input checks in
+``_validation.py``. Every
 measure registers itself by name in the measure registry (``_registry.py``) when its module is imported.
 """
 
@@ -22,7 +23,15 @@ from mossa.similarity._kernel import rbf_cka, rbf_cka_result
 from mossa.similarity._kernel import squared_distances as pairwise_squared_distances
 from mossa.similarity._knn import mutual_knn, mutual_knn_result
 from mossa.similarity._procrustes import procrustes_distance, procrustes_distance_result
-from mossa.similarity._robust import OUTLIER_RULE, ROBUST_MEASURES, outlier_dims, random_dims
+from mossa.similarity._robust import (
+    DOMINANT_SHARE,
+    OUTLIER_RULE,
+    ROBUST_MEASURES,
+    TOP_PCS_RULE,
+    dominant_directions,
+    outlier_dims,
+    random_dims,
+)
 from mossa.similarity._validation import as_float64, is_torch_tensor, row_space_factor
 from mossa.similarity._streaming import StreamingLinearCKA, cross_layer_cka, stream_chunks
 from mossa.similarity._registry import (
@@ -34,16 +43,19 @@ from mossa.similarity._registry import (
 )
 
 __all__ = [
+    "DOMINANT_SHARE",
     "Measure",
     "OUTLIER_RULE",
     "ROBUST_MEASURES",
     "SimilarityResult",
     "StreamingLinearCKA",
+    "TOP_PCS_RULE",
     "UndefinedSimilarityWarning",
     "as_float64",
     "available_measures",
     "cross_layer_cka",
     "cross_layer_linear_cka",
+    "dominant_directions",
     "get_measure",
     "is_torch_tensor",
     "layerwise_linear_cka",
