@@ -184,3 +184,16 @@ def test_references_of_each_model():
     assert references("experimental_seed2", models, ["a"]) == [CROSS + "a", "ceiling", "experimental"]
     assert references("ceiling", models, ["a"]) == [CROSS + "a"]
     assert references("heldout_seed2", ["heldout", "heldout_seed2"], []) == ["heldout"]
+
+
+def test_a_verdict_needs_both_e_seeds():
+    from mossa.report._summary import seed_verdict
+
+    above = {"mean": 0.2, "p_value": 0.01}
+    within = {"mean": 0.1, "p_value": 0.3}
+    below = {"mean": -0.2, "p_value": 0.01}
+    assert seed_verdict([above, above], "x") == "x is above 0 beyond noise (both E seeds show it)"
+    assert "only one of the two E seeds puts it above 0 beyond noise" in seed_verdict([above, within], "x")
+    assert "opposite signs" in seed_verdict([above, below], "x")
+    assert seed_verdict([above], "x").endswith("(one E seed: its seed variation is not measured)")
+    assert seed_verdict([within, within], "x") == "x is within noise of 0"

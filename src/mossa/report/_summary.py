@@ -309,8 +309,12 @@ def seed_verdict(entries: list[dict], what: str) -> str:
         return f"{what} is {'above' if sides == {'above'} else 'below'} 0 beyond noise ({both}){one}"
     if "too few" in sides:
         return f"no verdict on {what}: too few tasks{one}"
+    if {"above", "below"} <= sides:
+        return f"{what} is not established: the two E seeds put it beyond 0 with opposite signs"
     if len(entries) > 1 and len(sides) > 1:
-        return f"{what} is not established: the two E seeds disagree ({' / '.join(sorted(sides))} 0)"
+        shown = next(iter(sides - {"within"}))
+        return (f"{what} is not established: only one of the two E seeds puts it {shown} 0 beyond noise, the other "
+                f"within noise of 0")
     return f"{what} is within noise of 0{one}"
 
 
