@@ -114,25 +114,37 @@ def test_debiased_interval_covers_zero_on_independent_data_with_n_below_d():
 def test_coverage_of_the_default_table_at_the_demo_shape(structure):
     """A fast `bench/coverage.py`: 60 fresh samples of n=96, d=640 from one population; the nominal
     95% intervals must hold the mean of the estimates in 85-100% of them (the bench: 90-99%, 200+)."""
-    n, d, reps = 96, 640, 60
+    n, d = 96, 640
     pop = np.random.default_rng(7)
     A, B = pop.standard_normal((8, d)) * 3, pop.standard_normal((8, d)) * 3
-    rng = np.random.default_rng(8)
-    found = {m: [] for m in ("linear_cka", "debiased_cka", "rbf_cka")}
-    for r in range(reps):
+
+    def draw(rng):
         X, Y = 2 * rng.standard_normal((n, d)), 2 * rng.standard_normal((n, d))
         if structure == "low-rank":
             Z = rng.standard_normal((n, 8))
             X, Y = X + Z @ A, Y + Z @ B
+        return X, Y
+
+    for m, coverage in _coverages(draw, ("linear_cka", "debiased_cka", "rbf_cka"), 60, seed=8).items():
+        assert 0.85 <= coverage <= 1.0, (m, structure, coverage)
+
+
+def _coverages(draw, measures, reps: int, seed: int) -> dict[str, float]:
+    """Share of `reps` fresh samples `draw(rng)` whose interval holds the mean of the estimates, per measure."""
+    rng = np.random.default_rng(seed)
+    found = {m: [] for m in measures}
+    for r in range(reps):
+        X, Y = draw(rng)
         for m in found:
             v = get_measure(m)(X, Y).value
             (lo, hi, _), = example_intervals(m, X[None], Y[None], rng=np.random.default_rng(r), values=[v])
             found[m].append((v, lo, hi))
+    out = {}
     for m, rows in found.items():
         v = np.array(rows)
         target = v[:, 0].mean()
-        coverage = np.mean((v[:, 1] <= target) & (target <= v[:, 2]))
-        assert 0.85 <= coverage <= 1.0, (m, structure, coverage)
+        out[m] = float(np.mean((v[:, 1] <= target) & (target <= v[:, 2])))
+    return out
 
 
 def test_large_n_scales_at_the_rate_it_measures(monkeypatch):
@@ -169,17 +181,7 @@ def test_coverage_of_a_weakly_related_pair_with_a_heavy_tailed_dominant_directio
     g - 1 degrees of freedom and the second-order variance throughout, linear and debiased CKA held the
     mean of their estimates in 83% and 81% of them (85-87% and 83-85% on two other seeds); now 91% and 89%
     (89-95% over the three seeds). The bound allows for 150 samples (binomial se about 0.02)."""
-    n, d, reps = 96, 640, 150
-    rng = np.random.default_rng(11)
-    found = {m: [] for m in ("linear_cka", "debiased_cka")}
-    for r in range(reps):
-        X, Y = _heavy_pair(rng, n, d, 0.45, 0.3)
-        for m in found:
-            v = get_measure(m)(X, Y).value
-            (lo, hi, _), = example_intervals(m, X[None], Y[None], rng=np.random.default_rng(r), values=[v])
-            found[m].append((v, lo, hi))
-    for m, rows in found.items():
-        v = np.array(rows)
-        target = v[:, 0].mean()
-        coverage = np.mean((v[:, 1] <= target) & (target <= v[:, 2]))
+    coverages = _coverages(lambda rng: _heavy_pair(rng, 96, 640, 0.45, 0.3), ("linear_cka", "debiased_cka"), 150,
+                           seed=11)
+    for m, coverage in coverages.items():
         assert 0.88 <= coverage <= 0.99, (m, coverage)
