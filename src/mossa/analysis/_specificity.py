@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from mossa.analysis._jackknife import contrast_intervals
+from mossa.analysis._jackknife import contrast_intervals, example_intervals
 from mossa.analysis._permutation import NULL_COLUMNS
 from mossa.similarity import layerwise_linear_cka
 
@@ -106,8 +106,8 @@ def specificity_rows(task: str, cluster: str, full: Callable[[str], np.ndarray],
             refs = references(model, models, sources)
             values = {ref: _values(A, full(ref), debiased, (model, ref)) for ref in [CONTROL, *refs]}
             rows = {ref: values[ref] for ref in refs}
-            cis = {ref: contrast_intervals(measure, A, [full(ref)], [1.0], rng=np.random.default_rng([seed, key, 4]),
-                                           values=[v for v, _ in values[ref]]) if intervals else None for ref in refs}
+            cis = {ref: example_intervals(measure, A, full(ref), rng=np.random.default_rng([seed, key, 4]),
+                                          values=[v for v, _ in values[ref]]) if intervals else None for ref in refs}
             cross = [cross_label(s) for s in sources]
             if cross:
                 table = np.array([[v for v, _ in values[ref]] for ref in [CONTROL, *cross]])
