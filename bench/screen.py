@@ -11,7 +11,8 @@ scores B and the control on the validation prompts exactly as the study scores t
     python bench/screen.py                                  # every flan-mini task, the demo's budget
     python bench/screen.py --tasks sst2,trec --budgets 16:2,128:2
 
-A budget is EXAMPLES:EPOCHS (training examples sampled from the remaining train split, passes over them).
+A budget is EXAMPLES:EPOCHS[:LR] (training examples sampled from the remaining train split, passes over them,
+and the control's peak learning rate when not the demo's).
 Results: bench/results/screen.json and a table on stdout (task, cluster, budget, metric, B, C_t, gain and
 its interval, learned, training seconds).
 """
@@ -59,13 +60,15 @@ def resplit(source: Path, dest: Path, n_valid: int, seed: int) -> list[str]:
     return list(kept)
 
 
-def screen(tasks_dir: Path, tasks: list[str], n_train: int, epochs: float, n_valid: int, seed: int, out: Path,
-           n_boot: int) -> list[dict]:
-    """Train each task's control on `n_train` examples for `epochs` and score it against B on the validation
-    split; one row per task."""
+def screen(tasks_dir: Path, tasks: list[str], n_train: int, epochs: float, lr: float | None, n_valid: int, seed: int,
+           out: Path, n_boot: int) -> list[dict]:
+    """Train each task's control on `n_train` examples for `epochs` (at peak learning rate `lr`, None = the demo's)
+    and score it against B on the validation split; one row per task."""
     cfg = resolve_config({"preset": "demo", "tasks_dir": tasks_dir, "tasks": tasks, "n_train": n_train,
                           "n_test": n_valid, "seed": seed, "out": out, "holdout": "none", "ceiling_tasks": "none",
-                          "cross_tasks": "none", "experimental_seeds": 1, "control": {"epochs": epochs}})
+                          "cross_tasks": "none", "experimental_seeds": 1, "causal_tasks": "all",
+                          "causal_layers": "none",
+                          "control": {"epochs": epochs, **({"lr": lr} if lr else {})}})
     specs, source = validate(cfg)
     study = StudyDir(out)
     study.create()
@@ -81,7 +84,8 @@ def screen(tasks_dir: Path, tasks: list[str], n_train: int, epochs: float, n_val
         run_unit(ctx.cfg, study.root, Base, "base")
     clusters = {t.name: t.cluster for t in specs}
     check = control_check(evaluation_records(study, list(clusters)), clusters, n_boot=n_boot, seed=seed)
-    return [{**row, "budget": f"{n_train}:{epochs:g}", "train_seconds": round(seconds[row["task"]], 1)}
+    budget = f"{n_train}:{epochs:g}" + (f":{lr:g}" if lr else "")
+    return [{**row, "budget": budget, "train_seconds": round(seconds[row["task"]], 1)}
             for row in check.to_dict("records")]
 
 
@@ -89,7 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks-dir", type=Path, default=None, help="flan-mini folder (default: the shared one)")
     parser.add_argument("--tasks", default="all", help="comma-separated task names, or all")
-    parser.add_argument("--budgets", default="16:2", help="comma-separated EXAMPLES:EPOCHS (the demo: 16:2)")
+    parser.add_argument("--budgets", default="16:2", help="comma-separated EXAMPLES:EPOCHS[:LR] (the demo: 16:2 at "
+                        "the demo's learning rate)")
     parser.add_argument("--n-valid", type=int, default=96, help="validation examples carved from each train split")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -104,10 +109,10 @@ def main() -> None:
         names = resplit(source, tmp / "tasks", args.n_valid, args.seed)
         tasks = names if args.tasks == "all" else [t for t in args.tasks.split(",") if t]
         for budget in args.budgets.split(","):
-            n_train, epochs = budget.split(":")
-            out = (args.keep or tmp) / f"screen-{n_train}x{epochs}"
-            rows += screen(tmp / "tasks", tasks, int(n_train), float(epochs), args.n_valid, args.seed, out,
-                           args.n_boot)
+            n_train, epochs, *lr = budget.split(":")
+            out = (args.keep or tmp) / f"screen-{budget.replace(':', 'x')}"
+            rows += screen(tmp / "tasks", tasks, int(n_train), float(epochs), float(lr[0]) if lr else None,
+                           args.n_valid, args.seed, out, args.n_boot)
     header = ["task", "cluster", "budget", "metric", "B", "C_t", "gain", "95% interval", "learned", "train s"]
     print(table([[r["task"], r["cluster"], r["budget"], r["metric"], f"{r['base']:.2f}", f"{r['control']:.2f}",
                   f"{r['gain']:+.2f}", f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]", "yes" if r["learned"] else "no",

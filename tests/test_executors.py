@@ -77,3 +77,14 @@ def _square(x):
 def test_local_executor_runs_units_in_order():
     with make_executor("local") as executor:
         assert executor.map([Unit(f"u{i}", _square, (i,)) for i in range(4)]) == [0, 1, 4, 9]
+
+
+def test_the_progress_line_gives_the_time_left_at_the_rate_measured_so_far():
+    from mossa.executors import Unit, progress_line
+
+    units = [Unit("a", print, work=1.0), Unit("b", print, work=3.0), Unit("c", print, work=0.0)]
+    assert progress_line(units, [True, False, False], 10.0) == "1 of 3 units done, 0:10 elapsed, about 0:30 left"
+    assert progress_line(units, [True, True, False], 40.0) == "2 of 3 units done, 0:40 elapsed, about 0:00 left"
+    assert progress_line(units, [True, True, True], 41.0) == "3 of 3 units done, 0:41 elapsed"
+    unweighted = [Unit("a", print), Unit("b", print)]
+    assert progress_line(unweighted, [True, False], 5.0) == "1 of 2 units done, 0:05 elapsed"  # no estimate, no ETA

@@ -139,3 +139,29 @@ def test_an_earlier_configs_test_loss_evaluates_every_model_but_the_ceiling(tiny
     controls = pd.read_csv(out / "results/controls.csv")
     assert controls[["base", "control", "experimental"]].notna().all().all()
     assert {"task_metric", "gain", "gain_low", "gain_high", "learned"} <= set(controls.columns)
+
+def test_a_task_budget_sets_its_control_and_e_follows_it_by_parity(tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "study"
+    config = tmp_path / "budgets.yaml"
+    config.write_text("control: {max_steps: null, epochs: 1}\n"
+                      "task_budgets: {tiny_struct: {n_train: 8, epochs: 3, lr: 0.001}}\n")
+    assert _run(tiny_model, tiny_tasks, out, "--holdout", "none", "--config", str(config)) == 0
+    study = json.loads((out / "study.json").read_text())
+    training = study["training"]
+    assert study["tasks"]["tiny_struct"]["n_train"] == 8 and study["tasks"]["tiny_sentiment"]["n_train"] == 16
+    assert training["control-tiny_struct"]["examples_seen"] == {"tiny_struct": 24}  # 8 examples, 3 passes
+    assert training["control-tiny_sentiment"]["examples_seen"] == {"tiny_sentiment": 16}  # the study's budget
+    assert max(training["control-tiny_struct"]["lr"]) == pytest.approx(0.001)
+    assert max(training["control-tiny_sentiment"]["lr"]) == pytest.approx(2e-3)
+    assert training["experimental"]["examples_seen"] == {"tiny_struct": 24, "tiny_sentiment": 16}
+    assert study["training_budget"]["control_examples_seen"] == {"tiny_sentiment": 16, "tiny_struct": 24}
+    assert "tiny_struct: n_train 8, epochs 3, lr 0.001" in (out / "report.html").read_text()
+
+
+def test_a_budget_for_a_task_the_study_lacks_is_refused_naming_the_field(tiny_model, tiny_tasks, tmp_path, capsys):
+    config = tmp_path / "budgets.yaml"
+    config.write_text("task_budgets: {no_such_task: {epochs: 3}}\n")
+    assert _run(tiny_model, tiny_tasks, tmp_path / "study", "--config", str(config)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task_budgets" in err[0] and "no_such_task" in err[0]
+    assert not (tmp_path / "study").exists()

@@ -45,6 +45,25 @@ class Unit:
     args: tuple = ()
     cpus: float = 1.0
     gpus: float = 0.0
+    work: float = 0.0  # its estimated cost (any unit of measure shared by a map's units): the ETA's weight
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def progress_line(units: list[Unit], finished: list[bool], elapsed: float) -> str:
+    """How far a map of `units` is: units done, time elapsed and, when the units carry work estimates, the time
+    left at the rate measured so far (work done / elapsed: honest once one unit has run, whatever the
+    machine)."""
+    n_done = sum(finished)
+    line = f"{n_done} of {len(units)} units done, {_clock(elapsed)} elapsed"
+    done = sum(u.work for u, f in zip(units, finished) if f)
+    left = sum(u.work for u, f in zip(units, finished) if not f)
+    if done > 0 and n_done < len(units):
+        line += f", about {_clock(left * elapsed / done)} left"
+    return line
 
 
 class Executor(abc.ABC):
@@ -120,7 +139,13 @@ class LocalExecutor(Executor):
     in_process = True
 
     def map(self, units: list[Unit]) -> list[Any]:
-        return [unit.fn(*unit.args) for unit in units]
+        t0, results, finished = time.perf_counter(), [], [False] * len(units)
+        for i, unit in enumerate(units):
+            results.append(unit.fn(*unit.args))
+            finished[i] = True
+            if len(units) > 1:
+                self.log(f"{unit.name} done: {progress_line(units, finished, time.perf_counter() - t0)}")
+        return results
 
 
 def _import_ray():
@@ -207,6 +232,7 @@ class RayExecutor(Executor):
         index = {task.options(num_cpus=u.cpus, num_gpus=u.gpus, name=f"mossa:{u.name}").remote(u.fn, u.args): i
                  for i, u in enumerate(units)}
         results: list[Any] = [None] * len(units)
+        finished = [False] * len(units)
         pending = list(index)
         try:
             while pending:
@@ -214,8 +240,8 @@ class RayExecutor(Executor):
                 for ref in done:
                     i = index[ref]
                     results[i] = ray.get(ref)
-                    self.log(f"ray: {units[i].name} done ({len(units) - len(pending)}/{len(units)}, "
-                             f"{time.perf_counter() - t0:.1f} s)")
+                    finished[i] = True
+                    self.log(f"ray: {units[i].name} done: {progress_line(units, finished, time.perf_counter() - t0)}")
         except BaseException as exc:
             for ref in pending:
                 ray.cancel(ref)  # units write atomically: an interrupted one leaves nothing half-written
@@ -227,4 +253,4 @@ class RayExecutor(Executor):
 
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Unit", "check_executor", "executor_names",
-           "make_executor", "register_executor"]
+           "make_executor", "progress_line", "register_executor"]

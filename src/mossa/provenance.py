@@ -58,7 +58,7 @@ def study_provenance(ctx: StudyContext, source, cfg: StudyConfig) -> dict:
         "cross_tasks": {"rule": cfg.cross_tasks, "chosen": {t: list(s) for t, s in ctx.cross.items()}},
         "experimental_seeds": experimental_seeds(cfg),
         "training_budget": {"rule": cfg.experimental_budget, "statement": BUDGET_RULES[cfg.experimental_budget],
-                            "control_examples_seen": {t: examples_seen(len(p), cfg.control)
+                            "control_examples_seen": {t: examples_seen(len(p), cfg.task_control(t))
                                                       for t, p in ctx.train_prompts.items()}},
         "experimental": {"mode": "trained"} if cfg.experimental_model is None
         else {"mode": "given", "spec": cfg.experimental_model},
@@ -79,7 +79,7 @@ def task_properties(ctx: StudyContext, task: TaskSpec) -> dict:
     examples the task's control saw (distinct examples, the size it was trained on)."""
     inputs = [" ".join(ex.fields.values()) for ex in ctx.samples["test"][task.name].examples]
     n = len(ctx.train_prompts[task.name])
-    return {**readability(inputs), "train_size": min(n, examples_seen(n, ctx.cfg.control))}
+    return {**readability(inputs), "train_size": min(n, examples_seen(n, ctx.cfg.task_control(task.name)))}
 
 
 def experimental_info(study: StudyDir, provenance: dict) -> dict:

@@ -90,20 +90,22 @@ BUDGET_RULES = {
 }
 
 
-def parity_stream(train: dict[str, list[Prompt]], clusters: dict[str, str], *, control: TrainSettings, cap: int,
-                  seed: int) -> list[Prompt]:
+def parity_stream(train: dict[str, list[Prompt]], clusters: dict[str, str], *,
+                  control: TrainSettings | dict[str, TrainSettings], cap: int, seed: int) -> list[Prompt]:
     """E's training examples under budget parity: the capped mixture, with each task's share
     repeated so that E sees task t as often as C_t does.
 
     C_t sees `examples_seen(n_t, control)` examples of its n_t; E holds k_t of them after the
     cluster cap and sees round(seen_t * k_t / n_t): the same number of passes over what it holds
-    (seeded, each pass a fresh order). Train E on the result for one epoch.
+    (seeded, each pass a fresh order). Train E on the result for one epoch. `control` is every control's
+    settings, or each task's (per-task budgets).
     """
     rng = np.random.default_rng([seed, 1])
     out: list[Prompt] = []
     for task, held in _capped(train, clusters, cap=cap, seed=seed).items():
         n = len(train[task])
-        want = round(examples_seen(n, control) * len(held) / n)
+        settings = control[task] if isinstance(control, dict) else control
+        want = round(examples_seen(n, settings) * len(held) / n)
         while want > 0 and held:
             order = rng.permutation(len(held))[:want]
             out.extend(held[i] for i in order)

@@ -44,18 +44,18 @@ def _task_states(rng, kind):
     """Every model's states on one task's prompts ([LAYERS, N, D] each), by scenario."""
     out = {m: [] for m in ("control", "base", "experimental", "experimental_seed2", "ceiling",
                            *(cross_label(f"s{j}") for j in range(SOURCES)))}
-    for _ in range(LAYERS):
+    for layer in range(LAYERS):
         X = _base(rng)
         z = rng.standard_normal((N, R))  # what task t's examples hold that its specialist learns
         s = np.std(X)
-        if kind == "planted":
+        if kind == "planted" or kind == "planted_late" and layer >= 2:  # late: in layers 2-3 only
             out["control"].append(X + s * _signal(rng, z))
             out["ceiling"].append(X + s * _signal(rng, z) + _change(rng, X, size=0.3))
             for j in range(SOURCES):  # another task's specialist writes its own latent, unrelated to z
                 out[cross_label(f"s{j}")].append(X + s * _signal(rng, rng.standard_normal((N, R))))
             for m in ("experimental", "experimental_seed2"):
                 out[m].append(X + s * _signal(rng, z, 0.7) + _change(rng, X, size=0.3))
-        else:
+        else:  # planted_late below layer 2 is as "random"
             common = _change(rng, X, size=0.8) if kind == "shared" else 0.0  # one change every adapter makes
             out["control"].append(X + common + _change(rng, X))
             out["ceiling"].append(X + common + _change(rng, X))
@@ -74,7 +74,7 @@ def _task_states(rng, kind):
 MODELS = ["base", "experimental", "experimental_seed2", "ceiling"]
 
 
-def _rows(kind, seed=0, tasks=TASKS, against_control=None):
+def _rows(kind, seed=0, tasks=TASKS, against_control=None, intervals=True):
     """The specificity rows of `tasks` synthetic tasks; the rows against C_t are appended to `against_control`."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -86,14 +86,14 @@ def _rows(kind, seed=0, tasks=TASKS, against_control=None):
                 against_control.append({"task": f"t{t}", "cluster": f"c{t % 6}", "model": m, "layer": layer,
                                         "measure": "debiased_cka", "value": r.value, "undefined_reason": ""})
         rows += specificity_rows(f"t{t}", f"c{t % 6}", states.__getitem__, models, [f"s{j}" for j in range(SOURCES)],
-                                 ("debiased_cka",), intervals=True, seed=seed,
+                                 ("debiased_cka",), intervals=intervals, seed=seed,
                                  base_row={"n_examples": N, "n_dropped": 0})
     return pd.DataFrame(rows)
 
 
-def _summary(kind, seed):
+def _summary(kind, seed, intervals=True):
     rows = []
-    refs = _rows(kind, seed=seed, against_control=rows)
+    refs = _rows(kind, seed=seed, against_control=rows, intervals=intervals)
     sim = pd.DataFrame(rows)
     study = {"model": {"name": "toy", "n_layers": LAYERS - 1},
              "cross_tasks": {"chosen": {f"t{t}": [f"s{j}" for j in range(SOURCES)] for t in range(TASKS)}}}
@@ -197,3 +197,61 @@ def test_a_verdict_needs_both_e_seeds():
     assert "opposite signs" in seed_verdict([above, below], "x")
     assert seed_verdict([above], "x").endswith("(one E seed: its seed variation is not measured)")
     assert seed_verdict([within, within], "x") == "x is within noise of 0"
+
+
+def _where_verdicts(kind, seed):
+    from mossa.report._summary import _range_verdict
+
+    spec, text = _summary(kind, seed, intervals=False)  # the swap tests need no interval over examples
+    where = spec["where"]
+    return {r: _range_verdict([where["specificity"][m][r] for m in spec["seeds"]]) for r in where["ranges"]}, spec
+
+
+def test_where_e_holds_task_information_follows_the_layers_it_was_planted_in():
+    """The toy's 3 layers carry the paper's sections by relative depth: layer 1 is the transition (Llama-2's
+    10-15 of 32), layers 2-3 the refinement. A task signal planted in layers 2-3 only is found there alone."""
+    from mossa.report._summary import paper_sections, where_sentences
+
+    assert paper_sections(3) == {"transition": [1], "refinement": [2, 3]}
+    assert paper_sections(18) == {"shared": [1, 2, 3, 4, 5], "transition": [6, 7, 8], "refinement": list(range(9, 19))}
+    assert paper_sections(32) == {"shared": list(range(1, 10)), "transition": list(range(10, 16)),
+                                  "refinement": list(range(16, 33))}
+    verdicts, spec = _where_verdicts("planted_late", 0)
+    assert verdicts == {"transition": "within", "refinement": "holds"}
+    text = " ".join(where_sentences(spec, "debiased CKA", 3))
+    assert text.startswith("Where E holds each task's own information: in layers 2-3 (the refinement section)")
+    assert "another pattern: beyond noise in the refinement section, against the paper's transition and refinement" \
+        in text
+    verdicts, spec = _where_verdicts("planted", 0)
+    assert verdicts == {"transition": "holds", "refinement": "holds"}
+    assert "shows the same pattern" in " ".join(where_sentences(spec, "debiased CKA", 3))
+
+
+@pytest.mark.parametrize("kind", ["random", "shared", "spectrum"])
+def test_where_stays_silent_without_a_task_in_the_change(kind):
+    """No task signal: over 10 studies, Holm over the ranges and both E seeds keep "E holds it in a range" at most
+    at the 5% family-wise level (2 of 10 allowed for chance); the null sentence says what could have been
+    detected."""
+    from mossa.report._summary import where_sentences
+
+    fired = 0
+    for seed in range(10):
+        verdicts, spec = _where_verdicts(kind, 20 + seed)
+        fired += "holds" in verdicts.values()
+    assert fired <= 2
+    text = " ".join(where_sentences(_where_verdicts(kind, 40)[1], "debiased CKA", 3))
+    if "nowhere beyond noise" in text:
+        assert "the test could have detected a mean specificity of" in text
+
+
+def test_each_control_is_specific_when_it_learned_its_task_and_not_when_its_change_holds_none():
+    """Per task the flag reads the paired interval over examples, given these controls (with 3 other tasks' controls
+    no exact test per task can reach 5%): every control of a planted signal is specific; without one, not every
+    control is, and the controls as a group are not (the swap test over tasks, exact)."""
+    planted, _ = _summary("planted", 3)
+    assert all(c["specific"] for c in planted["controls"].values()) and len(planted["controls"]) == TASKS
+    for kind in ("random", "shared"):
+        null, text = _summary(kind, 3)
+        assert sum(c["specific"] for c in null["controls"].values()) < TASKS / 2
+        assert null["models"]["ceiling"]["p_value"] > 0.05
+        assert "controls are specific to their task" in text

@@ -26,8 +26,11 @@ def test_auto_holdout_never_takes_every_task(tiny_tasks):
 
 @pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")
 def test_auto_holdout_takes_at_most_half_the_tasks():
-    held = resolve_holdout(resolve_config({}), load_tasks(FLAN_MINI, DEMO_TASKS))
-    assert len(held) == len(DEMO_TASKS) // 2 == 2
+    tasks = load_tasks(FLAN_MINI, DEMO_TASKS)
+    cluster = {t.name: t.cluster for t in tasks}
+    held = resolve_holdout(resolve_config({}), tasks)
+    assert len(held) == len(DEMO_TASKS) // 2 == len({cluster[t] for t in held}) == 6  # one of each cluster
+    assert {"glue_mrpc", "cb", "ag_news_subset"} <= set(held)  # the clusters of one task are unseen by E'
 
 
 TWELVE_CLUSTERS = ["snli", "openbookqa", "arc_easy", "copa", "winogrande", "sst2", "glue_mrpc", "e2e_nlg",
@@ -38,10 +41,12 @@ TWELVE_CLUSTERS = ["snli", "openbookqa", "arc_easy", "copa", "winogrande", "sst2
 def test_auto_ceiling_takes_four_tasks_of_different_clusters():
     tasks = load_tasks(FLAN_MINI, TWELVE_CLUSTERS)
     cluster = {t.name: t.cluster for t in tasks}
-    picked = resolve_ceiling(resolve_config({}), tasks)
+    picked = resolve_ceiling(resolve_config({"ceiling_tasks": "auto"}), tasks)
     assert picked == ("snli", "winogrande", "e2e_nlg", "trec") and len({cluster[t] for t in picked}) == 4
     assert resolve_ceiling(resolve_config({"ceiling_tasks": ["trec", "sst2"]}), tasks) == ("sst2", "trec")
     assert resolve_ceiling(resolve_config({"preset": "quick"}), tasks) == ()
+    assert resolve_ceiling(resolve_config({"ceiling_tasks": "all"}), tasks) == tuple(t.name for t in tasks)
+    assert resolve_ceiling(resolve_config({"ceiling_tasks": ["all"]}), tasks) == tuple(t.name for t in tasks)
     with pytest.raises(MossaError, match=r"^field 'ceiling_tasks': nope not among the study's tasks"):
         resolve_ceiling(resolve_config({"ceiling_tasks": ["nope"]}), tasks)
 
@@ -52,6 +57,12 @@ def test_task_choices_name_the_field(tiny_tasks):
     for field in ("holdout", "ceiling_tasks", "causal_tasks"):
         with pytest.raises(MossaError, match=rf"^field '{field}': nope not among the study's tasks"):
             check_task_choices(resolve_config({"preset": "quick", field: ["nope"]}), tasks)
+    with pytest.raises(MossaError, match=r"^field 'task_budgets': nope not among the study's tasks"):
+        check_task_choices(resolve_config({"preset": "quick", "task_budgets": {"nope": {"epochs": 2}}}), tasks)
+    demo = resolve_config({"preset": "demo", "holdout": "none", "causal_tasks": "all"})
+    check_task_choices(demo, tasks)  # the demo preset's own budgets, for tasks this study does not have
+    with pytest.raises(MossaError, match=r"^field 'task_budgets': cb not among"):
+        check_task_choices(demo.model_copy(update={"task_budgets": {"cb": {"n_train": 8}}}), tasks)
 
 
 @pytest.mark.skipif(not FLAN_MINI.is_dir(), reason="flan-mini not beside the checkout")

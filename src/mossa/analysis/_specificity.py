@@ -135,7 +135,7 @@ def specificity_rows(task: str, cluster: str, full: Callable[[str], np.ndarray],
 MIN_ASSIGNMENTS = 40  # fewest distinct assignments for the swap test to reach p <= 0.05 at all (with room)
 
 
-def swap_test(tables: list[np.ndarray], *, n_draws: int = 20_000, seed: int = 0) -> dict:
+def swap_test(tables: list[np.ndarray], *, n_draws: int = 20_000, seed: int = 0, alpha: float = 0.05) -> dict:
     """The exact randomisation test of task specificity over tasks.
 
     Each task contributes its values against its k + 1 controls (`tables[i][0]` against its own C_t, the rest
@@ -149,7 +149,9 @@ def swap_test(tables: list[np.ndarray], *, n_draws: int = 20_000, seed: int = 0)
     not centred on 0 under that null.
 
     Returns mean, p_value (NaN when fewer than MIN_ASSIGNMENTS assignments exist: "too few"), n_tasks,
-    n_above (tasks with specificity above 0), per_task and n_assignments.
+    n_above (tasks with specificity above 0), per_task, n_assignments and detectable: the 1 - `alpha` quantile
+    of |mean| under the null, the smallest mean specificity these tasks' values could have shown beyond noise at
+    level `alpha` (what a null result could have detected).
     """
     tables = [np.asarray(t, dtype=float) for t in tables if len(t) > 1 and np.all(np.isfinite(t))]
     if not tables:
@@ -171,7 +173,7 @@ def swap_test(tables: list[np.ndarray], *, n_draws: int = 20_000, seed: int = 0)
         rng = np.random.default_rng(seed)
         stats = np.mean([w[rng.integers(len(w), size=n_draws)] for w in swaps], axis=0)
         p = float((1 + np.sum(np.abs(stats) >= abs(observed) - 1e-12)) / (n_draws + 1))
-    return out | {"p_value": p}
+    return out | {"p_value": p, "detectable": float(np.quantile(np.abs(stats), 1 - alpha))}
 
 
 def cross_task_means(references: pd.DataFrame) -> pd.DataFrame:

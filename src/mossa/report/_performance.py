@@ -67,17 +67,23 @@ def performance_pivot(performance: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def control_check_table(controls: pd.DataFrame) -> pd.DataFrame | None:
-    """Per task: the primary metric of B and of C_t on the same prompts, the gain, its interval and the verdict."""
+def control_check_table(controls: pd.DataFrame, specific: dict | None = None) -> pd.DataFrame | None:
+    """Per task: the primary metric of B and of C_t on the same prompts, the gain, its interval and the verdict;
+    with `specific` (`StudySummary.specificity["controls"]`), the control's own specificity over the upper third
+    and whether it is specific to its task ("not measured" without a second seed of the control)."""
     if "learned" not in controls.columns:
         return None
+    own = {t: specific[t] for t in controls["task"] if t in (specific or {})}
+    extra = {} if specific is None else {
+        "own specificity, upper third": [own[t]["value"] if t in own else np.nan for t in controls["task"]],
+        "specific": [("yes" if own[t]["specific"] else "no") if t in own else "not measured" for t in controls["task"]]}
     return pd.DataFrame({
         "task": controls["task"], "metric": controls["task_metric"], "B": controls["metric_base"],
         "C_t": controls["metric_control"], "gain": controls["gain"],
         "gain 95% interval": [f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "undefined"
                               for lo, hi in zip(controls["gain_low"], controls["gain_high"])],
         "n examples": controls["n_evaluated"],
-        "learned": ["yes" if ok is True or ok == 1 else "no" for ok in controls["learned"]]})
+        "learned": ["yes" if ok is True or ok == 1 else "no" for ok in controls["learned"]], **extra})
 
 
 def _peak(table: pd.DataFrame, column: str, model: str) -> tuple[int, float] | None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mossa.analysis import CROSS, SECOND_SEED, SPECIFICITY, median_interval, swap_test
+from mossa.causal import holm
 
 MEASURES = ("debiased_cka", "linear_cka")  # the conclusions' estimator: debiased CKA whenever it was measured
 MEASURE_WORDS = {"debiased_cka": "debiased CKA", "linear_cka": "linear CKA"}
@@ -142,9 +143,12 @@ def _specificity(refs: pd.DataFrame, sim: pd.DataFrame, layers: list[int], study
             out["models"][m] = test | {"per_task": dict(zip(t, test["per_task"]))}
     out["gain"] = {m: swap_test([tables[m][t] - tables["base"][t] for t in tables[m] if t in tables["base"]],
                                 seed=seed) for m in seeds}
+    out["where"] = _where(sim, refs, seeds, int(study_json["model"]["n_layers"]), seed)
     spec = refs[(refs["reference"] == SPECIFICITY) & (refs["model"] == "ceiling") & refs["layer"].isin(layers)]
-    out["controls"] = {str(t): {"value": float(rows["value"].mean()), "layers_above": int((rows["ci_low"] > 0).sum()),
-                                "n_layers": len(rows)} for t, rows in spec.groupby("task")}
+    above = {str(t): int((rows["ci_low"] > 0).sum()) for t, rows in spec.groupby("task")}
+    out["controls"] = {str(t): {"value": float(rows["value"].mean()), "layers_above": above[str(t)],
+                                "n_layers": len(rows), "specific": bool(2 * above[str(t)] >= len(rows) > 0)}
+                       for t, rows in spec.groupby("task")}
     if len(seeds) > 1:
         agree = refs[(refs["model"] == seeds[1]) & (refs["reference"] == seeds[0])]
         out["agreement"] = _task_summary(_per_task(agree, seeds[1], layers))
@@ -159,6 +163,52 @@ def _specificity(refs: pd.DataFrame, sim: pd.DataFrame, layers: list[int], study
                                "change": float((own.reindex(tasks) - second).abs().median()) if len(tasks)
                                else float("nan")}
     return out
+
+
+PAPER_SECTIONS = {"shared": (1, 9), "transition": (10, 15), "refinement": (16, 32)}  # Llama-2-7b, read by eye
+PAPER_DEPTH = 32
+PAPER_HOLDS = {"shared": False, "transition": True, "refinement": True}  # E high with C_t from layer 10 on
+
+
+def paper_sections(n_layers: int) -> dict[str, list[int]]:
+    """The paper's Llama-2 sections (layers 1-9 / 10-15 / 16-32 of 32) carried to a model of `n_layers` layers by
+    relative depth: layer l belongs to the section (a, b) with (a - 1) / 32 < l / n_layers <= b / 32 (empty
+    sections left out)."""
+    out = {}
+    for name, (a, b) in PAPER_SECTIONS.items():
+        layers = [lay for lay in range(1, n_layers + 1) if (a - 1) / PAPER_DEPTH < lay / n_layers <= b / PAPER_DEPTH]
+        if layers:
+            out[name] = layers
+    return out
+
+
+def _where(sim: pd.DataFrame, refs: pd.DataFrame, seeds: list[str], n_layers: int, seed: int) -> dict:
+    """Where E holds each task's own information: per E seed, the swap test of E's task specificity and of its
+    gain in specificity over B in each of the paper's sections carried to this depth (fixed before looking, so
+    no range is chosen by the data), Holm-corrected over the ranges within each seed (`p_holm`)."""
+    ranges = paper_sections(n_layers)
+    out = {"ranges": ranges, "specificity": {}, "gain": {}}
+    for m in seeds:
+        spec, gain = {}, {}
+        for name, layers in ranges.items():
+            own, base = _reference_tables(sim, refs, m, layers), _reference_tables(sim, refs, "base", layers)
+            level = ALPHA / len(ranges)  # Holm's first step: what a lone effect must pass
+            spec[name] = swap_test(list(own.values()), seed=seed, alpha=level)
+            gain[name] = swap_test([own[t] - base[t] for t in own if t in base], seed=seed, alpha=level)
+        for tests in (spec, gain):
+            live = [name for name, t in tests.items() if t]
+            for name, adj in zip(live, holm([tests[name].get("p_value", np.nan) for name in live])):
+                if np.isfinite(tests[name].get("p_value", np.nan)):
+                    tests[name] = tests[name] | {"p_value": float(adj), "p_raw": tests[name]["p_value"]}
+        out["specificity"][m], out["gain"][m] = spec, gain
+    return out
+
+
+SPECIFIC_RULE = ("a control is specific to its task when its own specificity (its second seed's CKA with C_t minus "
+                 "its mean CKA with the other tasks' controls, on the task's test prompts) is above 0 by the paired "
+                 "95% interval over examples in at least half the layers of the upper third: an interval given these "
+                 "controls (with a few other tasks' controls no exact test per task reaches 5%); whether the controls "
+                 "are specific as a group is the swap test over tasks")
 
 
 def summarize(study_json: dict, sim: pd.DataFrame, controls: pd.DataFrame, sections: dict,
@@ -322,6 +372,84 @@ def _upper_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _layer_span(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else f"{layers[0]}"
+
+
+def _layer_words(layers: list[int]) -> str:
+    return f"layer{'s' * (len(layers) > 1)} {_layer_span(layers)}"
+
+
+def _range_verdict(entries: list[dict]) -> str:
+    """One range's verdict over the E seeds: 'holds' (every seed above 0 beyond noise), 'below', 'within',
+    'mixed' (the seeds differ) or 'too few'."""
+    sides = {_side(e) if e else "too few" for e in entries}
+    if len(sides) > 1:
+        return "too few" if "too few" in sides else "mixed"
+    return {"above": "holds"}.get(next(iter(sides)), next(iter(sides)))
+
+
+def where_sentences(sp: dict, words: str, n_layers: int) -> list[str]:
+    """The summary's first lines: in which of the paper's sections, carried to this model's depth, E holds each
+    task's own information (E's task specificity beyond noise on every E seed, Holm over the ranges), how that
+    compares with the paper's Llama-2 finding, and, for a null result, what the test could have detected."""
+    where = sp.get("where") or {}
+    seeds = [m for m in sp.get("seeds", []) if where.get("specificity", {}).get(m)]
+    if not seeds:
+        return []
+    ranges, spec, gain = where["ranges"], where["specificity"], where["gain"]
+    names = {"experimental": "E", SECOND_SEED["experimental"]: "E's second seed"}
+    who = " / ".join(names[m] for m in seeds)
+    carried = ", ".join(f"{a}-{b} as {_layer_span(ranges[r])}" for r, (a, b) in PAPER_SECTIONS.items() if r in ranges)
+    verdict = {r: _range_verdict([spec[m][r] for m in seeds]) for r in ranges}
+
+    def values(tests: dict, r: str) -> str:
+        entries = [tests[m][r] for m in seeds]
+        if not all(entries) or not all(np.isfinite(e.get("p_value", np.nan)) for e in entries):
+            return "too few tasks for the swap test"
+        return (" / ".join(_signed(e["mean"]) for e in entries) + ", p = "
+                + " / ".join(f"{e['p_value']:.2g}" for e in entries))
+
+    holds = [r for r in ranges if verdict[r] == "holds"]
+    parts = [f"{_layer_words(ranges[r])} ({r}: {values(spec, r)})" for r in ranges]
+    how = (f"E's task specificity ({who}; its {words} with C_t minus its mean {words} with other tasks' controls, on "
+           f"each task's test prompts; swap test over {spec[seeds[0]][next(iter(ranges))].get('n_tasks', 0)} tasks, "
+           f"Holm-corrected over the {len(ranges)} ranges) in the paper's sections carried to this model's "
+           f"{n_layers} layers by relative depth (Llama-2's {carried})")
+    if holds:
+        lead = ("Where E holds each task's own information: in "
+                + " and ".join(f"{_layer_words(ranges[r])} (the {r} section)" for r in holds)
+                + f", where every E seed puts it above 0 beyond noise. By {how}: " + "; ".join(parts) + ".")
+    elif any(v == "too few" for v in verdict.values()):
+        return [f"Where E holds each task's own information is not decided: too few tasks for the swap test in "
+                f"some range ({how}: " + "; ".join(parts) + ")."]
+    else:
+        floor = max(spec[m][r].get("detectable", np.nan) for m in seeds for r in ranges)
+        lead = (f"Where E holds each task's own information: nowhere beyond noise, a null result. By {how}: "
+                + "; ".join(parts) + f". With these tasks the test could have detected a mean specificity of "
+                f"{floor:.2f} or more in a range (its critical value at the corrected level).")
+    mixed = [r for r in ranges if verdict[r] == "mixed"]
+    if mixed:
+        lead += (" In " + ", ".join(_layer_words(ranges[r]) for r in mixed)
+                 + " only one E seed shows it, so it is not established there.")
+    paper = {r for r, on in PAPER_HOLDS.items() if on and r in ranges}
+    found = " and ".join(holds) or "none of them"
+    compare = (f"the same pattern (beyond noise in the {found} section{'s' * (len(holds) > 1)})" if set(holds) == paper
+               else f"another pattern: beyond noise in {'the ' * bool(holds)}{found}"
+                    f"{' section' + 's' * (len(holds) > 1) if holds else ''}, against the paper's "
+                    + " and ".join(sorted(paper, key=list(ranges).index)))
+    out = [lead, f"In the paper (Llama-2-7b, CKA with C_t alone, no other tasks' controls), E is close to each "
+                 f"task's control from the transition section on (about 0.96 from layer 10 of 32) and slightly below B "
+                 f"in the shared section (layers 1-9); E's task specificity here shows {compare}."]
+    g = [r for r in ranges if _range_verdict([gain[m][r] for m in seeds]) == "holds"]
+    out.append("Instruction tuning moved E towards each task's own specialist beyond B (E's gain in task "
+               "specificity over B, per range: " + "; ".join(f"{_layer_words(ranges[r])} {values(gain, r)}"
+                                                             for r in ranges)
+               + (f"): beyond noise on every E seed in {' and '.join(_layer_words(ranges[r]) for r in g)}." if g
+                  else "): in no range beyond noise on every E seed."))
+    return out
+
+
 def specificity_sentences(sp: dict, up: str, words: str) -> list[str]:
     """The summary's first conclusion: is what E shares with each task's control that task's information?
     E's specificity (per seed), B's, E's gain over B in specificity, and the controls' own specificity."""
@@ -349,9 +477,13 @@ def specificity_sentences(sp: dict, up: str, words: str) -> list[str]:
         listed = ", ".join(f"{t} {_signed(c['value'])} ({c['layers_above']} of {c['n_layers']} layer"
                            f"{'s' * (c['n_layers'] != 1)} above 0 by the paired interval over examples)"
                            for t, c in sp.get("controls", {}).items())
+        controls = sp.get("controls", {})
+        unspecific = [t for t, c in controls.items() if not c["specific"]]
         out.append(f"The controls' own specificity (their second seed's {words} with C_t minus its mean with the "
                    f"other tasks' controls: 0 in expectation for a control that learned nothing of its task) over "
-                   f"{up} is {_signed(own['mean'])} ({_interval(own)}): {listed}.")
+                   f"{up} is {_signed(own['mean'])} ({_interval(own)}): {listed}. "
+                   f"{len(controls) - len(unspecific)} of {len(controls)} controls are specific to their task "
+                   f"({SPECIFIC_RULE})" + (f"; not: {', '.join(unspecific)}." if unspecific else "."))
     else:
         out.append("The controls' own specificity is not measured: no control was trained twice (ceiling_tasks).")
     return out
@@ -427,7 +559,8 @@ def summary_sentences(s: StudySummary) -> list[str]:
     if s.all_undefined:
         return [controls, _undefined_sentence(s)]
     up = f"layers {s.upper_layers[0]}-{s.upper_layers[-1]}"
-    out = [*specificity_sentences(s.specificity, up, MEASURE_WORDS[s.measure]), controls,
+    out = [*where_sentences(s.specificity, MEASURE_WORDS[s.measure], s.n_layers),
+           *specificity_sentences(s.specificity, up, MEASURE_WORDS[s.measure]), controls,
            f"Over the last third of the layers ({up}), the median {MEASURE_WORDS[s.measure]} with the controls is "
            f"{_fmt(s.median_experimental_upper)} for E and {_fmt(s.median_base_upper)} for B."]
     if s.measure == "linear_cka":

@@ -26,6 +26,7 @@ from mossa.report._performance import (
 )
 from mossa.report._summary import (
     MEASURE_WORDS,
+    SPECIFIC_RULE,
     StudySummary,
     causal_sentence,
     section_check_sentences,
@@ -265,6 +266,9 @@ def write_report(root: Path) -> Path:
                          f"; targets at most {cfg['max_target_tokens']} tokens"),
              ("preset / seed", f"{cfg['preset']} / {cfg['seed']}"),
              ("examples per task", f"{cfg['n_train']} train (at most), {cfg['n_test']} test"),
+             *([("tasks' own budgets", "; ".join(
+                 f"{task}: " + ", ".join(f"{k} {v:g}" for k, v in budget.items() if v is not None)
+                 for task, budget in cfg["task_budgets"].items()))] if cfg.get("task_budgets") else []),
              ("LoRA", ", ".join(f"{k} {v}" for k, v in cfg["lora"].items())),
              ("controls C_t", ", ".join(f"{k} {v}" for k, v in cfg["control"].items())),
              _experimental_row(study, cfg),
@@ -283,7 +287,7 @@ def write_report(root: Path) -> Path:
             if path.is_file():
                 out.append({"name": name, "caption": caption, "reading": readings.get(name),
                             "data": base64.b64encode(path.read_bytes()).decode("ascii")})
-    check = control_check_table(controls)
+    check = control_check_table(controls, summary.specificity.get("controls") if summary.specificity else None)
     causal, restricted = read_optional(root, "causal"), read_optional(root, "restricted")
     verdict_path = root / "results" / "causal.json"
     verdict = read_json(verdict_path) if verdict_path.is_file() else None
@@ -313,6 +317,7 @@ def write_report(root: Path) -> Path:
         controls_table=_table(controls), prompts_table=_table(_prompts_table(study)),
         performance_table=_table(performance_pivot(performance)) if performance is not None and len(performance)
         else None, check_table=_table(check) if check is not None else None, evaluation_figures=evaluation_figures,
+        specific_rule=f"With a second seed of a control (ceiling_tasks), {SPECIFIC_RULE}.",
         eval_examples=cfg.get("eval_examples") or cfg.get("loss_examples"),
         generate_examples=cfg.get("generate_examples"),
         causal_sentence=said, section_figures=[f for f in section_figures if f["name"] != "outliers"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mossa.config import StudyConfig, preset_tasks
+from mossa.config import PRESETS, StudyConfig, TaskBudget, preset_tasks
 from mossa.errors import MossaError
 from mossa.tasks._prompts import sample_split
 from mossa.tasks._sources import load_tasks, task_catalog
@@ -84,11 +84,13 @@ MAX_CEILING_CLUSTERS = 4  # each ceiling task costs one more control (training a
 
 def resolve_ceiling(cfg: StudyConfig, tasks: list[TaskSpec]) -> tuple[str, ...]:
     """The tasks whose control gets a second seed (C_t', the ceiling CKA(C_t', C_t)), in study order:
-    named ones, none, or the first task of each of up to 4 clusters spread evenly over the study's
+    named ones, all, none, or the first task of each of up to 4 clusters spread evenly over the study's
     clusters in study order (deterministic: different kinds of task, not just the first few)."""
     names = [t.name for t in tasks]
     if cfg.ceiling_tasks == "none":
         return ()
+    if cfg.ceiling_tasks == "all":
+        return tuple(names)
     if cfg.ceiling_tasks == "auto":
         clusters = list(dict.fromkeys(t.cluster for t in tasks))
         k = min(MAX_CEILING_CLUSTERS, len(clusters))
@@ -138,9 +140,22 @@ def check_causal_tasks(cfg: StudyConfig, tasks: list[TaskSpec]) -> None:
                              f"({', '.join(names)})")
 
 
+def check_task_budgets(cfg: StudyConfig, tasks: list[TaskSpec]) -> None:
+    """The tasks given their own training budget must be among the study's; the preset's own budgets apply to
+    those of its tasks that the study has (the demo's preset studied on other tasks keeps none)."""
+    names = [t.name for t in tasks]
+    preset = PRESETS[cfg.preset].get("task_budgets", {})
+    unknown = [t for t, budget in cfg.task_budgets.items()
+               if t not in names and not (t in preset and budget == TaskBudget(**preset[t]))]
+    if unknown:
+        raise MossaError(f"field 'task_budgets': {', '.join(unknown)} not among the study's tasks "
+                         f"({', '.join(names)})")
+
+
 def check_task_choices(cfg: StudyConfig, tasks: list[TaskSpec]) -> None:
-    """Every task the config names for E', C_t' and the causal check is among the study's (MossaError naming
-    the field), and E' keeps at least one task to train on."""
+    """Every task the config names for E', C_t', the causal check and a budget of its own is among the study's
+    (MossaError naming the field), and E' keeps at least one task to train on."""
     resolve_holdout(cfg, tasks)
     resolve_ceiling(cfg, tasks)
     check_causal_tasks(cfg, tasks)
+    check_task_budgets(cfg, tasks)

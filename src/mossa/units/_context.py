@@ -53,8 +53,10 @@ class StudyContext:
         self.fmt = resolve_format(cfg.prompt_format, cue=cfg.cue, template=cfg.chat_template,
                                   system_prompt=cfg.system_prompt, own_template=loaded.chat_template)
         self.builder = self.prompt_builder(loaded, self.fmt)
-        self.samples = {split: {t.name: self.builder.draw(t, split, n, cfg.seed, templates=cfg.templates) for t in tasks}
-                        for split, n in (("train", cfg.n_train), ("test", cfg.n_test))}
+        size = {"train": cfg.task_n_train, "test": lambda task: cfg.n_test}
+        self.samples = {split: {t.name: self.builder.draw(t, split, size[split](t.name), cfg.seed,
+                                                          templates=cfg.templates) for t in tasks}
+                        for split in ("train", "test")}
         for task in tasks:
             sample = self.samples["test"][task.name]
             check_test_prompts(task, len(sample.prompts), len(sample.left_out))

@@ -96,6 +96,26 @@ class UnitKind(abc.ABC):
     def run(self) -> None:
         """Compute and store the outputs that are missing."""
 
+    def train_tokens(self) -> int:
+        """The tokens this unit trains on, repeats counted (0: it trains nothing)."""
+        return 0
+
+    def work(self) -> float:
+        """The unit's estimated cost in token passes, what is stored left out (a resumed unit costs less): a
+        training token costs 3 (forward and backward), a token of a states-only extraction 1, of an evaluated one
+        3 (states, then scoring, answers and the lens). The study's progress line turns the rate measured on the
+        finished units into the time left."""
+        ctx, cost = self.ctx, 0.0
+        for output in self.outputs():
+            if output_exists(ctx.study, output):
+                continue
+            if isinstance(output, AdapterOutput):
+                cost += 3 * self.train_tokens()
+            elif isinstance(output, StatesOutput):
+                tokens = sum(len(p.prompt_ids) for p in ctx.test[output.task])
+                cost += tokens * (3 if ctx.evaluated(output.label) else 1)
+        return cost
+
     def done(self) -> bool:
         """Every output is stored with its fingerprint: nothing to do (a trained adapter's log is kept)."""
         logs = {}

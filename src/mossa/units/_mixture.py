@@ -7,8 +7,8 @@ activations/<unit>/<task>/).
 
 from __future__ import annotations
 
-from mossa.config import LoraSettings
-from mossa.training import mixture, parity_stream
+from mossa.config import LoraSettings, TrainSettings
+from mossa.training import examples_seen, mixture, parity_stream
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind
 
@@ -29,7 +29,8 @@ class MixtureUnit(UnitKind):
     def fingerprint(self) -> str:
         ctx, cfg = self.ctx, self.ctx.cfg
         fps = {t: ctx.task_fp[t] for t in self.train_on()}
-        budget = cfg.control.model_dump() if cfg.experimental_budget == "parity" else None
+        budget = ({t: [cfg.task_n_train(t), cfg.task_control(t).model_dump()] for t in self.train_on()}
+                  if cfg.experimental_budget == "parity" else None)
         return input_digest(ctx.base_key, fps, self.lora().key(), cfg.experimental.model_dump(), cfg.cluster_cap,
                             self.unit, cfg.experimental_budget, budget)
 
@@ -40,18 +41,30 @@ class MixtureUnit(UnitKind):
             StatesOutput(self.unit, t, input_digest(inputs, "acts", ctx.task_fp[t], *ctx.eval_key(self.unit)))
             for t in self.evaluate_on()]
 
+    def _mixture(self) -> tuple[list, TrainSettings]:
+        """The examples this unit trains on and how (by budget parity: one pass over a stream that repeats each
+        task as its control sees it)."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        train = {t: ctx.train_prompts[t] for t in self.train_on()}
+        if cfg.experimental_budget == "parity":
+            mix = parity_stream(train, ctx.clusters, control={t: cfg.task_control(t) for t in train},
+                                cap=cfg.cluster_cap, seed=cfg.seed)
+            return mix, cfg.experimental.model_copy(update={"epochs": 1.0, "max_steps": None})
+        return mixture(train, ctx.clusters, cap=cfg.cluster_cap, seed=cfg.seed), cfg.experimental
+
+    def train_tokens(self) -> int:
+        mix, settings = self._mixture()
+        if not mix:
+            return 0
+        return round(examples_seen(len(mix), settings) * sum(len(p.prompt_ids) + len(p.target_ids) for p in mix)
+                     / len(mix))
+
     def run(self) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
         adapter, *states = self.outputs()
-        train_on = self.train_on()
-        train = {t: ctx.train_prompts[t] for t in train_on}
-        settings = cfg.experimental
-        if cfg.experimental_budget == "parity":  # one pass over a stream that repeats each task as C_t does
-            mix = parity_stream(train, ctx.clusters, control=cfg.control, cap=cfg.cluster_cap, seed=cfg.seed)
-            settings = settings.model_copy(update={"epochs": 1.0, "max_steps": None})
-        else:
-            mix = mixture(train, ctx.clusters, cap=cfg.cluster_cap, seed=cfg.seed)
-        ctx.rep.log(f"{self.unit} mixture: {len(mix)} examples from {len(train_on)} tasks ({cfg.experimental_budget})")
+        mix, settings = self._mixture()
+        ctx.rep.log(f"{self.unit} mixture: {len(mix)} examples from {len(self.train_on())} tasks "
+                    f"({cfg.experimental_budget})")
         ctx.train(self.unit, mix, settings, adapter.inputs, lora=self.lora())
         ctx.extract_tasks(self.unit, self.unit, {o.task: o.key for o in states})
         ctx.host.remove(self.unit)

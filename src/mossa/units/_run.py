@@ -131,5 +131,6 @@ def run_unit(cfg: StudyConfig, root: Path, kind: type[UnitKind], unit: str) -> d
 def plan_units(ctx: StudyContext, phase: str, *, cpus: float, gpus: float) -> list[Unit]:
     """The executor's units of every registered kind of `phase`, in the order of registration: each kind's
     units (`UnitKind.units`) as `run_unit` calls."""
-    return [Unit(unit, run_unit, (ctx.cfg, ctx.cfg.out, kind, unit), cpus=cpus, gpus=gpus)
+    return [Unit(unit, run_unit, (ctx.cfg, ctx.cfg.out, kind, unit), cpus=cpus, gpus=gpus,
+                 work=kind(ctx, unit).work())
             for kind in UNIT_KINDS.values() if kind.phase == phase for unit in kind.units(ctx)]

@@ -8,6 +8,7 @@ activations/control/<t>/ and activations/cross-<t>/<s>/).
 from __future__ import annotations
 
 from mossa.analysis import cross_label
+from mossa.training import examples_seen
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind, register_unit
 
@@ -30,8 +31,15 @@ class Control(UnitKind):
 
     def fingerprint(self) -> str:
         ctx = self.ctx
-        return input_digest(ctx.base_key, ctx.task_fp[self.task], ctx.cfg.lora.key(), ctx.cfg.control.model_dump(),
-                            self.name)
+        cfg = ctx.cfg
+        return input_digest(ctx.base_key, ctx.task_fp[self.task], cfg.lora.key(),
+                            cfg.task_control(self.task).model_dump(), self.name,
+                            *([cfg.task_n_train(self.task)] if self.task in cfg.task_budgets else []))
+
+    def train_tokens(self) -> int:
+        prompts = self.ctx.train_prompts[self.task]
+        seen = examples_seen(len(prompts), self.ctx.cfg.task_control(self.task))
+        return round(seen * sum(len(p.prompt_ids) + len(p.target_ids) for p in prompts) / len(prompts))
 
     def cross_targets(self) -> list[str]:
         """The tasks on whose test prompts this control is read as another task's specialist."""
@@ -49,7 +57,7 @@ class Control(UnitKind):
     def run(self) -> None:
         adapter, states, *cross = self.outputs()
         ctx = self.ctx
-        ctx.train(self.unit, ctx.train_prompts[self.task], ctx.cfg.control, adapter.inputs)
+        ctx.train(self.unit, ctx.train_prompts[self.task], ctx.cfg.task_control(self.task), adapter.inputs)
         ctx.extract(self.name, self.unit, self.task, states.key)
         if cross:
             ctx.extract_tasks(cross[0].label, self.unit, {o.task: o.key for o in cross})
