@@ -165,3 +165,17 @@ def test_a_budget_for_a_task_the_study_lacks_is_refused_naming_the_field(tiny_mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "task_budgets" in err[0] and "no_such_task" in err[0]
     assert not (tmp_path / "study").exists()
+
+
+def test_e_prime_can_keep_one_seed_while_e_has_two(tiny_model, tiny_tasks, tmp_path):
+    out = tmp_path / "study"
+    config = tmp_path / "seeds.yaml"
+    config.write_text("experimental_seeds: 2\nheldout_seeds: 1\n")
+    assert _run(tiny_model, tiny_tasks, out, "--holdout", "tiny_struct", "--config", str(config)) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert {"experimental", "experimental_seed2", "heldout"} <= set(study["training"])
+    assert "heldout_seed2" not in study["training"] and study["heldout_seeds"] == 1
+    import pandas as pd
+
+    models = set(pd.read_parquet(out / "results" / "similarity.parquet")["model"])
+    assert {"experimental_seed2", "heldout"} <= models and "heldout_seed2" not in models

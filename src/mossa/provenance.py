@@ -57,6 +57,7 @@ def study_provenance(ctx: StudyContext, source, cfg: StudyConfig) -> dict:
         "ceiling_tasks": list(resolve_ceiling(cfg, ctx.tasks)),
         "cross_tasks": {"rule": cfg.cross_tasks, "chosen": {t: list(s) for t, s in ctx.cross.items()}},
         "experimental_seeds": experimental_seeds(cfg),
+        "heldout_seeds": cfg.n_heldout_seeds if cfg.experimental_model is None else 0,
         "training_budget": {"rule": cfg.experimental_budget, "statement": BUDGET_RULES[cfg.experimental_budget],
                             "control_examples_seen": {t: examples_seen(len(p), cfg.task_control(t))
                                                       for t, p in ctx.train_prompts.items()}},

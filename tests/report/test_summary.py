@@ -19,3 +19,17 @@ def test_best_and_worst_clusters_do_not_overlap_and_losses_keep_their_sign():
 def test_one_cluster_is_named_once():
     text = " ".join(summary_sentences(_summary({"A": 0.9}, {"A": (0.1, 2)})))
     assert "at 0.90 in its one cluster, A" in text and "least in" not in text
+
+
+def test_a_demo_study_states_the_clusters_it_lacks_with_the_screens_numbers():
+    from mossa.config import DEMO_TASKS, DEMO_UNCOVERED
+    from mossa.report.html import _coverage_sentences
+
+    clusters = ["Paraphrase detection", "Struct-to-text", "Translation", "Misc", "NLI", "Summarization"]
+    study = {"config": {"preset": "demo"},
+             "tasks": {t: {"cluster": clusters[i % 6]} for i, t in enumerate(DEMO_TASKS)}}
+    [sentence] = _coverage_sentences(study)
+    assert sentence.startswith("The demo covers 6 of the 12 Flan 2021 clusters. In the other 6,")
+    assert all(cluster in sentence for cluster in DEMO_UNCOVERED) and "sst2 16x2" in sentence
+    assert _coverage_sentences({**study, "tasks": dict(list(study["tasks"].items())[:3])}) == []  # other tasks
+    assert _coverage_sentences({**study, "config": {"preset": "quick"}}) == []

@@ -374,7 +374,7 @@ def _task_tables(study: StudyDir, task: str, cluster: str, extra: tuple[str, ...
 def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...] = DEFAULT_MEASURES,
             heldout: tuple[str, ...] = (), n_boot: int = 200, seed: int = 0, chunk_rows: int | None = None,
             ceiling: tuple[str, ...] = (), n_permutations: int = 0, pool: JobPool | None = None,
-            seeds: int = 1, cross: Mapping[str, tuple[str, ...]] | None = None
+            seeds: int = 1, heldout_seeds: int | None = None, cross: Mapping[str, tuple[str, ...]] | None = None
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Compute and write `results/similarity.*`, `results/layer_by_layer_cka.csv`, `results/controls.csv`.
 
@@ -404,6 +404,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     seeds : int
         Training runs of E (and E'): with 2, the second seeds' rows (`SECOND_SEED`) are computed too, and their
         agreement with the first.
+    heldout_seeds : int, optional
+        Training runs of E' when they differ from E's (None = `seeds`).
     cross : mapping, optional
         Task -> the tasks whose controls were read on its test prompts (`cross_label`): the rows against them
         and the task's specificity rows (`_specificity`).
@@ -420,7 +422,8 @@ def analyze(study: StudyDir, tasks: dict[str, str], *, measures: tuple[str, ...]
     cross = cross or {}
     second = seeds > 1
     extra = {t: tuple(m for m, among in ((SECOND_SEED["experimental"], tasks if second else ()), (HELDOUT, heldout),
-                                         (SECOND_SEED[HELDOUT], heldout if second else ()), ("ceiling", ceiling))
+                                         (SECOND_SEED[HELDOUT], heldout if (heldout_seeds or seeds) > 1 else ()),
+                                         ("ceiling", ceiling))
                       if t in among) for t in tasks}
     order = sorted(tasks, key=lambda t: -len(extra[t]))  # the tasks with most models first: a shorter tail
     jobs = pool or JobPool()

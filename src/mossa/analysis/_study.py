@@ -130,6 +130,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         heldout = tuple(provenance.get("heldout_tasks", ()))
         ceiling = tuple(provenance.get("ceiling_tasks", ()))
         seeds = max(1, len(provenance.get("experimental_seeds", ())))
+        held_seeds = int(provenance.get("heldout_seeds", seeds))
         cross = {t: tuple(s) for t, s in provenance.get("cross_tasks", {}).get("chosen", {}).items()}
         config = provenance["config"]
         seed = int(config.get("seed", 0))
@@ -140,7 +141,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
         workers = config.get("analysis_workers", "auto") if workers is None else workers
         probe_examples = config.get("probe_examples") if probe_examples == "config" else probe_examples
         work = sum(int(info.get("n_test", 0)) * (n_layers + 1)
-                   * (len(COMPARED) * seeds + (t in heldout) * seeds + (t in ceiling) + len(cross.get(t, ())))
+                   * (len(COMPARED) * seeds + (t in heldout) * held_seeds + (t in ceiling) + len(cross.get(t, ())))
                    for t, info in provenance["tasks"].items())
     except (KeyError, TypeError, AttributeError, ValueError):
         raise MossaError(f"{study.path('study.json')}: missing 'tasks', 'model' or 'config'; not a mossa study "
@@ -161,7 +162,7 @@ def analyze_study(root: Path, *, measures: tuple[str, ...] = DEFAULT_MEASURES, n
     with JobPool(workers) as pool:
         sim, controls, cross_layer, medians, references = analyze(
             study, clusters, measures=measures, heldout=heldout, n_boot=n_boot, seed=seed, ceiling=ceiling,
-            n_permutations=n_permutations, pool=pool, seeds=seeds, cross=cross)
+            n_permutations=n_permutations, pool=pool, seeds=seeds, heldout_seeds=held_seeds, cross=cross)
         runs = {m: {t: on_grid({m: study.activation_file(m, t, verify=False)}, n_layers + 1)[m] for t in clusters}
                 for m in ("base", EXPERIMENTAL)}
         tsne = tsne_of_runs(runs, clusters, list(tsne_layers), seed=seed, n_threads=1, pool=pool)

@@ -15,7 +15,8 @@ from mossa.units._mixture import MixtureUnit
 
 @register_unit
 class Heldout(MixtureUnit):
-    """E' (when the study holds tasks out), and again under a second seed with experimental_seeds 2."""
+    """E' (when the study holds tasks out), and again under a second seed with 2 seeds of E' (heldout_seeds,
+    else experimental_seeds)."""
 
     name = HELDOUT
     reads = "the seen tasks' training prompts, the held-out tasks' test prompts, the base model"
@@ -26,7 +27,7 @@ class Heldout(MixtureUnit):
     def units(cls, ctx) -> list[str]:
         if not resolve_holdout(ctx.cfg, ctx.tasks):
             return []
-        return [HELDOUT] + [SECOND_SEED[HELDOUT]] * (ctx.cfg.experimental_seeds > 1)
+        return [HELDOUT] + [SECOND_SEED[HELDOUT]] * (ctx.cfg.n_heldout_seeds > 1)
 
     def train_on(self) -> list[str]:
         held = resolve_holdout(self.ctx.cfg, self.ctx.tasks)
