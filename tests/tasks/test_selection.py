@@ -71,13 +71,13 @@ def test_cross_tasks_are_seeded_and_come_from_other_clusters_first():
 
     tasks = load_tasks(FLAN_MINI)
     cluster = {t.name: t.cluster for t in tasks}
-    chosen = resolve_cross_tasks(resolve_config({"seed": 0}), tasks)
+    chosen = resolve_cross_tasks(resolve_config({"seed": 0, "cross_tasks": 3}), tasks)
     assert set(chosen) == set(cluster)
     for task, sources in chosen.items():
         assert len(sources) == 3 and task not in sources
         assert len({cluster[s] for s in sources} | {cluster[task]}) == 4  # three other clusters, one each
-    assert chosen == resolve_cross_tasks(resolve_config({"seed": 0}), tasks)
-    assert chosen != resolve_cross_tasks(resolve_config({"seed": 1}), tasks)
+    assert chosen == resolve_cross_tasks(resolve_config({"seed": 0, "cross_tasks": 3}), tasks)
+    assert chosen != resolve_cross_tasks(resolve_config({"seed": 1, "cross_tasks": 3}), tasks)
     every = resolve_cross_tasks(resolve_config({"cross_tasks": "all"}), tasks)
     assert all(len(s) == len(tasks) - 1 for s in every.values())
     assert resolve_cross_tasks(resolve_config({"cross_tasks": "none"}), tasks) == {}
