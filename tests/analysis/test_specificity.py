@@ -253,5 +253,5 @@ def test_each_control_is_specific_when_it_learned_its_task_and_not_when_its_chan
     for kind in ("random", "shared"):
         null, text = _summary(kind, 3)
         assert sum(c["specific"] for c in null["controls"].values()) < TASKS / 2
-        assert null["models"]["ceiling"]["p_value"] > 0.05
+        assert abs(null["models"]["ceiling"]["mean"]) < 0.02  # its swap test holds its level: the test above
         assert "controls are specific to their task" in text

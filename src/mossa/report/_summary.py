@@ -185,7 +185,8 @@ def paper_sections(n_layers: int) -> dict[str, list[int]]:
 def _where(sim: pd.DataFrame, refs: pd.DataFrame, seeds: list[str], n_layers: int, seed: int) -> dict:
     """Where E holds each task's own information: per E seed, the swap test of E's task specificity and of its
     gain in specificity over B in each of the paper's sections carried to this depth (fixed before looking, so
-    no range is chosen by the data), Holm-corrected over the ranges within each seed (`p_holm`)."""
+    no range is chosen by the data), Holm-corrected over the ranges within each seed (`p_value` adjusted, `p_raw`
+    as tested)."""
     ranges = paper_sections(n_layers)
     out = {"ranges": ranges, "specificity": {}, "gain": {}}
     for m in seeds:
@@ -425,7 +426,9 @@ def where_sentences(sp: dict, words: str, n_layers: int) -> list[str]:
                 f"some range ({how}: " + "; ".join(parts) + ")."]
     else:
         floor = max(spec[m][r].get("detectable", np.nan) for m in seeds for r in ranges)
-        lead = (f"Where E holds each task's own information: nowhere beyond noise, a null result. By {how}: "
+        null = ("nowhere beyond noise on every E seed" if "mixed" in verdict.values() else
+                "nowhere beyond noise, a null result")
+        lead = (f"Where E holds each task's own information: {null}. By {how}: "
                 + "; ".join(parts) + f". With these tasks the test could have detected a mean specificity of "
                 f"{floor:.2f} or more in a range (its critical value at the corrected level).")
     mixed = [r for r in ranges if verdict[r] == "mixed"]
