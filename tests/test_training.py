@@ -106,3 +106,15 @@ def test_fp16_training_uses_the_gradient_scaler_and_takes_finite_steps(tiny_mode
     assert np.isfinite(log["train_loss"]).all()
     lora = [p for n, p in loaded.model.named_parameters() if "lora_" in n]
     assert lora and all(torch.isfinite(p).all() for p in lora) and all(p.dtype == torch.float32 for p in lora)
+
+
+def test_tokens_seen_counts_every_pass_and_the_step_cap():
+    from types import SimpleNamespace
+
+    from mossa.training import tokens_seen
+
+    prompts = [SimpleNamespace(prompt_ids=[1] * n, target_ids=[2] * 2) for n in (6, 10)]  # 8 and 12 tokens
+    s = TrainSettings(epochs=2, batch_size=1, grad_accum=1)
+    assert tokens_seen(prompts, s) == 40  # two passes over 20 tokens
+    assert tokens_seen(prompts, s.model_copy(update={"max_steps": 1})) == 10  # one example at the mean length
+    assert tokens_seen([], s) == 0

@@ -77,6 +77,15 @@ def examples_seen(n_examples: int, settings: TrainSettings) -> int:
     return seen
 
 
+def tokens_seen(prompts: list[Prompt], settings: TrainSettings) -> int:
+    """The prompt and target tokens a unit trained with `settings` on `prompts` reads, repeats counted (at the
+    prompts' mean length: which ones a cut last pass holds is the data order's)."""
+    if not prompts:
+        return 0
+    tokens = sum(len(p.prompt_ids) + len(p.target_ids) for p in prompts)
+    return round(examples_seen(len(prompts), settings) * tokens / len(prompts))
+
+
 def n_steps(n_examples: int, settings: TrainSettings) -> int:
     """Optimiser steps of a unit (the last one may hold fewer examples)."""
     return math.ceil(examples_seen(n_examples, settings) / (settings.batch_size * settings.grad_accum))

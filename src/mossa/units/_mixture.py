@@ -8,7 +8,7 @@ activations/<unit>/<task>/).
 from __future__ import annotations
 
 from mossa.config import LoraSettings, TrainSettings
-from mossa.training import examples_seen, mixture, parity_stream
+from mossa.training import mixture, parity_stream, tokens_seen
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind
 
@@ -53,11 +53,7 @@ class MixtureUnit(UnitKind):
         return mixture(train, ctx.clusters, cap=cfg.cluster_cap, seed=cfg.seed), cfg.experimental
 
     def train_tokens(self) -> int:
-        mix, settings = self._mixture()
-        if not mix:
-            return 0
-        return round(examples_seen(len(mix), settings) * sum(len(p.prompt_ids) + len(p.target_ids) for p in mix)
-                     / len(mix))
+        return tokens_seen(*self._mixture())
 
     def run(self) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg

@@ -8,7 +8,7 @@ activations/control/<t>/ and activations/cross-<t>/<s>/).
 from __future__ import annotations
 
 from mossa.analysis import cross_label
-from mossa.training import examples_seen
+from mossa.training import tokens_seen
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind, register_unit
 
@@ -37,9 +37,7 @@ class Control(UnitKind):
                             *([cfg.task_n_train(self.task)] if self.task in cfg.task_budgets else []))
 
     def train_tokens(self) -> int:
-        prompts = self.ctx.train_prompts[self.task]
-        seen = examples_seen(len(prompts), self.ctx.cfg.task_control(self.task))
-        return round(seen * sum(len(p.prompt_ids) + len(p.target_ids) for p in prompts) / len(prompts))
+        return tokens_seen(self.ctx.train_prompts[self.task], self.ctx.cfg.task_control(self.task))
 
     def cross_targets(self) -> list[str]:
         """The tasks on whose test prompts this control is read as another task's specialist."""
