@@ -255,3 +255,14 @@ def test_each_control_is_specific_when_it_learned_its_task_and_not_when_its_chan
         assert sum(c["specific"] for c in null["controls"].values()) < TASKS / 2
         assert abs(null["models"]["ceiling"]["mean"]) < 0.02  # its swap test holds its level: the test above
         assert "controls are specific to their task" in text
+
+
+def test_a_range_holds_only_when_every_e_seed_shows_it():
+    """Noise common to all tasks in one E seed can put that seed beyond 0; the range is then "mixed", never
+    "holds", and the sentence says only one seed shows it."""
+    from mossa.report._summary import _range_verdict
+
+    above, within = {"mean": 0.2, "p_value": 0.01}, {"mean": 0.05, "p_value": 0.4}
+    assert _range_verdict([above, above]) == "holds"
+    assert _range_verdict([above, within]) == "mixed" and _range_verdict([within, within]) == "within"
+    assert _range_verdict([above, {}]) == "too few"
