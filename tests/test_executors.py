@@ -70,6 +70,29 @@ def test_missing_ray_is_one_clear_error(tiny_model, tiny_tasks, tmp_path, monkey
     assert not (tmp_path / "s").exists()
 
 
+def test_a_refusal_by_rays_token_authentication_is_one_line(monkeypatch):
+    ray = pytest.importorskip("ray")
+    from mossa.executors import _auth_refusal
+
+    # What ray.init raises (Ray 2.60) when the cluster turns the driver's token away: the reason is in the cause.
+    refused = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+    refused.__cause__ = RuntimeError("Failed to connect to GCS. Last connection error: Traceback (most recent call "
+                                     "last):\nray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: "
+                                     "Authentication token is missing or incorrect. Ensure that ...\n")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    line = str(_auth_refusal(ray, refused, "head:6379"))
+    assert line.startswith("field 'ray_address': the Ray cluster at head:6379 refused this driver: its token "
+                           "authentication is on") and "set RAY_AUTH_MODE=token RAY_AUTH_TOKEN=" in line
+    assert "\n" not in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert "refused this driver's token (it is not the cluster's)" in str(_auth_refusal(ray, refused, "head:6379"))
+    refused.__cause__ = RuntimeError(f"{refused.__cause__}. Note: RAY_AUTH_MODE is currently 'disabled' (not 'token').")
+    assert "Ray sends a token only with RAY_AUTH_MODE=token" in str(_auth_refusal(ray, refused, "head:6379"))
+    unreachable = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+    unreachable.__cause__ = RuntimeError("Failed to connect to GCS. Last connection error: ... Deadline Exceeded")
+    assert _auth_refusal(ray, unreachable, "head:6379") is None  # any other failure keeps its own message
+
+
 def _square(x):
     return x * x
 

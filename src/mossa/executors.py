@@ -14,7 +14,8 @@ output of the steps before it.
   opens the study dir itself (loads the model from the conversion cache, builds the prompts)
   and runs exactly that unit, writing only that unit's files. With an address it connects to
   a running Ray cluster (the study dir and the task folder must then be paths every node
-  sees); without one it starts a local Ray instance and stops it afterwards.
+  sees); without one it starts a local Ray instance and stops it afterwards. A cluster whose
+  token authentication turns this driver away is one line that says what to set.
 
 Units are module-level callables with picklable arguments (`Unit`), so both executors run the
 same list. Ray is imported only when the ray executor is used.
@@ -156,6 +157,38 @@ def _import_ray():
                          f"`pip install 'mossa[ray]'` (or `pip install '{RAY_REQUIREMENT}'`)") from None
 
 
+def _auth_refusal(ray, exc: BaseException | None, address: str | None) -> MossaError | None:
+    """The one line for a connection that Ray's token authentication refused, else None.
+
+    Ray (2.60) sends a token only under RAY_AUTH_MODE=token (an explicit address never turns it
+    on); a cluster with token authentication answers a driver without its token InvalidAuthToken,
+    which reaches here as the cause of ray.init's ConnectionError once its retries (about 20 s)
+    are spent.
+    """
+    auth_error = getattr(ray.exceptions, "AuthenticationError", None)
+    where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+    token = ("RAY_AUTH_TOKEN=<the cluster's token: `ray get-auth-token` on its head node prints it> "
+             "(or RAY_AUTH_TOKEN_PATH=<a file holding it>) and rerun, or start the cluster with "
+             "RAY_AUTH_MODE=disabled on a trusted network")
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if "InvalidAuthToken" in text:
+            # Ray notes "RAY_AUTH_MODE is currently '...' (not 'token')" when it sent no token.
+            if "(not 'token')" not in text and os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+                return MossaError(f"field 'ray_address': {where} refused this driver's token (it is not the "
+                                  f"cluster's); set {token}")
+            return MossaError(f"field 'ray_address': {where} refused this driver: its token authentication is "
+                              f"on and Ray sends a token only with RAY_AUTH_MODE=token; set RAY_AUTH_MODE=token "
+                              f"{token}")
+        if auth_error is not None and isinstance(exc, auth_error) and "no authentication token" in text:
+            return MossaError(f"field 'ray_address': RAY_AUTH_MODE=token but Ray found no token on this machine "
+                              f"for {where}; set {token}")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _call(fn: Callable[..., Any], args: tuple) -> Any:
     """The body of every Ray task: run one unit in the worker."""
     return fn(*args)
@@ -194,7 +227,11 @@ class RayExecutor(Executor):
             else:
                 ray.init(address="local", num_cpus=self.num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                          **common)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError,
+                getattr(ray.exceptions, "AuthenticationError", ConnectionError)) as exc:
+            refused = _auth_refusal(ray, exc, self.address)
+            if refused is not None:
+                raise refused from None
             where = f"connect to Ray at {self.address!r}" if self.address else "start a local Ray instance"
             field = "ray_address" if self.address else "executor"
             raise MossaError(f"field '{field}': cannot {where} ({type(exc).__name__}: "
