@@ -1,13 +1,16 @@
 import copy
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mossa.errors import MossaError
-from mossa.tasks import TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, template_fields, render_body
+from mossa.tasks import (TASK_SOURCES, builtin_templates, convert_row, hub_table, load_tasks, render_body,
+                         stated_rows, template_fields)
 from mossa.tasks import _hub
 from mossa.tasks._hub import CLUSTERS, table_template_fields
 from tests.conftest import FLAN_MINI
@@ -96,6 +99,113 @@ def test_default_hub_tasks_leave_out_what_cannot_be_downloaded():
     with pytest.raises(MossaError, match=r"^flan2021 task 'newsroom' cannot be downloaded: Newsroom is given out "
                                          r"only after a request form .*local task folder$"):
         load_tasks("hub:flan2021", ["newsroom"])
+
+
+# --- stated split sizes ---------------------------------------------------------------------------
+
+def _slice_rows(split):
+    """The rows a split slice such as "train[:3000]" names by itself, or None."""
+    match = re.fullmatch(r"\w+\[:(\d+)\]", split)
+    return int(match.group(1)) if match else None
+
+
+def test_every_entry_states_positive_rows_for_its_splits():
+    table = hub_table()
+    for name, task in table.items():
+        assert set(task.rows) == {"train", "test"}, name
+        assert all(type(n) is int and n > 0 for n in task.rows.values()), name
+        assert task.rows == task.entry["rows"] and task.rows is not task.entry["rows"], name
+        for split in ("train", "test"):
+            if task.entry.get(split) and _slice_rows(task.entry[split]) is not None:
+                assert task.rows[split] == _slice_rows(task.entry[split]), (name, split)
+        note = task.entry.get("rows_note")
+        assert note is None or (isinstance(note, str) and len(note) > 20), name
+    # a few counts from the data sets' cards
+    assert table["anli_r1"].rows == {"train": 16946, "test": 1000}
+    assert table["snli"].rows == {"train": 550152, "test": 10000}
+    assert table["sst2"].rows == {"train": 67349, "test": 872}
+    assert table["mnli_matched"].rows["test"] == 9815 and table["mnli_mismatched"].rows["test"] == 9832
+    assert table["para_crawl_enes"].rows == {"train": 21987267 - 3000, "test": 3000}
+    # tasks reading the same hub splits state the same rows
+    by_split = {}
+    for name, task in table.items():
+        for split in ("train", "test"):
+            if task.dataset:
+                key = (task.dataset, task.entry.get("config") or task.entry.get("data_dir"), task.entry[split])
+                by_split.setdefault(key, set()).add(task.rows[split])
+    assert all(len(counts) == 1 for counts in by_split.values()), by_split
+
+
+def test_stated_rows_are_the_rows_read_under_the_caps(monkeypatch):
+    table = hub_table()
+    assert stated_rows(table["snli"]) == {"train": 50_000, "test": 10_000}
+    assert stated_rows(table["cb"]) == {"train": 250, "test": 56}
+    assert stated_rows(table["imdb_reviews"]) == {"train": 25_000, "test": 10_000}
+    assert stated_rows(table["newsroom"]) == {"train": 50_000, "test": 10_000}  # unavailable, still estimated
+    monkeypatch.setitem(_hub.MAX_ROWS, "test", 100)
+    assert stated_rows(table["cb"]) == {"train": 250, "test": 56}
+    assert stated_rows(table["anli_r1"]) == {"train": 16_946, "test": 100}
+    bare = _hub.HubTask("bare", "Misc", "t.yaml: tasks.bare", {"cluster": "Misc"})
+    assert bare.rows is None
+    with pytest.raises(MossaError, match=r"^t\.yaml: tasks\.bare: states no rows, so its size cannot be "
+                                         r"estimated offline$"):
+        stated_rows(bare)
+
+
+@pytest.fixture()
+def table_file(monkeypatch, tmp_path):
+    """Write a one-task hub table (sst2's shipped entry, edited by the test) and read it as the table."""
+    path = tmp_path / "flan2021.yaml"
+    monkeypatch.setattr(_hub, "table_path", lambda: path)
+    hub_table.cache_clear()
+
+    def write(**changes):
+        entry = {**yaml.safe_load(_SHIPPED.read_text(encoding="utf-8"))["tasks"]["sst2"], **changes}
+        entry = {k: v for k, v in entry.items() if v is not _DROP}
+        path.write_text(yaml.safe_dump({"version": 1, "tasks": {"sst2": entry}}), encoding="utf-8")
+        hub_table.cache_clear()
+        return path
+
+    yield write
+    hub_table.cache_clear()
+
+
+_SHIPPED = _hub.table_path()
+_DROP = object()
+
+
+def test_a_table_without_rows_still_loads(table_file):
+    table_file(rows=_DROP, rows_note="a note")
+    task = hub_table()["sst2"]
+    assert task.rows is None and task.entry["rows_note"] == "a note"
+
+
+@pytest.mark.parametrize("rows", [
+    {"train": 10}, {"train": 0, "test": 5}, {"train": -3, "test": 5}, {"train": "10", "test": 5},
+    {"train": 10, "test": 5.0}, {"train": True, "test": 5}, {"train": 1, "test": 2, "validation": 3},
+    [10, 5], 15, None,
+])
+def test_malformed_rows_are_one_line_naming_the_file_and_task(table_file, rows):
+    path = table_file(rows=rows if rows is not None else {"train": None, "test": 5})
+    with pytest.raises(MossaError) as info:
+        hub_table()
+    message = str(info.value)
+    assert message.startswith(f"{path}: tasks.sst2.rows: expected {{train: n, test: n}} with positive whole "
+                              f"numbers, got ")
+    assert "\n" not in message
+
+
+def test_an_empty_rows_note_is_one_line_naming_the_file_and_task(table_file):
+    path = table_file(rows_note="")
+    with pytest.raises(MossaError, match=r"^" + re.escape(f"{path}: tasks.sst2.rows_note: expected a non-empty "
+                                                          f"text") + r"$"):
+        hub_table()
+
+
+def test_an_unknown_key_beside_rows_is_still_refused(table_file):
+    path = table_file(row_count=5)
+    with pytest.raises(MossaError, match=r"^" + re.escape(f"{path}: tasks.sst2: unknown key 'row_count'")):
+        hub_table()
 
 
 # --- converting rows ------------------------------------------------------------------------------
@@ -196,6 +306,16 @@ def test_hub_fingerprint_follows_the_data(hub_rows):
     assert first[0].path.name == "flan2021.yaml"
     rows["stanfordnlp/sst2|"]["validation"][0]["sentence"] = "a different review"
     assert load_tasks("hub:flan2021", ["sst2"])[0].fingerprint != first[0].fingerprint
+
+
+def test_stated_rows_are_not_in_the_fingerprint(hub_rows, monkeypatch):
+    first = load_tasks("hub:flan2021", ["sst2"])[0].fingerprint
+    entry = hub_table()["sst2"].entry
+    monkeypatch.setitem(entry, "rows", {"train": 1, "test": 1})
+    monkeypatch.setitem(entry, "rows_note", "a corrected count")
+    assert load_tasks("hub:flan2021", ["sst2"])[0].fingerprint == first
+    monkeypatch.setitem(entry, "options", ["bad", "good"])  # how rows are read still is
+    assert load_tasks("hub:flan2021", ["sst2"])[0].fingerprint != first
 
 
 def test_hub_columns_that_do_not_match_the_table_are_named(hub_rows):

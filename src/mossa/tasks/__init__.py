@@ -5,7 +5,7 @@ Stage: tasks (reads task folders, task files, the shipped templates and hub tabl
 sets through `datasets`; writes nothing but the `datasets` download cache).
 """
 
-from mossa.tasks._hub import HubTask, convert_row, hub_table, load_hub_task
+from mossa.tasks._hub import HubTask, convert_row, hub_table, load_hub_task, stated_rows
 from mossa.tasks._loader import assign_splits, parse_row, read_task_file
 from mossa.tasks._formats import (
     CHAT_TEMPLATES,
@@ -70,5 +70,5 @@ __all__ = [
     "load_task", "load_task_file", "load_tasks", "parse_row", "prompt_digest", "read_manifest",
     "read_task_file", "register_chat_template", "register_task_source", "render_body", "render_options",
     "resolve_ceiling", "resolve_cross_tasks", "resolve_format", "resolve_holdout", "resolve_source", "resolve_tasks_dir", "sample_split", "scan_tasks_dir", "sni_task_files",
-    "study_tasks", "task_catalog", "template_fields", "template_index", "templates_for",
+    "stated_rows", "study_tasks", "task_catalog", "template_fields", "template_index", "templates_for",
 ]

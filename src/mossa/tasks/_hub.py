@@ -12,6 +12,9 @@ read in hub order (`_row_indices`), never its head, because some splits are sort
 (imdb's test split, sentiment140's train split). The sample depends only on `SAMPLE_SEED`, the
 task name, the split and the split's size, and an example's id keeps its row index in the hub
 split, so an example's id does not depend on which other rows were drawn.
+
+Each entry also states its hub splits' sizes (`rows`), so that a study's cost can be estimated
+offline (`stated_rows`: the rows read under the caps); they are not part of a task's fingerprint.
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ TRANSFORMS = {
     "no_space": lambda text: "".join(text.split()),
     "lower": str.lower,
 }
-_ENTRY_KEYS = {"cluster", "flan2021", "dataset", "config", "revision", "data_dir", "train", "test", "fields",
-               "target", "options", "unavailable"}
+_ENTRY_KEYS = {"cluster", "flan2021", "dataset", "config", "revision", "data_dir", "train", "test", "rows",
+               "rows_note", "fields", "target", "options", "unavailable"}
+# Stated facts about the hub data, not how a row is read: left out of a task's fingerprint.
+_INFO_KEYS = ("rows", "rows_note")
 _FIELD_OPS = {"const", "join", "sep", "path", "before", "after", "transform"}
 _TARGET_KEYS = {"path": {"path", "default", "join", "skip_unchanged"}, "label": {"label", "offset", "map"},
                 "key": {"key", "keys"}}
@@ -81,6 +86,15 @@ class HubTask:
     @property
     def dataset(self) -> str | None:
         return self.entry.get("dataset")
+
+    @property
+    def rows(self) -> dict[str, int] | None:
+        """The rows the entry states its hub splits hold ({"train": n, "test": n}), or None.
+
+        Counts before rows are skipped at load and before the `MAX_ROWS` caps: `stated_rows`
+        gives the rows a task reads."""
+        rows = self.entry.get("rows")
+        return dict(rows) if rows is not None else None
 
     def describe(self) -> str:
         """The data set as people name it: `id` plus configuration or data folder and revision."""
@@ -129,6 +143,12 @@ def _check_entry(path: Path, name: str, entry: object) -> HubTask:
                          f"({', '.join(CLUSTERS)})")
     if entry.get("unavailable") is not None and not isinstance(entry["unavailable"], str):
         raise MossaError(f"{where}.unavailable: expected the reason as text")
+    rows = entry.get("rows")
+    if rows is not None and not (isinstance(rows, dict) and set(rows) == set(MAX_ROWS) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in rows.values())):
+        raise MossaError(f"{where}.rows: expected {{train: n, test: n}} with positive whole numbers, got {rows!r}")
+    if entry.get("rows_note") is not None and not (isinstance(entry["rows_note"], str) and entry["rows_note"]):
+        raise MossaError(f"{where}.rows_note: expected a non-empty text")
     if entry.get("unavailable") and "fields" not in entry:
         return HubTask(name, entry["cluster"], where, entry)
     for key in ("dataset", "train", "test"):
@@ -350,7 +370,8 @@ def load_hub_task(task: HubTask) -> TaskSpec:
     """
     if task.unavailable:
         raise MossaError(f"{COLLECTION} task {task.name!r} cannot be downloaded: {' '.join(task.unavailable.split())}")
-    digest = hashlib.sha256(json.dumps({"convert": CONVERT_VERSION, "entry": task.entry, "sample": {
+    entry = {key: value for key, value in task.entry.items() if key not in _INFO_KEYS}
+    digest = hashlib.sha256(json.dumps({"convert": CONVERT_VERSION, "entry": entry, "sample": {
         "rule": SAMPLE_RULE, "seed": SAMPLE_SEED, "max_rows": MAX_ROWS}}, sort_keys=True).encode())
     splits: dict[str, list[Example]] = {}
     path = table_path()
@@ -393,10 +414,20 @@ def source_columns(task: HubTask) -> set[str]:
     return {p.split(".", 1)[0] for p in paths}
 
 
+def stated_rows(task: HubTask) -> dict[str, int]:
+    """The rows of each split that `load_hub_task` reads, by the table's stated sizes:
+    {split: min(stated rows, MAX_ROWS[split])}, counted before unusable rows are skipped.
+    Works offline; a one-line MossaError when the entry states no sizes."""
+    if task.rows is None:
+        raise MossaError(f"{task.origin}: states no rows, so its size cannot be estimated offline")
+    return {split: min(task.rows[split], MAX_ROWS[split]) for split in MAX_ROWS}
+
+
 def table_template_fields(task: HubTask) -> set[str]:
     """The input fields a hub task's rows carry, plus 'options' for classification tasks."""
     names = set(task.entry.get("fields", {}))
     return names | ({"options"} if task.entry.get("options") is not None else set())
 
 
-__all__ = ["CLUSTERS", "COLLECTION", "HubTask", "convert_row", "hub_table", "load_hub_task", "source_columns"]
+__all__ = ["CLUSTERS", "COLLECTION", "HubTask", "convert_row", "hub_table", "load_hub_task", "source_columns",
+           "stated_rows"]
