@@ -100,3 +100,12 @@ def test_an_earlier_configs_evaluation_settings_are_upgraded(tmp_path):
     old.write_text("loss_examples: 12\neval_examples: 8\n")
     with pytest.raises(MossaError, match="both loss_examples .* and eval_examples"):
         resolve_config({}, config_file=old)
+
+
+def test_activation_dtype_defaults_to_the_half_size_store_and_is_checked():
+    """float16 by the measurement in docs/analyses.md ('The half-size activation store'), in every preset."""
+    for preset in PRESETS:
+        assert resolve_config({"preset": preset}).activation_dtype == "float16"
+    assert resolve_config({"activation_dtype": "float32"}).activation_dtype == "float32"
+    with pytest.raises(MossaError, match="field 'activation_dtype'"):
+        resolve_config({"activation_dtype": "int8"})

@@ -115,6 +115,16 @@ def test_tokens_seen_counts_every_pass_and_the_step_cap():
 
     prompts = [SimpleNamespace(prompt_ids=[1] * n, target_ids=[2] * 2) for n in (6, 10)]  # 8 and 12 tokens
     s = TrainSettings(epochs=2, batch_size=1, grad_accum=1)
-    assert tokens_seen(prompts, s) == 40  # two passes over 20 tokens
-    assert tokens_seen(prompts, s.model_copy(update={"max_steps": 1})) == 10  # one example at the mean length
-    assert tokens_seen([], s) == 0
+    assert tokens_seen(prompts, s, seed=0, unit="u") == 40  # two passes over 20 tokens
+    firsts = {tokens_seen(prompts, s.model_copy(update={"max_steps": 1}), seed=seed, unit="u") for seed in range(20)}
+    assert firsts == {8, 12}  # one example, whichever the unit's seeded order puts first
+    assert tokens_seen([], s, seed=0, unit="u") == 0
+
+
+def test_tokens_seen_equals_the_training_logs_count(tiny_model, tiny_tasks):
+    from mossa.training import tokens_seen
+
+    settings = TrainSettings(lr=1e-3, epochs=1.5, batch_size=3, grad_accum=1)
+    loaded, train, log = _trained(tiny_model, tiny_tasks, "float32", settings)  # a cut last pass: which examples is the order's
+    assert log["tokens"] == tokens_seen(train, settings, seed=0, unit="ctl")
+    assert log["tokens"] != tokens_seen(train, settings, seed=1, unit="ctl")

@@ -8,7 +8,11 @@ Layout::
     adapters/<unit>/                    peft adapter; done.json written last
     activations/<model>/<task>/acts.npy [layers+1, n, d] float32, rows in the order of
                                         meta.json's ids; meta.json also holds each example's
-                                        test loss, the input fingerprint and a content hash
+                                        test loss, the input fingerprint and a content hash.
+                                        Half-size stores (`activation_dtype`): float16 ("<f2")
+                                        or bfloat16 bits ("<u2") of each state less its layer's
+                                        centre.npy [layers+1, d] float32, float16 with scales.npy
+                                        [layers+1, n] int16 exponents; see `ACTIVATION_DTYPES`
     results/                            similarity.parquet|csv, controls.csv
     figures/                            cka_by_layer.png
 
@@ -37,7 +41,28 @@ import numpy as np
 from mossa.errors import MossaError, StorageError
 
 MARKER = "done.json"
-ACTS_FILE, META_FILE = "acts.npy", "meta.json"
+ACTS_FILE, META_FILE, SCALES_FILE, CENTRE_FILE = "acts.npy", "meta.json", "scales.npy", "centre.npy"
+
+# How a (model, task)'s states are stored: the .npy descr of acts.npy for each `activation_dtype`. The descr
+# alone says the encoding (and is covered by the content hash with the rest of the header):
+#   float32  "<f4"  the states as computed in float32 (studies before half-size stores were this only).
+#   float16  "<f2"  x - c[layer], each (layer, example) row of d values times 2**k, rounded to nearest even:
+#                   k an int16 in scales.npy chosen so the row's largest finite |x - c| lands in [2**14, 2**15)
+#                   (power-of-two scaling is exact: no row overflows float16's 65504, none underflows), so the
+#                   error is at most 2**-11 of that largest value. All-zero (or all non-finite) rows get k = 0.
+#   bfloat16 "<u2"  the upper 16 bits of the float32 x - c[layer], rounded to nearest even (float32's range, 8
+#                   significant bits: error at most 2**-8 of each |x - c|).
+# c (centre.npy, [n_states, d] float32) is each layer's coordinate-wise median of the finite rows among the
+# first 64 of the first block written. Last-prompt-token states share a large common part (the same last
+# token: on the demo, the states' mean square is 200-3,300 times their variance in layers 1-11), which the
+# measures centre away; encoded whole, 16 bits would spend their precision on it (rms error up to 2.1% of the
+# spread across examples in float16, 15% in bfloat16); less c, at most 0.06% and 0.44% (docs/analyses.md, "The
+# half-size activation store"). inf and NaN stay inf and NaN. Reads always decode to float32
+# (`ActivationFile.read`); every statistic then accumulates in float64.
+ACTIVATION_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}
+_CENTRE_ROWS = 64
+_FP16_TOP = 15  # a scaled row's largest |x| lies in [2**(_FP16_TOP - 1), 2**_FP16_TOP)
+
 
 # Every temporary file or folder in a study dir is named by `_temp_file`/`_temp_dir`:
 # '.<final name>.<8 random characters of tempfile's alphabet>.tmp'.
@@ -51,6 +76,97 @@ _STORAGE_FIXES = {
     errno.EACCES: "make it writable or choose another --out",
     errno.EPERM: "make it writable or choose another --out",
 }
+
+
+def _side_files(dtype: str, shape: tuple[int, int, int]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(file name, .npy descr, shape) of each file a `dtype` store keeps beside acts.npy, in hash order."""
+    n_states, n, d = shape
+    return ([(SCALES_FILE, "<i2", (n_states, n))] if dtype == "float16" else []) + (
+        [(CENTRE_FILE, "<f4", (n_states, d))] if dtype != "float32" else [])
+
+
+def check_activation_dtype(dtype: str) -> str:
+    """`dtype` when it is one of `ACTIVATION_DTYPES`, else ValueError naming them."""
+    if dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"activation dtype {dtype!r} is not one of {', '.join(ACTIVATION_DTYPES)}")
+    return dtype
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The .npy (version 1.0) header the writer puts before an array of this descr and shape."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": tuple(int(x) for x in shape)})
+    return buf.getvalue()
+
+
+def activation_bytes(n_states: int, n: int, hidden: int, dtype: str) -> int:
+    """The exact size in bytes of the array files the writer writes for one (model, task) of `n` examples,
+    `n_states` states of `hidden` values each, stored as `dtype` (`ACTIVATION_DTYPES`): acts.npy with its
+    header, plus for a half-size store centre.npy and (float16) scales.npy with theirs (meta.json, a few
+    bytes per example, is not counted)."""
+    descr = ACTIVATION_DTYPES[check_activation_dtype(dtype)]
+    shape = (int(n_states), int(n), int(hidden))
+    return sum(len(_npy_header(descr, shape)) + np.dtype(descr).itemsize * int(np.prod(shape))
+               for _, descr, shape in [(ACTS_FILE, descr, shape), *_side_files(dtype, shape)])
+
+
+def encode_float16(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values [..., d] as (float16 values [..., d], int16 exponents k [...]): each row of d values
+    times 2**k, k such that the row's largest finite |x| lands in [2**14, 2**15) (0 for a row with no
+    nonzero finite value). Decode with `decode_float16`. (The store encodes each state less its layer's
+    centre: `ACTIVATION_DTYPES`.)"""
+    states = np.asarray(states, dtype=np.float32)
+    finite = np.isfinite(states)
+    top = np.where(finite, np.abs(states), np.float32(0)).max(axis=-1, initial=np.float32(0))
+    _, exp = np.frexp(top)  # top = m * 2**exp, m in [0.5, 1): top in [2**(exp-1), 2**exp)
+    k = np.where(top > 0, _FP16_TOP - exp, 0).astype(np.int16)
+    with np.errstate(over="ignore", under="ignore"):
+        values = np.ldexp(states, k[..., None].astype(np.int32)).astype(np.float16)
+    return values, k
+
+
+def decode_float16(values: np.ndarray, k: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 states from `encode_float16`'s values and exponents (into `out` when given)."""
+    out = np.empty(values.shape, dtype=np.float32) if out is None else out
+    out[...] = values
+    with np.errstate(over="ignore", under="ignore"):
+        np.ldexp(out, -np.asarray(k, dtype=np.int32)[..., None], out=out)
+    return out
+
+
+def encode_bfloat16(states: np.ndarray) -> np.ndarray:
+    """float32 states as bfloat16 bits (uint16), rounded to nearest even; NaN stays NaN (a quiet NaN)."""
+    bits = np.ascontiguousarray(states, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    rounded = rounded.astype(np.uint16)
+    nan = np.isnan(states)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
+    return rounded
+
+
+def centre_of(states: np.ndarray) -> np.ndarray:
+    """Each layer's centre [n_states, d] float32 from a block [n_states, b, d]: the coordinate-wise median of
+    the finite rows among its first 64 (0 for a layer without one)."""
+    block = np.asarray(states, dtype=np.float32)[:, :_CENTRE_ROWS]
+    out = np.zeros((block.shape[0], block.shape[2]), dtype=np.float32)
+    for layer, rows in enumerate(block):
+        finite = rows[np.isfinite(rows).all(axis=1)]
+        if len(finite):
+            out[layer] = np.median(finite, axis=0)
+    return out
+
+
+def decode_bfloat16(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 states from bfloat16 bits (uint16) (into `out` when given)."""
+    wide = np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)
+    if out is None:
+        return wide.view(np.float32)
+    out[...] = wide.view(np.float32)
+    return out
 
 
 def is_temporary(name: str) -> bool:
@@ -368,8 +484,9 @@ class StudyDir(_StudyFolder):
 
     @contextlib.contextmanager
     def activation_writer(self, model: str, task: str, *, ids: list[str], n_states: int, hidden: int,
-                          inputs: str, meta: dict | None = None):
-        """Yield an `ActivationWriter` that streams rows to disk; the folder is published on success.
+                          inputs: str, meta: dict | None = None, dtype: str = "float32"):
+        """Yield an `ActivationWriter` that streams rows to disk, stored as `dtype` (`ACTIVATION_DTYPES`);
+        the folder is published on success.
 
         Nothing appears under the final name unless every row was written and the block
         succeeded; a failed write leaves nothing, a killed one at most a temporary folder that
@@ -387,7 +504,7 @@ class StudyDir(_StudyFolder):
             tmp = _temp_dir(final)
             writer = None
             try:
-                writer = ActivationWriter(tmp / ACTS_FILE, ids, n_states, hidden)
+                writer = ActivationWriter(tmp / ACTS_FILE, ids, n_states, hidden, dtype=dtype)
                 yield writer
                 writer.close()
                 missing = int((~writer.written).sum())
@@ -400,13 +517,15 @@ class StudyDir(_StudyFolder):
                 digest = _content_hash(tmp / ACTS_FILE, ids, nll, tokens, writer.evaluation)
                 # Nothing else writes our temp folder, so the hash just taken is the file's: date the
                 # file a second before it, and the stamp holds until anything writes the file again.
-                os.utime(tmp / ACTS_FILE, ns=(started - 1_000_000_000, started - 1_000_000_000))
+                for name in [ACTS_FILE, *(side for side, _, _ in _side_files(dtype, writer.shape))]:
+                    os.utime(tmp / name, ns=(started - 1_000_000_000, started - 1_000_000_000))
                 # A plain write: the folder is private until it is published whole.
                 (tmp / META_FILE).write_text(json.dumps({
                     "ids": list(ids), "inputs": inputs, "shape": list(writer.shape),
                     "target_nll": [float(x) for x in nll], "target_tokens": [int(x) for x in tokens],
                     "nonfinite_rows": [int(i) for i in np.flatnonzero(~writer.finite)],
                     "sha256": digest, "meta": meta or {},
+                    **({"dtype": dtype} if dtype != "float32" else {}),  # float32 folders as they always were
                     **({"evaluation": writer.evaluation} if writer.evaluation is not None else {})},
                     indent=2, default=str) + "\n", encoding="utf-8")
                 _stamp_verified(tmp, digest, started)
@@ -416,11 +535,12 @@ class StudyDir(_StudyFolder):
                     writer.abort()
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def write_activations(self, model: str, task: str, acts: Activations, inputs: str) -> None:
-        """Write in-memory activations (one block) through the streaming writer."""
+    def write_activations(self, model: str, task: str, acts: Activations, inputs: str, *,
+                          dtype: str = "float32") -> None:
+        """Write in-memory activations (one block) through the streaming writer, stored as `dtype`."""
         n_states, n, hidden = acts.acts.shape
         with self.activation_writer(model, task, ids=acts.ids, n_states=n_states, hidden=hidden, inputs=inputs,
-                                    meta=acts.meta) as sink:
+                                    meta=acts.meta, dtype=dtype) as sink:
             sink.put(np.arange(n), acts.acts)
             sink.finish(acts.target_nll, acts.target_tokens, acts.evaluation)
 
@@ -433,8 +553,10 @@ class StudyDir(_StudyFolder):
 
 def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.ndarray,
                   evaluation: dict | None = None) -> str:
-    """sha256 over the .npy header, the sha256 of each layer's bytes, the ids, the losses and the
-    evaluation record (when there is one: folders written before it existed keep their hash).
+    """sha256 over the .npy header (which names the stored dtype), the sha256 of each layer's bytes as
+    stored, the ids, the losses, the evaluation record (when there is one: folders written before it existed
+    keep their hash) and, for a half-size store, each file beside acts.npy whole (the centre; the scales of
+    float16): a float32 store has none, so its hash is what it always was.
 
     The layers are hashed by two threads at once (hashlib releases the GIL on large buffers).
     """
@@ -443,11 +565,11 @@ def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.n
     with open(acts_path, "rb") as fh:
         version = np.lib.format.read_magic(fh)
         header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)
-        shape, _, _ = header(fh)
+        shape, _, dtype = header(fh)
         offset = fh.tell()
         fh.seek(0)
         head = fh.read(offset)
-    layer_bytes = 4 * int(np.prod(shape[1:]))
+    layer_bytes = dtype.itemsize * int(np.prod(shape[1:]))
     fd = os.open(acts_path, os.O_RDONLY)
 
     def layer(index: int) -> bytes:
@@ -473,6 +595,14 @@ def _content_hash(acts_path: Path, ids: list[str], nll: np.ndarray, tokens: np.n
     digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
     if evaluation is not None:
         digest.update(json.dumps(evaluation, sort_keys=True).encode())
+    stored = {np.dtype(descr): name for name, descr in ACTIVATION_DTYPES.items()}.get(dtype, "float32")
+    for name, _, _ in _side_files(stored, tuple(shape)):
+        side = Path(acts_path).with_name(name)
+        try:
+            digest.update(name.encode() + side.read_bytes())
+        except OSError as exc:
+            raise MossaError(f"{side}: cannot read the {stored} store's {name} ({exc.strerror}); rerun `mossa "
+                             f"run` on this study") from None
     return digest.hexdigest()
 
 
@@ -485,47 +615,69 @@ def _file_stamp(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
+def _stamps(folder: Path) -> dict:
+    """The stamp of the array file and, under their names, of the files a half-size store keeps beside it
+    (a float32 folder's stamp is what it always was)."""
+    stamp = _file_stamp(folder / ACTS_FILE)
+    for name in (SCALES_FILE, CENTRE_FILE):
+        if (folder / name).exists():
+            stamp[name] = _file_stamp(folder / name)
+    return stamp
+
+
 def _hash_is_current(folder: Path, digest: str) -> bool:
-    """True when `folder`'s array file is unchanged since a hash check that began at least one
-    clock tick after the file's last write (git's rule against racily clean files): any later
-    write gives the file a newer mtime than the stamp holds."""
+    """True when `folder`'s array files are unchanged since a hash check that began at least one
+    clock tick after their last write (git's rule against racily clean files): any later
+    write gives a file a newer mtime than the stamp holds."""
     try:
         stamp = json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8"))
-        current = _file_stamp(folder / ACTS_FILE)
+        current = _stamps(folder)
     except (OSError, ValueError):
         return False
+    started = stamp.get("started_ns", 0)
+    files = [current] + [current[name] for name in (SCALES_FILE, CENTRE_FILE) if name in current]
     return (stamp.get("sha256") == digest and all(stamp.get(k) == v for k, v in current.items())
-            and stamp.get("started_ns", 0) - current["mtime_ns"] >= _RACY_NS)
+            and all(started - f["mtime_ns"] >= _RACY_NS for f in files))
 
 
 def _stamp_verified(folder: Path, digest: str, started_ns: int) -> None:
-    """Record that the array file, as it is now, matched `digest` in a check begun at
+    """Record that the array files, as they are now, matched `digest` in a check begun at
     `started_ns` (best effort: a read-only study folder is just re-hashed next time)."""
     try:
-        write_json(folder / VERIFIED_FILE, {**_file_stamp(folder / ACTS_FILE), "sha256": digest,
-                                            "started_ns": started_ns})
+        write_json(folder / VERIFIED_FILE, {**_stamps(folder), "sha256": digest, "started_ns": started_ns})
     except (OSError, MossaError):
         pass
 
 
 class ActivationWriter:
-    """Streams blocks of rows of a [n_states, n, d] float32 array into an .npy file.
+    """Streams blocks of rows of a [n_states, n, d] float32 array into an .npy file, stored as `dtype`
+    (`ACTIVATION_DTYPES`: a half-size store takes each layer's centre from the first block written and
+    keeps it in centre.npy; float16 also streams its exponents into scales.npy).
 
-    `put(rows, states)` hands a [n_states, b, d] block to one background thread, which writes
-    each contiguous run of rows per layer with `pwrite` (plain writes, not a memory map, so the
+    `put(rows, states)` hands a [n_states, b, d] block to one background thread, which encodes it and
+    writes each contiguous run of rows per layer with `pwrite` (plain writes, not a memory map, so the
     written data never count against the process's memory); at most `max_pending` blocks wait,
     which bounds memory whatever n is. Rows are stored in the order of `ids`.
     """
 
-    def __init__(self, path: Path, ids: list[str], n_states: int, hidden: int, *, max_pending: int = 4):
+    def __init__(self, path: Path, ids: list[str], n_states: int, hidden: int, *, dtype: str = "float32",
+                 max_pending: int = 4):
         from concurrent.futures import ThreadPoolExecutor
 
+        self.dtype = check_activation_dtype(dtype)
         self.shape = (int(n_states), len(ids), int(hidden))
-        with open(path, "wb") as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": self.shape})
-            self.offset = fh.tell()
-            fh.truncate(self.offset + 4 * int(np.prod(self.shape)))
-        self.fd = os.open(path, os.O_WRONLY)
+        self.fds: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}
+        try:
+            for name, descr, shape in [(ACTS_FILE, ACTIVATION_DTYPES[dtype], self.shape),
+                                       *_side_files(dtype, self.shape)]:
+                self.fds[name], self.offsets[name] = self._create(Path(path).with_name(name), descr, shape)
+        except BaseException:
+            for fd in self.fds.values():
+                os.close(fd)
+            raise
+        self.fd, self.offset = self.fds[ACTS_FILE], self.offsets[ACTS_FILE]
+        self.centre: np.ndarray | None = None  # a half-size store's, from the first block written
         self.written = np.zeros(len(ids), dtype=bool)
         self.finite = np.ones(len(ids), dtype=bool)
         self.target_nll: np.ndarray | None = None
@@ -534,6 +686,15 @@ class ActivationWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mossa-writer")
         self._pending: list = []
         self._max_pending = max_pending
+
+    @staticmethod
+    def _create(path: Path, descr: str, shape: tuple[int, ...]) -> tuple[int, int]:
+        """Write the .npy header, size the file for the whole array; its write fd and the data offset."""
+        head = _npy_header(descr, shape)
+        with open(path, "wb") as fh:
+            fh.write(head)
+            fh.truncate(len(head) + np.dtype(descr).itemsize * int(np.prod(shape)))
+        return os.open(path, os.O_WRONLY), len(head)
 
     def put(self, rows, states: np.ndarray) -> None:
         """Queue rows `rows` (indices into ids) with their states [n_states, len(rows), d]."""
@@ -552,39 +713,74 @@ class ActivationWriter:
         self.target_tokens = np.asarray(target_tokens, dtype=np.int64)
         self.evaluation = evaluation
 
+    @staticmethod
+    def _pwrite_all(fd: int, data, offset: int) -> None:
+        data = memoryview(np.ascontiguousarray(data)).cast("B")
+        while data:
+            done = os.pwrite(fd, data, offset)
+            data, offset = data[done:], offset + done
+
     def _write(self, rows: np.ndarray, states: np.ndarray) -> None:
+        if not len(rows):
+            return
         order = np.argsort(rows, kind="stable")
         rows, states = rows[order], states[:, order]
+        self.finite[rows] = np.isfinite(states).all(axis=(0, 2))
+        scales = None
+        if self.dtype != "float32":
+            if self.centre is None:
+                self.centre = centre_of(states)
+                self._pwrite_all(self.fds[CENTRE_FILE], self.centre, self.offsets[CENTRE_FILE])
+            with np.errstate(invalid="ignore", over="ignore"):
+                states = states - self.centre[:, None, :]
+        if self.dtype == "float16":
+            stored, scales = encode_float16(states)
+        elif self.dtype == "bfloat16":
+            stored = encode_bfloat16(states)
+        else:
+            stored = states
         cut = np.flatnonzero(np.diff(rows) != 1) + 1
         starts, ends = np.r_[0, cut], np.r_[cut, len(rows)]
-        row_bytes = 4 * self.shape[2]
+        row_bytes = stored.itemsize * self.shape[2]
         for layer in range(self.shape[0]):
             for s, e in zip(starts, ends):
-                data = memoryview(np.ascontiguousarray(states[layer, s:e])).cast("B")
-                offset = self.offset + (layer * self.shape[1] + int(rows[s])) * row_bytes
-                while data:
-                    done = os.pwrite(self.fd, data, offset)
-                    data, offset = data[done:], offset + done
-        self.finite[rows] = np.isfinite(states).all(axis=(0, 2))
+                at = layer * self.shape[1] + int(rows[s])
+                self._pwrite_all(self.fd, stored[layer, s:e], self.offset + at * row_bytes)
+                if scales is not None:
+                    self._pwrite_all(self.fds[SCALES_FILE], scales[layer, s:e],
+                                     self.offsets[SCALES_FILE] + at * scales.itemsize)
         self.written[rows] = True
 
     def close(self) -> None:
         """Wait for every queued block; re-raises a write error."""
         while self._pending:
             self._pending.pop(0).result()
-        os.fsync(self.fd)
+        for fd in self.fds.values():
+            os.fsync(fd)
 
     def abort(self) -> None:
         for fut in self._pending:
             fut.cancel()
         self._pool.shutdown(wait=True)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for name, fd in list(self.fds.items()):
+            os.close(fd)
+            del self.fds[name]
+        self.fd = -1
+
+
+def _read_npy_header(path: Path) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of an .npy file."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = header(fh)
+        return shape, fortran, dtype, fh.tell()
 
 
 class ActivationFile:
-    """One stored (model, task): ids, losses, and [n_states, n, d] float32 states read in pieces.
+    """One stored (model, task): ids, losses, and [n_states, n, d] states read in pieces as float32,
+    whatever dtype they are stored in (`dtype`, from `ACTIVATION_DTYPES`).
 
     Reads use `pread` into fresh arrays (no memory map), so reading a chunk costs only that
     chunk's memory.
@@ -602,22 +798,59 @@ class ActivationFile:
             self.evaluation: dict | None = info.get("evaluation")
             self._sha256 = info["sha256"]
             self._nonfinite = np.asarray(info["nonfinite_rows"], dtype=np.int64)
-            with open(self.folder / ACTS_FILE, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                          else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = header(fh)
-                self.offset = fh.tell()
+            shape, fortran, dtype, self.offset = _read_npy_header(self.folder / ACTS_FILE)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise MossaError(f"{self.folder}: unreadable activation folder ({exc}); delete it and rerun") from None
-        if fortran or dtype != np.dtype("<f4") or len(shape) != 3 or shape[1] != len(self.ids):
-            raise MossaError(f"{self.folder}: activation file has shape {shape} and dtype {dtype}, expected "
-                             f"[layers+1, {len(self.ids)}, d] float32; delete it and rerun")
+        stored = {np.dtype(descr): name for name, descr in ACTIVATION_DTYPES.items()}
+        self.dtype: str = stored.get(dtype, "")
+        if (fortran or not self.dtype or len(shape) != 3 or shape[1] != len(self.ids)
+                or info.get("dtype", "float32") != self.dtype):
+            raise MossaError(f"{self.folder}: activation file has shape {shape} and dtype {dtype} (meta.json says "
+                             f"{info.get('dtype', 'float32')}), expected [layers+1, {len(self.ids)}, d] of "
+                             f"{', '.join(ACTIVATION_DTYPES)}; delete it and rerun")
+        self.itemsize = dtype.itemsize
         size = (self.folder / ACTS_FILE).stat().st_size
-        if size != self.offset + 4 * int(np.prod(shape)):
+        if size != self.offset + self.itemsize * int(np.prod(shape)):
             raise MossaError(f"{self.folder}: activation file is truncated ({size} bytes); rerun `mossa run` on "
                              f"this study to recompute it")
         self.shape: tuple[int, int, int] = tuple(int(x) for x in shape)
+        self._side: dict[str, np.ndarray] = {}
+        self._side_offsets = {name: self._check_side(name, descr, shape)
+                              for name, descr, shape in _side_files(self.dtype, self.shape)}
+
+    def _check_side(self, name: str, descr: str, shape: tuple[int, ...]) -> int:
+        """The data offset of a file beside acts.npy, after checking its header and size."""
+        path = self.folder / name
+        try:
+            found, fortran, dtype, offset = _read_npy_header(path)
+            size = path.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise MossaError(f"{path}: the {self.dtype} store's {name} is missing or unreadable ({exc}); rerun "
+                             f"`mossa run` on this study to recompute it") from None
+        if fortran or dtype != np.dtype(descr) or tuple(found) != tuple(shape):
+            raise MossaError(f"{path}: shape {found} and dtype {dtype}, expected {list(shape)} {np.dtype(descr)}; "
+                             f"rerun `mossa run` on this study to recompute it")
+        if size != offset + np.dtype(descr).itemsize * int(np.prod(shape)):
+            raise MossaError(f"{path}: file is truncated ({size} bytes); rerun `mossa run` on this study to "
+                             f"recompute it")
+        return offset
+
+    def _side_array(self, name: str) -> np.ndarray:
+        """A file beside acts.npy, read once and kept (a few bytes per row or per feature)."""
+        if name not in self._side:
+            descr, shape = next((d, s) for n, d, s in _side_files(self.dtype, self.shape) if n == name)
+            with open(self.folder / name, "rb") as fh:
+                fh.seek(self._side_offsets[name])
+                self._side[name] = np.frombuffer(fh.read(), dtype=descr).reshape(shape)
+        return self._side[name]
+
+    def scales(self) -> np.ndarray:
+        """The float16 store's exponents k [n_states, n] int16 (stored rows are (x - centre) * 2**k)."""
+        return self._side_array(SCALES_FILE)
+
+    def centre(self) -> np.ndarray:
+        """A half-size store's centre [n_states, d] float32, subtracted from every state before encoding."""
+        return self._side_array(CENTRE_FILE)
 
     @property
     def n(self) -> int:
@@ -646,7 +879,8 @@ class ActivationFile:
         return mask
 
     def read(self, rows=None, layers=None, *, out: np.ndarray | None = None) -> np.ndarray:
-        """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers.
+        """States [len(layers), len(rows), d] float32 for these rows (in the given order) and layers,
+        decoded from the stored dtype.
 
         `out`, a C-contiguous float32 array of at least that many elements, is filled and a view
         of it returned (streaming reuses one buffer instead of faulting in fresh pages per block).
@@ -663,19 +897,32 @@ class ActivationFile:
             out = out.reshape(-1)[:size].reshape(len(layers), len(rows), d)
         else:
             out = np.empty((len(layers), len(rows), d), dtype=np.float32)
-        block = out if np.array_equal(order, np.arange(len(rows))) else np.empty_like(out)
+        in_order = np.array_equal(order, np.arange(len(rows)))
+        if self.dtype == "float32":
+            block = out if in_order else np.empty_like(out)
+        else:  # the stored 2-byte values, decoded below
+            block = np.empty(out.shape, dtype=ACTIVATION_DTYPES[self.dtype])
         with open(self.folder / ACTS_FILE, "rb", buffering=0) as fh:
             for i, layer in enumerate(layers):
                 for s, e in zip(starts, ends):
                     if s == e:
                         continue
                     view = memoryview(block[i, s:e]).cast("B")
-                    offset = self.offset + (layer * self.n + int(sorted_rows[s])) * 4 * d
+                    offset = self.offset + (layer * self.n + int(sorted_rows[s])) * self.itemsize * d
                     while view:
                         got = os.preadv(fh.fileno(), [view], offset)
                         if got == 0:
                             raise MossaError(f"{self.folder}: activation file ended early; rerun `mossa run`")
                         view, offset = view[got:], offset + got
+        if self.dtype != "float32":
+            target = out if in_order else np.empty_like(out)
+            picked = np.asarray(layers, dtype=np.int64)
+            if self.dtype == "float16":
+                decode_float16(block, self.scales()[picked][:, sorted_rows], out=target)
+            else:
+                decode_bfloat16(block, out=target)
+            target += self.centre()[picked][:, None, :]
+            block = target
         if block is not out:
             out[:, order] = block
         return out
@@ -683,9 +930,10 @@ class ActivationFile:
     def view(self, rows, layer: int) -> np.ndarray | None:
         """One layer's rows [len(rows), d] as a read-only memory map when they are one ascending run
         (the usual case), else None. Nothing is copied: the array reads the page cache in place, and
-        the mapping goes with the array, so resident memory stays at the layers in use."""
+        the mapping goes with the array, so resident memory stays at the layers in use. None for a store in
+        any dtype but float32 (its values must be decoded: `read`)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if not len(rows) or np.any(np.diff(rows) != 1):
+        if self.dtype != "float32" or not len(rows) or np.any(np.diff(rows) != 1):
             return None
         d = self.shape[2]
         offset = self.offset + (int(layer) * self.n + int(rows[0])) * 4 * d
@@ -698,7 +946,7 @@ class ActivationFile:
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows) or not hasattr(os, "posix_fadvise"):
             return
-        row_bytes = 4 * self.shape[2]
+        row_bytes = self.itemsize * self.shape[2]
         first, last = int(rows.min()), int(rows.max()) + 1
         fd = os.open(self.folder / ACTS_FILE, os.O_RDONLY)
         try:
@@ -713,3 +961,9 @@ class ActivationFile:
         rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64)
         for start in range(0, len(rows), size):
             yield self.read(rows[start:start + size])
+
+
+__all__ = ["ACTIVATION_DTYPES", "ACTS_FILE", "CENTRE_FILE", "MARKER", "META_FILE", "SCALES_FILE", "VERIFIED_FILE",
+           "ActivationFile", "ActivationWriter", "Activations", "StudyDir", "activation_bytes", "atomic_path",
+           "centre_of", "check_activation_dtype", "decode_bfloat16", "decode_float16", "encode_bfloat16",
+           "encode_float16", "is_temporary", "read_json", "read_prompt_templates", "write_json"]

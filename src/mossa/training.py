@@ -77,13 +77,14 @@ def examples_seen(n_examples: int, settings: TrainSettings) -> int:
     return seen
 
 
-def tokens_seen(prompts: list[Prompt], settings: TrainSettings) -> int:
-    """The prompt and target tokens a unit trained with `settings` on `prompts` reads, repeats counted (at the
-    prompts' mean length: which ones a cut last pass holds is the data order's)."""
+def tokens_seen(prompts: list[Prompt], settings: TrainSettings, *, seed: int, unit: str) -> int:
+    """The prompt and target tokens unit `unit` trained with `settings` on `prompts` reads, repeats counted:
+    exactly the training log's `tokens` (the slots of its seeded data order, `_slot_order`), without a model."""
     if not prompts:
         return 0
-    tokens = sum(len(p.prompt_ids) + len(p.target_ids) for p in prompts)
-    return round(examples_seen(len(prompts), settings) * tokens / len(prompts))
+    total = examples_seen(len(prompts), settings)
+    lengths = np.array([len(p.prompt_ids) + len(p.target_ids) for p in prompts], dtype=np.int64)
+    return int(lengths[_slot_order(len(prompts), total, np.random.default_rng(unit_seed(seed, unit)))].sum())
 
 
 def n_steps(n_examples: int, settings: TrainSettings) -> int:
@@ -137,11 +138,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _slot_order(n: int, total: int, rng: np.random.Generator) -> np.ndarray:
+    """The example behind each of `total` training slots: passes over n examples in fresh seeded orders."""
+    return np.concatenate([rng.permutation(n) for _ in range(math.ceil(total / n))])[:total]
+
+
 def _batches(prompts: list[Prompt], batch_size: int, total: int, rng: np.random.Generator) -> list[list[Prompt]]:
     """`total` example slots in batches: passes in fresh seeded orders, one after another, cut at
     `total`; each window of 8 batches sorted by length (less padding), its batches in random order.
     Every slot is used once, so a unit sees exactly `total` examples (the last batch may be short)."""
-    order = np.concatenate([rng.permutation(len(prompts)) for _ in range(math.ceil(total / len(prompts)))])[:total]
+    order = _slot_order(len(prompts), total, rng)
     window = batch_size * 8
     out: list[list[Prompt]] = []
     for start in range(0, total, window):

@@ -87,6 +87,12 @@ class StudyContext:
         limits = {"generate": self.cfg.generate_examples, "lens": self.cfg.lens_examples}
         return ("evaluation v1", self.cfg.eval_examples, *(f"{k} {v}" for k, v in limits.items() if v))
 
+    def states_key(self, label: str) -> tuple:
+        """What a stored extraction's cache key adds: its evaluation's key and the dtype its states are stored in
+        (float32 adds nothing: keys of studies run before half-size stores stay valid)."""
+        store = () if self.cfg.activation_dtype == "float32" else (f"store {self.cfg.activation_dtype}",)
+        return (*self.eval_key(label), *store)
+
     def prompt_builder(self, loaded, fmt: PromptFormat) -> PromptBuilder:
         cfg = self.cfg
         return PromptBuilder(loaded.tokenizer, fmt, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -144,7 +150,8 @@ class StudyContext:
                 "lens_examples": self.cfg.lens_examples if evaluated else 0,
                 "prompt_format": builder.fmt.describe(), "prompt_text_sha256": prompt_digest(prompts)}
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
-                                          hidden=loaded.hidden_size, inputs=inputs, meta=meta) as sink:
+                                          hidden=loaded.hidden_size, inputs=inputs, meta=meta,
+                                          dtype=self.cfg.activation_dtype) as sink:
             extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
                     last_layer=self.cfg.last_layer, sink=sink, evaluate=evaluated, eval_rows=self.cfg.eval_examples,
                     generate_rows=self.cfg.generate_examples, lens_rows=self.cfg.lens_examples,

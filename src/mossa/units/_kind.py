@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, ClassVar
 from mossa.errors import unknown_name_error
 from mossa.registry import register_unique
 from mossa.store import read_json
+from mossa.training import tokens_seen
 
 if TYPE_CHECKING:
-    from mossa.config import StudyConfig
+    from mossa.config import StudyConfig, TrainSettings
     from mossa.tasks import TaskSpec
     from mossa.units._context import StudyContext
 
@@ -96,9 +97,14 @@ class UnitKind(abc.ABC):
     def run(self) -> None:
         """Compute and store the outputs that are missing."""
 
+    def training_run(self) -> tuple[list, TrainSettings] | None:
+        """The prompts this unit's adapter trains on and how (None: it trains nothing)."""
+        return None
+
     def train_tokens(self) -> int:
-        """The tokens this unit trains on, repeats counted (0: it trains nothing)."""
-        return 0
+        """The tokens this unit trains on, repeats counted, exactly as its training log will count them."""
+        run = self.training_run()
+        return 0 if run is None else tokens_seen(*run, seed=self.ctx.cfg.seed, unit=self.unit)
 
     def work(self) -> float:
         """The unit's estimated cost in token passes, what is stored left out (a resumed unit costs less): a

@@ -8,7 +8,7 @@ activations/<unit>/<task>/).
 from __future__ import annotations
 
 from mossa.config import LoraSettings, TrainSettings
-from mossa.training import mixture, parity_stream, tokens_seen
+from mossa.training import mixture, parity_stream
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind
 
@@ -38,10 +38,10 @@ class MixtureUnit(UnitKind):
         inputs = self.fingerprint()
         ctx = self.ctx
         return [AdapterOutput(self.unit, inputs)] + [
-            StatesOutput(self.unit, t, input_digest(inputs, "acts", ctx.task_fp[t], *ctx.eval_key(self.unit)))
+            StatesOutput(self.unit, t, input_digest(inputs, "acts", ctx.task_fp[t], *ctx.states_key(self.unit)))
             for t in self.evaluate_on()]
 
-    def _mixture(self) -> tuple[list, TrainSettings]:
+    def training_run(self) -> tuple[list, TrainSettings]:
         """The examples this unit trains on and how (by budget parity: one pass over a stream that repeats each
         task as its control sees it)."""
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -52,13 +52,10 @@ class MixtureUnit(UnitKind):
             return mix, cfg.experimental.model_copy(update={"epochs": 1.0, "max_steps": None})
         return mixture(train, ctx.clusters, cap=cfg.cluster_cap, seed=cfg.seed), cfg.experimental
 
-    def train_tokens(self) -> int:
-        return tokens_seen(*self._mixture())
-
     def run(self) -> None:
         ctx, cfg = self.ctx, self.ctx.cfg
         adapter, *states = self.outputs()
-        mix, settings = self._mixture()
+        mix, settings = self.training_run()
         ctx.rep.log(f"{self.unit} mixture: {len(mix)} examples from {len(self.train_on())} tasks "
                     f"({cfg.experimental_budget})")
         ctx.train(self.unit, mix, settings, adapter.inputs, lora=self.lora())

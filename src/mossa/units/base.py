@@ -26,7 +26,7 @@ class Base(UnitKind):
 
     def outputs(self) -> list:
         ctx = self.ctx
-        return [StatesOutput(self.name, t, input_digest(self.fingerprint(), "base", fp, *ctx.eval_key(self.name)))
+        return [StatesOutput(self.name, t, input_digest(self.fingerprint(), "base", fp, *ctx.states_key(self.name)))
                 for t, fp in ctx.task_fp.items()]
 
     def run(self) -> None:

@@ -8,7 +8,6 @@ activations/control/<t>/ and activations/cross-<t>/<s>/).
 from __future__ import annotations
 
 from mossa.analysis import cross_label
-from mossa.training import tokens_seen
 from mossa.units._context import input_digest
 from mossa.units._kind import AdapterOutput, StatesOutput, UnitKind, register_unit
 
@@ -36,8 +35,8 @@ class Control(UnitKind):
                             cfg.task_control(self.task).model_dump(), self.name,
                             *([cfg.task_n_train(self.task)] if self.task in cfg.task_budgets else []))
 
-    def train_tokens(self) -> int:
-        return tokens_seen(self.ctx.train_prompts[self.task], self.ctx.cfg.task_control(self.task))
+    def training_run(self):
+        return self.ctx.train_prompts[self.task], self.ctx.cfg.task_control(self.task)
 
     def cross_targets(self) -> list[str]:
         """The tasks on whose test prompts this control is read as another task's specialist."""
@@ -47,15 +46,15 @@ class Control(UnitKind):
         inputs = self.fingerprint()
         ctx = self.ctx
         label = cross_label(self.task)
-        acts_key = input_digest(inputs, "acts", *ctx.eval_key(self.name))
+        acts_key = input_digest(inputs, "acts", *ctx.states_key(self.name))
         return [AdapterOutput(self.unit, inputs), StatesOutput(self.name, self.task, acts_key)] + [
-            StatesOutput(label, t, input_digest(inputs, "acts", ctx.task_fp[t], *ctx.eval_key(label)))
+            StatesOutput(label, t, input_digest(inputs, "acts", ctx.task_fp[t], *ctx.states_key(label)))
             for t in self.cross_targets()]
 
     def run(self) -> None:
         adapter, states, *cross = self.outputs()
         ctx = self.ctx
-        ctx.train(self.unit, ctx.train_prompts[self.task], ctx.cfg.task_control(self.task), adapter.inputs)
+        ctx.train(self.unit, *self.training_run(), adapter.inputs)
         ctx.extract(self.name, self.unit, self.task, states.key)
         if cross:
             ctx.extract_tasks(cross[0].label, self.unit, {o.task: o.key for o in cross})

@@ -46,7 +46,7 @@ class GivenExperimental(UnitKind):
 
     def outputs(self) -> list:
         key, ctx = self.fingerprint(), self.ctx
-        return [StatesOutput(EXPERIMENTAL, t, input_digest(key, fp, *ctx.eval_key(EXPERIMENTAL)))
+        return [StatesOutput(EXPERIMENTAL, t, input_digest(key, fp, *ctx.states_key(EXPERIMENTAL)))
                 for t, fp in ctx.task_fp.items()]
 
     def run(self) -> None:
