@@ -13,6 +13,7 @@ stderr and exits with code 2; MOSSA_DEBUG=1 shows the traceback.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -94,6 +95,8 @@ def run(
     n_test: Optional[int] = typer.Option(None, help="Test prompts per task."),
     n_train: Optional[int] = typer.Option(None, help="Training examples per task."),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
+    activation_dtype: Optional[str] = typer.Option(None, help="How the states are stored: float16 (default, half "
+                                                   "the disk) | float32 | bfloat16."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     last_layer: Optional[str] = typer.Option(None, help="post_norm (HF convention) | pre_norm."),
     prompt_format: Optional[str] = typer.Option(None, help="One prompt format for every model: auto | plain | "
@@ -138,14 +141,30 @@ def run(
     restrict_sections: bool = typer.Option(False, "--restrict-sections", help="Also train one E per section "
                                            "with LoRA on that section's layers only, and report their task "
                                            "metrics beside E's."),
+    ignore_disk_space: bool = typer.Option(False, "--ignore-disk-space", help="Start even when the study's "
+                                           "activations would not fit the free space of its folder's disk."),
 ) -> None:
     """Run the whole study: train E and the controls, extract, compare, plot."""
-    from mossa.config import resolve_config
+    flags = dict(locals())
     from mossa.progress import Reporter
     from mossa.study import run_study
 
+    wait, ignore_disk_space = flags.pop("wait"), flags.pop("ignore_disk_space")
+    result = run_study(_study_config(**flags), reporter=Reporter(), wait=wait, ignore_disk_space=ignore_disk_space)
+    _summary(result)
+
+
+def _study_config(*, config, model, tasks_dir, task_file, cluster, tasks, preset, out_dir, seed, n_test, n_train,
+                  dtype, activation_dtype, device, last_layer, prompt_format, chat_template, system_prompt, templates, measures,
+                  holdout, ceiling_tasks, n_boot, n_permutations, tsne_layers, executor, ray_address, ray_cpus,
+                  threads, cpus_per_unit, gpus_per_unit, experimental, experimental_train, causal_full,
+                  restrict_sections):
+    """The study config of `mossa run`'s (and `mossa plan`'s) flags."""
+    from mossa.config import resolve_config
+
     cfg = resolve_config({"model": model, "tasks_dir": tasks_dir, "tasks": _split_list(tasks), "preset": preset,
                           "out": out_dir, "seed": seed, "n_test": n_test, "n_train": n_train, "dtype": dtype,
+                          "activation_dtype": activation_dtype,
                           "device": device, "last_layer": last_layer, "prompt_format": prompt_format,
                           "chat_template": chat_template, "system_prompt": system_prompt, "templates": templates,
                           "measures": _split_list(measures, "--measures"),
@@ -161,8 +180,30 @@ def run(
                          config_file=config, unset=("experimental_model",) if experimental_train else ())
     if causal_full:
         cfg = cfg.model_copy(update={"causal_examples": None, "causal_tasks": "all"})
-    result = run_study(cfg, reporter=Reporter(), wait=wait)
-    _summary(result)
+    return cfg
+
+
+def plan(**flags) -> None:
+    """Plan the study `mossa run` would run with the same flags, without training or extracting anything:
+    tokens, FLOPs, activation bytes, memory and time, here and on named GPUs."""
+    from mossa.plan import plan_study
+
+    calibrate = flags.pop("calibrate")
+    _print_plan(plan_study(_study_config(**flags), calibrate=calibrate))
+
+
+def _same_flags_as_run(command, drop: tuple[str, ...], *extra: inspect.Parameter):
+    """Give `command` run's flags less `drop`, plus `extra` (typer reads a command's signature)."""
+    params = [p for name, p in inspect.signature(run, eval_str=True).parameters.items() if name not in drop]
+    command.__signature__ = inspect.Signature([*params, *extra], return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
+app.command("plan")(_same_flags_as_run(plan, ("wait", "ignore_disk_space"), inspect.Parameter(
+    "calibrate", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        True, "--calibrate/--no-calibrate", help="Measure this machine's rates (on the model itself when its "
+        "weights are here) for the time estimate; --no-calibrate leaves this machine's time out."))))
 
 
 def _task_files(paths: Optional[list[Path]], clusters: Optional[list[str]]) -> Optional[list[dict]]:
@@ -296,6 +337,76 @@ def _summary(result) -> None:
     report = Path(result.root) / "report.html"
     out.print(f"study folder: {result.root}  (results/, figures/, study.json)"
               + (f"\nreport: {report}" if report.is_file() else ""))
+
+
+def _si(n: float) -> str:
+    """A count in 4 significant characters: 950, 12.3k, 4.56M, 1.2G."""
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.0f}" if unit == "" else f"{n:.3g}{unit}"
+        n /= 1000
+    return str(n)
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or days beyond 99 hours."""
+    if seconds >= 99 * 3600:
+        return f"{seconds / 86400:,.0f} days"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _print_plan(plan) -> None:
+    """`mossa plan`'s tables: the model, the cost per unit kind, the analysis, memory, time and disk."""
+    from mossa.plan import STAGES, human_bytes
+
+    m = plan.model
+    out.print(f"model {m.name}: {_si(m.params)} parameters ({_si(m.block_params)} in its {m.n_layers} "
+              f"blocks), d={m.hidden}, vocabulary {m.vocab:,}, LoRA {m.lora_params:,} parameters per adapter; "
+              f"compute {m.compute_dtype}; tokens counted with {m.tokenizer} tokenizer")
+    out.print(f"{plan.tasks} tasks in {plan.clusters} clusters, {plan.test_prompts:,} test prompts")
+    table = Table(title="cost per unit kind (what is already stored left out); FLOPs: train / extract / evaluate")
+    for col in ("kind", "units", "train tokens", "steps", "state tokens", "scored + answer≤", "activations",
+                "FLOPs"):
+        table.add_column(col, justify="left" if col == "kind" else "right", no_wrap=col == "kind")
+    for k in [*plan.kinds, plan.total]:
+        if k.units or k.kind == "total":
+            table.add_row(k.kind, f"{k.units:,}", _si(k.train_tokens), f"{k.steps:,}", _si(k.state_tokens),
+                          f"{_si(k.eval_tokens)} + {_si(k.answer_tokens)}", human_bytes(k.activation_bytes),
+                          " / ".join(f"{k.flops[s]:.1e}" for s in STAGES[:3]))
+    out.print(table)
+    a, mem = plan.analysis, plan.memory
+    out.print(f"analysis: {a['path']}; {a['flops']:.2e} FLOPs; per worker about {human_bytes(a['memory'])} "
+              f"(an n x n kernel at n={a['n_max']:,} is {human_bytes(a['kernel_bytes'])}, a d x d sum "
+              f"{human_bytes(a['feature_bytes'])})")
+    out.print(f"memory of a unit (host, or GPU on CUDA): about {human_bytes(mem['unit_peak'])} = weights "
+              f"{human_bytes(mem['weights'])} (fp32) + LoRA and AdamW {human_bytes(mem['lora_and_optimizer'])} + "
+              f"the larger of a training step's activations {human_bytes(mem['training_activations'])} and an "
+              f"extraction batch's {human_bytes(mem['extraction_activations'])}")
+    times = Table(title="estimated wall time, h:mm:ss (GPUs: peak x assumed efficiency; the analysis on this "
+                        "machine's CPU; docs/plan.md)")
+    for col in ("where", "train", "extract", "evaluate", "analyse", "total", "fits"):
+        times.add_column(col, justify="left" if col == "where" else "right", no_wrap=col == "where")
+    machine = plan.machine
+    if machine.get("seconds"):
+        out.print(f"this machine: {machine['cpu']}, {machine['threads']} threads, GEMM {machine['gemm_flops'] / 1e9:.0f}"
+                  f" GFLOP/s ({m.compute_dtype}); rates from {machine['calibration']}")
+        times.add_row("this machine", *(_clock(machine["seconds"][s]) for s in STAGES),
+                      _clock(sum(machine["seconds"].values())),
+                      f"{'yes' if machine['fits'] else 'no'} ({machine['memory'] / 2 ** 30:.0f}G)")
+    host = machine.get("seconds", {}).get("analysis")  # the analysis runs on the CPU wherever the units ran
+    for name, gpu in plan.gpus.items():
+        gpu_total = sum(gpu["seconds"].values())
+        times.add_row(name, *(_clock(gpu["seconds"][s]) for s in STAGES[:3]),
+                      "-" if host is None else _clock(host), _clock(gpu_total + (host or 0)),
+                      f"{'yes' if gpu['fits'] else 'no'} ({gpu['memory_gib']}G)")
+    out.print(times)
+    disk = plan.disk
+    line = (f"disk: activations {human_bytes(disk['needed'])}, {human_bytes(disk['free'])} free on {disk['folder']}")
+    out.print(line if disk["fits"] else f"[bold red]warning:[/] {line}: too small; `mossa run` will refuse to start "
+              f"(free space, another --out, activation_dtype float16, or --ignore-disk-space)")
+    for note in plan.notes:
+        out.print(f"note: {note}")
 
 
 @tasks_app.command("list")

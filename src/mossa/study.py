@@ -34,6 +34,7 @@ from mossa.models import (
     resolve_lora_targets,
     resolve_model,
 )
+from mossa.plan import check_disk
 from mossa.progress import Reporter
 from mossa.provenance import experimental_info, study_provenance
 from mossa.report import plot_section_checks, plot_study
@@ -94,8 +95,11 @@ def default_out() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool = False) -> StudyResult:
-    """Run the whole study described by `cfg`; returns the tables and the study folder."""
+def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool = False,
+              ignore_disk_space: bool = False) -> StudyResult:
+    """Run the whole study described by `cfg`; returns the tables and the study folder. Unless
+    `ignore_disk_space`, a study whose activations would not fit its folder's free space is refused before
+    any unit runs (`mossa.plan.check_disk`)."""
     rep = reporter or Reporter()
     started = time.time()  # wall clock: the analysis (maybe in another process) computes the total
     tasks, source = validate(cfg)
@@ -114,7 +118,7 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
                 rep.log(f"removed {len(swept)} temporary files or folders left by an interrupted run")
             with make_executor(cfg.executor, address=cfg.ray_address, num_cpus=cfg.ray_cpus,
                                log=rep.log) as executor:
-                return _run(cfg, study, tasks, source, executor, rep, started)
+                return _run(cfg, study, tasks, source, executor, rep, started, ignore_disk_space)
     except MossaError as exc:
         if created and not isinstance(exc, StorageError):  # a full disk keeps the finished units
             shutil.rmtree(root, ignore_errors=True)
@@ -122,8 +126,9 @@ def run_study(cfg: StudyConfig, *, reporter: Reporter | None = None, wait: bool 
 
 
 def _open(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, rep: Reporter,
-          timings: dict[str, float]) -> StudyContext:
-    """Load B, check what needs the model, and build every prompt: the study's context, its config pinned."""
+          timings: dict[str, float], ignore_disk_space: bool) -> StudyContext:
+    """Load B, check what needs the model (the disk's free space among it), and build every prompt: the study's
+    context, its config pinned."""
     t0 = time.perf_counter()
     loaded = load_model(source, dtype=cfg.dtype, device=cfg.device, progress=rep.log)
     timings["load_model"] = time.perf_counter() - t0
@@ -136,6 +141,8 @@ def _open(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, rep:
     t0 = time.perf_counter()
     ctx = StudyContext(unit_config(cfg, tasks, loaded), study, tasks, loaded, rep)  # every prompt: checked here
     timings["prompts"] = time.perf_counter() - t0
+    if not ignore_disk_space:
+        check_disk(ctx)
     # Logged only now: every check that needs the model has passed, so a user error stays one line.
     rep.log(f"study {study.root}: {len(tasks)} tasks in {len({t.cluster for t in tasks})} clusters, "
             f"model {cfg.model}")
@@ -145,9 +152,9 @@ def _open(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, rep:
 
 
 def _run(cfg: StudyConfig, study: StudyDir, tasks: list[TaskSpec], source, executor, rep: Reporter,
-         started: float) -> StudyResult:
+         started: float, ignore_disk_space: bool) -> StudyResult:
     timings: dict[str, float] = {}
-    ctx = _open(cfg, study, tasks, source, rep, timings)
+    ctx = _open(cfg, study, tasks, source, rep, timings, ignore_disk_space)
     unit_cfg = ctx.cfg
     cpus = unit_cfg.cpus_per_unit or float(unit_cfg.threads)
     gpus = unit_cfg.gpus_per_unit if unit_cfg.gpus_per_unit is not None else float(unit_cfg.device == "cuda")
