@@ -364,7 +364,8 @@ def _print_plan(plan) -> None:
     out.print(f"model {m.name}: {_si(m.params)} parameters ({_si(m.block_params)} in its {m.n_layers} "
               f"blocks), d={m.hidden}, vocabulary {m.vocab:,}, LoRA {m.lora_params:,} parameters per adapter; "
               f"compute {m.compute_dtype}; tokens counted with {m.tokenizer} tokenizer")
-    out.print(f"{plan.tasks} tasks in {plan.clusters} clusters, {plan.test_prompts:,} test prompts")
+    out.print(f"{plan.tasks} tasks in {plan.clusters} clusters, {plan.test_prompts:,} test prompts; states stored "
+              f"as {plan.activation_dtype}")
     table = Table(title="cost per unit kind (what is already stored left out); FLOPs: train / extract / evaluate")
     for col in ("kind", "units", "train tokens", "steps", "state tokens", "scored + answer≤", "activations",
                 "FLOPs"):
@@ -379,10 +380,11 @@ def _print_plan(plan) -> None:
     out.print(f"analysis: {a['path']}; {a['flops']:.2e} FLOPs; per worker about {human_bytes(a['memory'])} "
               f"(an n x n kernel at n={a['n_max']:,} is {human_bytes(a['kernel_bytes'])}, a d x d sum "
               f"{human_bytes(a['feature_bytes'])})")
-    out.print(f"memory of a unit (host, or GPU on CUDA): about {human_bytes(mem['unit_peak'])} = weights "
+    out.print(f"peak memory of a unit: about {human_bytes(mem['unit_peak'])} on its device = weights "
               f"{human_bytes(mem['weights'])} (fp32) + LoRA and AdamW {human_bytes(mem['lora_and_optimizer'])} + "
               f"the larger of a training step's activations {human_bytes(mem['training_activations'])} and an "
-              f"extraction batch's {human_bytes(mem['extraction_activations'])}")
+              f"extraction batch's {human_bytes(mem['extraction_activations'])}; on CUDA the host holds the "
+              f"fp32 weights while they load ({human_bytes(mem['weights'])})")
     times = Table(title="estimated wall time, h:mm:ss (GPUs: peak x assumed efficiency; the analysis on this "
                         "machine's CPU; docs/plan.md)")
     for col in ("where", "train", "extract", "evaluate", "analyse", "total", "fits"):
@@ -403,8 +405,9 @@ def _print_plan(plan) -> None:
     out.print(times)
     disk = plan.disk
     line = (f"disk: activations {human_bytes(disk['needed'])}, {human_bytes(disk['free'])} free on {disk['folder']}")
+    half = ", activation_dtype float16" if plan.activation_dtype == "float32" else ""
     out.print(line if disk["fits"] else f"[bold red]warning:[/] {line}: too small; `mossa run` will refuse to start "
-              f"(free space, another --out, activation_dtype float16, or --ignore-disk-space)")
+              f"(free space, another --out{half}, or --ignore-disk-space)")
     for note in plan.notes:
         out.print(f"note: {note}")
 

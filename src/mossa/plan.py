@@ -38,7 +38,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -61,10 +61,15 @@ GPUS = {
 # measured; a GPU run's measured time corrects it (bench/README.md). The analysis runs on the host's CPU
 # (NumPy, float64) wherever the units ran.
 GPU_EFFICIENCY = {"training": 0.30, "extraction": 0.25, "evaluation": 0.10}
-# The share of this machine's calibrated GEMM rate the study's passes reach, measured on the demo study
-# (gemma-3-270m, docs/plan.md): its stage times against its planned FLOPs.
-CPU_EFFICIENCY = {"training": 0.60, "extraction": 0.35, "evaluation": 0.08, "analysis": 0.30}
+# The share of this machine's GEMM rate (compute dtype) the study's passes reach where they cannot be timed
+# (no weights here): measured on the demo study (gemma-3-270m, 2-core AMD EPYC, docs/plan.md), its stage
+# times against its planned FLOPs; its extraction and evaluation are timed together. The analysis's share of
+# the float64 GEMM rate is assumed (its kernels and permutation sums), plus a fixed cost per table cell (task x
+# compared pair x layer x measure) measured on the demo: 57.5 s of analysis over 11,856 cells.
+CPU_EFFICIENCY = {"training": 0.30, "extraction": 0.34, "evaluation": 0.34, "analysis": 0.30}
+ANALYSIS_CELL_SECONDS = 0.0045
 STAGES = ("training", "extraction", "evaluation", "analysis")
+_CALIBRATION_PROMPTS = 64  # test prompts of one task the calibration extracts (as a task's extraction batches them)
 
 
 @dataclass
@@ -86,6 +91,8 @@ class KindCost:
 
 @dataclass
 class ModelFacts:
+    """The model as the plan counts it (from its config: no weights)."""
+
     name: str
     n_layers: int
     hidden: int
@@ -99,12 +106,15 @@ class ModelFacts:
 
 @dataclass
 class StudyPlan:
+    """Everything `mossa plan` prints: the cost per unit kind, the analysis, memory, time and disk."""
+
     model: ModelFacts
     kinds: list[KindCost]
     tasks: int
     clusters: int
     test_prompts: int
     estimated_tasks: list[str]  # counted from stated sizes (no data here)
+    activation_dtype: str
     analysis: dict
     memory: dict
     machine: dict  # the calibration and the time on this machine per stage
@@ -114,14 +124,7 @@ class StudyPlan:
 
     @property
     def total(self) -> KindCost:
-        out = KindCost("total")
-        for k in self.kinds:
-            for name in ("units", "train_tokens", "target_tokens", "steps", "state_tokens", "eval_tokens",
-                         "answer_tokens", "lens_states", "activation_bytes"):
-                setattr(out, name, getattr(out, name) + getattr(k, name))
-            for stage, value in k.flops.items():
-                out.flops[stage] += value
-        return out
+        return _total(self.kinds)
 
 
 def _meta_model(location: str):
@@ -137,7 +140,7 @@ def _meta_model(location: str):
         return AutoModelForCausalLM.from_config(config)
 
 
-def _tokenizer(location: str, cfg: StudyConfig):
+def _tokenizer(location: str):
     """The model's tokenizer, else the default model's (counts then approximate the model's), and whose it is."""
     from transformers import AutoTokenizer
 
@@ -157,14 +160,12 @@ def _weightless(cfg: StudyConfig, root: Path) -> tuple[LoadedModel, str, str]:
     """B as the plan needs it (config, tokenizer and fingerprint, its parameters on the meta device), whose
     tokenizer counts, and where its files are."""
     source = resolve_model(cfg.model)
-    if source.kind in ("embedded", "gguf", "adapter"):
-        location, fingerprint = materialize(source, progress=lambda *_: None)  # converted once, cached
-    else:
-        location = source.location
-        # A study folder with stored units needs the real fingerprint to leave them out; a new one does not.
-        fingerprint = materialize(source)[1] if root.exists() and source.kind == "hf_dir" else f"plan:{location}"
+    if source.kind == "hf_dir" and not root.exists():  # no stored unit to match: skip hashing its weights
+        location, fingerprint = source.location, f"plan:{source.location}"
+    else:  # a GGUF is converted once (cached), as `mossa run` would
+        location, fingerprint = materialize(source, progress=lambda *_: None)
     model = _meta_model(location)
-    tok, whose = _tokenizer(location, cfg)
+    tok, whose = _tokenizer(location)
     device = pick_device(cfg.device)
     dtype, reason = pick_dtype(cfg.dtype, device)
     return LoadedModel(name=source.name, source=source, model=model, tokenizer=tok, fingerprint=fingerprint,
@@ -298,6 +299,13 @@ def _add(cost: KindCost, part: dict) -> None:
             setattr(cost, name, getattr(cost, name) + value)
 
 
+def _total(kinds: list[KindCost]) -> KindCost:
+    out = KindCost("total")
+    for k in kinds:
+        _add(out, {f.name: getattr(k, f.name) for f in fields(KindCost) if f.name != "kind"})
+    return out
+
+
 def _cost(ctx: StudyContext, m: ModelFacts) -> list[KindCost]:
     """Every states-phase unit's cost, by kind, what is already stored left out."""
     kinds = []
@@ -342,16 +350,17 @@ def _analysis(ctx: StudyContext, m: ModelFacts) -> dict:
                     if isinstance(output, StatesOutput):
                         reps[output.task] = reps.get(output.task, 0) + 1
     d, states, perms = m.hidden, m.n_layers + 1, ctx.cfg.n_permutations
-    flops, n_max, r_max = 0.0, 0, 0
+    flops, n_max, r_max, cells = 0.0, 0, 0, 0
     for task, r in reps.items():
         n = len(ctx.test[task])
         n_max, r_max = max(n_max, n), max(r_max, r)
         pairs = r - 1
+        cells += states * pairs * len(measures)
         flops += states * (r * (2 * n * d * d + kinds * 2 * n * n * d)
                            + pairs * (2 * n * d * d + len(kernels) * (perms + 2) * 2 * n * n))
     kernel_bytes = 8 * n_max * n_max
     return {"path": "values: d x d feature sums (streamed); intervals and nulls: n x n kernels",
-            "flops": flops, "kernel_bytes": kernel_bytes, "feature_bytes": 8 * d * d,
+            "flops": flops, "cells": cells, "kernel_bytes": kernel_bytes, "feature_bytes": 8 * d * d,
             "memory": 4 * kernel_bytes + 8 * d * d * (2 * r_max - 1), "n_max": n_max}
 
 
@@ -410,9 +419,9 @@ def _has_weights(location: str) -> bool:
     return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")))
 
 
-def _spread(ctx: StudyContext, n: int, split: str) -> list:
-    """n prompts taken round-robin over the tasks (the calibration's sample)."""
-    pools = [(ctx.test if split == "test" else ctx.train_prompts)[t.name] for t in ctx.tasks]
+def _spread(ctx: StudyContext, n: int) -> list:
+    """n training prompts taken round-robin over the tasks (the calibration's training sample)."""
+    pools = [ctx.train_prompts[t.name] for t in ctx.tasks]
     out = []
     for i in range(n):
         pool = pools[i % len(pools)]
@@ -431,7 +440,7 @@ def _timed(run) -> float:
 
 def _measured_rates(ctx: StudyContext, m: ModelFacts) -> dict[str, float]:
     """FLOP/s the study's own passes reach on this machine, per stage: three training steps, a states-only and an
-    evaluated extraction of a few of the study's prompts, on the real model, each timed on its second run."""
+    evaluated extraction of one task's test prompts (up to 64), on the real model, each timed on its second run."""
     from mossa.config import TrainSettings
     from mossa.extraction import extract
     from mossa.models import AdapterHost, load_model
@@ -444,7 +453,11 @@ def _measured_rates(ctx: StudyContext, m: ModelFacts) -> dict[str, float]:
         host = AdapterHost(loaded)
         settings = TrainSettings(lr=cfg.control.lr, epochs=1, max_steps=3, batch_size=cfg.control.batch_size,
                                  grad_accum=1)
-        train, test = _spread(ctx, 3 * settings.batch_size, "train"), _spread(ctx, 16, "test")
+        train = _spread(ctx, 3 * settings.batch_size)
+        # one task's test prompts, as an extraction batches them: the first task that answers by generation (the
+        # dearest evaluation), else the first
+        task = next((t.name for t in ctx.tasks if not any(p.option_ids for p in ctx.test[t.name])), ctx.tasks[0].name)
+        test = ctx.test[task][:_CALIBRATION_PROMPTS]
         logs = []
         seconds = {"training": _timed(lambda: logs.append(train_adapter(host, "calibrate", train, settings=settings,
                                                                          lora=cfg.lora, seed=0)))}
@@ -453,13 +466,13 @@ def _measured_rates(ctx: StudyContext, m: ModelFacts) -> dict[str, float]:
         budget = cfg.extract_token_budget
         seconds["extraction"] = _timed(lambda: extract(host, None, test, token_budget=budget, evaluate=False))
         flops["extraction"] = _states_cost(test, False, cfg, m)["flops"]["extraction"]
-        sample = test[:8]
         evaluate = {"token_budget": budget, "last_layer": cfg.last_layer, "evaluate": True,
-                    "generate_rows": cfg.generate_examples, "lens_rows": cfg.lens_examples,
+                    "eval_rows": cfg.eval_examples, "generate_rows": cfg.generate_examples,
+                    "lens_rows": cfg.lens_examples,
                     "answer_end": ctx.builder.end_of_answer(), "one_line": ctx.builder.mode == "plain",
                     "max_new_tokens": cfg.max_target_tokens}  # as StudyContext.extract calls it
-        spent = _timed(lambda: extract(host, None, sample, **evaluate))
-        cost = _states_cost(sample, True, cfg, m)["flops"]
+        spent = _timed(lambda: extract(host, None, test, **evaluate))
+        cost = _states_cost(test, True, cfg, m)["flops"]
         states = cost["extraction"] / (flops["extraction"] / seconds["extraction"])
         seconds["evaluation"] = max(spent - states, 1e-3)
         flops["evaluation"] = cost["evaluation"]
@@ -496,9 +509,10 @@ def check_disk(ctx: StudyContext) -> None:
     needed = stored_bytes_needed(ctx)
     where, free = _free_bytes(ctx.study.root)
     if needed > free:
+        half = ", set activation_dtype float16 (half the size)" if ctx.cfg.activation_dtype == "float32" else ""
         raise MossaError(f"{ctx.study.root}: the study's activations need {human_bytes(needed)} and {where} has "
                          f"{human_bytes(free)} free (`mossa plan` shows the study's cost); free some space, "
-                         f"choose another --out, set activation_dtype float16, or pass --ignore-disk-space to go on")
+                         f"choose another --out{half}, or pass --ignore-disk-space to go on")
 
 
 def human_bytes(n: float) -> str:
@@ -509,7 +523,8 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def _machine(ctx: StudyContext, m: ModelFacts, peak: int, flops: dict[str, float], location: str) -> dict:
+def _machine(ctx: StudyContext, m: ModelFacts, peak: int, flops: dict[str, float], cells: int,
+             location: str) -> dict:
     """This machine's calibration and time per stage: rates measured on the model's own passes when its weights
     are here and a unit fits the device's memory, else its GEMM rate times the stated efficiency."""
     from mossa.models import cpu_name
@@ -526,7 +541,8 @@ def _machine(ctx: StudyContext, m: ModelFacts, peak: int, flops: dict[str, float
     return {"cpu": torch.cuda.get_device_name(device) if cuda else cpu_name(), "device": device.type,
             "threads": threads, "memory": room, "fits": peak <= room, "gemm_flops": rate,
             "calibration": "the model's own passes" if measured else f"GEMM x {'GPU' if cuda else 'CPU'}_EFFICIENCY",
-            "rates": rates, "seconds": {s: flops[s] / rates[s] for s in STAGES}}
+            "rates": rates, "seconds": {**{s: flops[s] / rates[s] for s in STAGES[:3]},
+                                        "analysis": flops["analysis"] / rates["analysis"] + cells * ANALYSIS_CELL_SECONDS}}
 
 
 def plan_study(cfg: StudyConfig, *, calibrate: bool = True) -> StudyPlan:
@@ -547,11 +563,8 @@ def plan_study(cfg: StudyConfig, *, calibrate: bool = True) -> StudyPlan:
     kinds = _cost(ctx, m)
     analysis = _analysis(ctx, m)
     memory = _memory(ctx, m)
-    total = KindCost("total")
-    for k in kinds:
-        _add(total, {"flops": k.flops})
-    flops = {**total.flops, "analysis": analysis["flops"]}
-    machine = _machine(ctx, m, memory["unit_peak"], flops, location) if calibrate else {}
+    flops = {**_total(kinds).flops, "analysis": analysis["flops"]}
+    machine = _machine(ctx, m, memory["unit_peak"], flops, analysis["cells"], location) if calibrate else {}
     gpus = {}
     for name, (peak, gib) in GPUS.items():
         gpus[name] = {"seconds": {s: flops[s] / (peak * GPU_EFFICIENCY[s]) for s in STAGES[:3]},
@@ -564,6 +577,7 @@ def plan_study(cfg: StudyConfig, *, calibrate: bool = True) -> StudyPlan:
                      f"flan-mini's rows of the same task or cluster: {', '.join(sorted(stated))}")
     return StudyPlan(model=m, kinds=kinds, tasks=len(ctx.tasks), clusters=len({t.cluster for t in ctx.tasks}),
                      test_prompts=sum(len(v) for v in ctx.test.values()), estimated_tasks=sorted(stated),
+                     activation_dtype=ctx.cfg.activation_dtype,
                      analysis=analysis, memory=memory, machine=machine, gpus=gpus,
                      disk={"folder": str(where), "free": free, "needed": needed, "fits": needed <= free},
                      notes=notes)
