@@ -25,6 +25,21 @@ def _config(tiny_model, tiny_tasks, out, **extra):
                            "threads": 1, **extra})
 
 
+def assert_same_study(local, remote) -> list[dict]:
+    """The two runs' tables are equal bit for bit (in memory and on disk), both studies complete, and each
+    adapter's losses the same; returns both study.json records."""
+    pd.testing.assert_frame_equal(remote.similarity, local.similarity, check_exact=True)
+    assert remote.similarity.equals(local.similarity)  # bit for bit, NaNs in the same places
+    pd.testing.assert_frame_equal(remote.controls, local.controls, check_exact=True)
+    on_disk = [pd.read_parquet(r.root / "results/similarity.parquet") for r in (local, remote)]
+    assert on_disk[0].equals(on_disk[1])
+    studies = [json.loads((r.root / "study.json").read_text()) for r in (local, remote)]
+    assert [s["status"] for s in studies] == ["complete", "complete"]
+    for unit in ("control-tiny_sentiment", "control-tiny_struct", "experimental"):
+        assert studies[1]["training"][unit]["train_loss"] == studies[0]["training"][unit]["train_loss"], unit
+    return studies
+
+
 def test_ray_executor_gives_the_local_executors_tables(tiny_model, tiny_tasks, tmp_path):
     ray = pytest.importorskip("ray")
     quiet = Reporter(quiet=True)
@@ -33,21 +48,12 @@ def test_ray_executor_gives_the_local_executors_tables(tiny_model, tiny_tasks, t
                                cpus_per_unit=1), reporter=quiet)
     assert not ray.is_initialized()  # the instance it started is stopped again
 
-    pd.testing.assert_frame_equal(remote.similarity, local.similarity, check_exact=True)
-    assert remote.similarity.equals(local.similarity)  # bit for bit, NaNs in the same places
-    pd.testing.assert_frame_equal(remote.controls, local.controls, check_exact=True)
-    on_disk = [pd.read_parquet(r.root / "results/similarity.parquet") for r in (local, remote)]
-    assert on_disk[0].equals(on_disk[1])
-
-    studies = [json.loads((r.root / "study.json").read_text()) for r in (local, remote)]
-    assert [s["status"] for s in studies] == ["complete", "complete"]
+    studies = assert_same_study(local, remote)
     assert studies[0]["executor"]["name"] == "local"
     assert studies[1]["executor"] == {"name": "ray", "address": "local instance", "ray": ray.__version__,
                                       "threads": 1, "cpus_per_unit": 1.0, "gpus_per_unit": 0.0,
                                       "units": ["control-tiny_sentiment", "control-tiny_struct", "experimental",
                                                 "base"]}
-    for unit in ("control-tiny_sentiment", "control-tiny_struct", "experimental"):
-        assert studies[1]["training"][unit]["train_loss"] == studies[0]["training"][unit]["train_loss"], unit
     assert studies[1]["config"]["executor"] == "ray"
     assert (remote.root / "report.html").is_file()
     assert not (remote.root / ".mossa.lock.holder").exists()
