@@ -43,14 +43,24 @@ from pathlib import Path
 
 import torch
 
+from mossa.analysis import DEFAULT_MEASURES, KERNEL_MEASURES
 from mossa.config import StudyConfig
 from mossa.errors import MossaError
-from mossa.models import LoadedModel, materialize, pick_device, pick_dtype, resolve_lora_targets, resolve_model
+from mossa.models import LoadedModel, decoder_blocks, materialize, pick_device, pick_dtype, resolve_lora_targets, resolve_model
 from mossa.progress import Reporter
 from mossa.store import StudyDir, activation_bytes
 from mossa.tasks import HubTask, TaskSpec, hub_table, load_tasks, stated_rows, study_tasks
 from mossa.training import examples_seen, n_steps
-from mossa.units import UNIT_KINDS, STATES, AdapterOutput, StatesOutput, StudyContext, output_exists, unit_config
+from mossa.units import (
+    STATES,
+    UNIT_KINDS,
+    AdapterOutput,
+    Base,
+    StatesOutput,
+    StudyContext,
+    output_exists,
+    unit_config,
+)
 
 # Named GPUs: peak dense bf16 tensor FLOP/s and memory (the vendors' data sheets).
 GPUS = {
@@ -248,8 +258,7 @@ def _facts(ctx: StudyContext, whose: str) -> ModelFacts:
     model = ctx.loaded.model
     text = model.config.get_text_config()
     params = sum(p.numel() for p in model.parameters())
-    blocks = sum(p.numel() for name, p in model.named_parameters()
-                 if ".layers." in name or ".h." in name or ".blocks." in name)
+    blocks = sum(p.numel() for block in decoder_blocks(model) for p in block.parameters())
     lora = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ctx.cfg.lora.targets:
@@ -306,29 +315,35 @@ def _total(kinds: list[KindCost]) -> KindCost:
     return out
 
 
+def _states_units(ctx: StudyContext):
+    """Every states-phase unit of the study, kind by kind, in the order the study runs them."""
+    for kind in UNIT_KINDS.values():
+        if kind.phase == STATES:
+            for unit in kind.units(ctx):
+                yield kind(ctx, unit)
+
+
+def _array_bytes(ctx: StudyContext, output: StatesOutput) -> int:
+    return activation_bytes(ctx.n_layers + 1, len(ctx.test[output.task]), ctx.loaded.hidden_size,
+                            ctx.cfg.activation_dtype)
+
+
 def _cost(ctx: StudyContext, m: ModelFacts) -> list[KindCost]:
     """Every states-phase unit's cost, by kind, what is already stored left out."""
-    kinds = []
-    for kind in UNIT_KINDS.values():
-        if kind.phase != STATES:
-            continue
-        cost = KindCost(kind.name)
-        for unit in kind.units(ctx):
-            job = kind(ctx, unit)
-            cost.units += 1
-            for output in job.outputs():
-                if output_exists(ctx.study, output):
-                    continue
-                if isinstance(output, AdapterOutput):
-                    prompts, settings = job.training_run()
-                    _add(cost, _train_cost(prompts, settings, job.train_tokens(), m))
-                elif isinstance(output, StatesOutput):
-                    prompts = ctx.test[output.task]
-                    _add(cost, _states_cost(prompts, ctx.evaluated(output.label), ctx.cfg, m))
-                    cost.activation_bytes += activation_bytes(m.n_layers + 1, len(prompts), m.hidden,
-                                                              ctx.cfg.activation_dtype)
-        kinds.append(cost)
-    return kinds
+    kinds = {kind.name: KindCost(kind.name) for kind in UNIT_KINDS.values() if kind.phase == STATES}
+    for job in _states_units(ctx):
+        cost = kinds[job.name]
+        cost.units += 1
+        for output in job.outputs():
+            if output_exists(ctx.study, output):
+                continue
+            if isinstance(output, AdapterOutput):
+                prompts, settings = job.training_run()
+                _add(cost, _train_cost(prompts, settings, job.train_tokens(), m))
+            elif isinstance(output, StatesOutput):
+                _add(cost, _states_cost(ctx.test[output.task], ctx.evaluated(output.label), ctx.cfg, m))
+                cost.activation_bytes += _array_bytes(ctx, output)
+    return list(kinds.values())
 
 
 def _analysis(ctx: StudyContext, m: ModelFacts) -> dict:
@@ -337,18 +352,14 @@ def _analysis(ctx: StudyContext, m: ModelFacts) -> dict:
     Values stream through feature-space sums (d x d, float64, per representation and open layer), whatever
     n; the intervals and nulls of the kernel measures use example-space kernels (n x n, float64, one per
     representation and layer), re-summed once per permutation."""
-    from mossa.analysis import DEFAULT_MEASURES
-
     measures = tuple(ctx.cfg.measures or DEFAULT_MEASURES)
-    kernels = [x for x in measures if x in ("linear_cka", "debiased_cka", "rbf_cka")]
-    kinds = len({"rbf" if x == "rbf_cka" else "linear" for x in kernels})
+    kernels = [x for x in measures if x in KERNEL_MEASURES]
+    kinds = len({KERNEL_MEASURES[x][0] for x in kernels})
     reps: dict[str, int] = {}
-    for kind in UNIT_KINDS.values():
-        if kind.phase == STATES:
-            for unit in kind.units(ctx):
-                for output in kind(ctx, unit).outputs():
-                    if isinstance(output, StatesOutput):
-                        reps[output.task] = reps.get(output.task, 0) + 1
+    for job in _states_units(ctx):
+        for output in job.outputs():
+            if isinstance(output, StatesOutput):
+                reps[output.task] = reps.get(output.task, 0) + 1
     d, states, perms = m.hidden, m.n_layers + 1, ctx.cfg.n_permutations
     flops, n_max, r_max, cells = 0.0, 0, 0, 0
     for task, r in reps.items():
@@ -463,14 +474,9 @@ def _measured_rates(ctx: StudyContext, m: ModelFacts) -> dict[str, float]:
                                                                          lora=cfg.lora, seed=0)))}
         host.remove("calibrate")
         flops = {"training": _train_cost(train, settings, logs[-1]["tokens"], m)["flops"]["training"]}
-        budget = cfg.extract_token_budget
-        seconds["extraction"] = _timed(lambda: extract(host, None, test, token_budget=budget, evaluate=False))
+        evaluate = ctx.extract_options(Base.name)  # B is evaluated: its options are the run's
+        seconds["extraction"] = _timed(lambda: extract(host, None, test, **{**evaluate, "evaluate": False}))
         flops["extraction"] = _states_cost(test, False, cfg, m)["flops"]["extraction"]
-        evaluate = {"token_budget": budget, "last_layer": cfg.last_layer, "evaluate": True,
-                    "eval_rows": cfg.eval_examples, "generate_rows": cfg.generate_examples,
-                    "lens_rows": cfg.lens_examples,
-                    "answer_end": ctx.builder.end_of_answer(), "one_line": ctx.builder.mode == "plain",
-                    "max_new_tokens": cfg.max_target_tokens}  # as StudyContext.extract calls it
         spent = _timed(lambda: extract(host, None, test, **evaluate))
         cost = _states_cost(test, True, cfg, m)["flops"]
         states = cost["extraction"] / (flops["extraction"] / seconds["extraction"])
@@ -487,15 +493,8 @@ def _free_bytes(root: Path) -> tuple[Path, int]:
 
 def stored_bytes_needed(ctx: StudyContext) -> int:
     """Bytes of the activation arrays the study's states-phase units still have to write."""
-    total = 0
-    for kind in UNIT_KINDS.values():
-        if kind.phase == STATES:
-            for unit in kind.units(ctx):
-                for output in kind(ctx, unit).outputs():
-                    if isinstance(output, StatesOutput) and not output_exists(ctx.study, output):
-                        total += activation_bytes(ctx.n_layers + 1, len(ctx.test[output.task]),
-                                                  ctx.loaded.hidden_size, ctx.cfg.activation_dtype)
-    return total
+    return sum(_array_bytes(ctx, output) for job in _states_units(ctx) for output in job.outputs()
+               if isinstance(output, StatesOutput) and not output_exists(ctx.study, output))
 
 
 def check_disk(ctx: StudyContext) -> None:

@@ -8,6 +8,7 @@ Exported here is what other rooms (and the benchmarks) use; every helper stays i
 """
 
 from mossa.analysis._correlations import PROPERTIES
+from mossa.analysis._grams import KERNEL_MEASURES
 from mossa.analysis._jackknife import example_intervals
 from mossa.analysis._readability import readability
 from mossa.analysis._robustness import median_gain
@@ -30,7 +31,7 @@ from mossa.analysis._study import LEARNED_RULE, StudyTables, analyze_study, eval
 from mossa.analysis._task_intervals import median_interval
 from mossa.analysis._tsne import check_tsne_layers, tsne_embeddings
 
-__all__ = ["CROSS", "DEFAULT_MEASURES", "HELDOUT", "LEARNED_RULE", "PROPERTIES", "SECOND_SEED", "SECTION_MEASURE",
+__all__ = ["CROSS", "DEFAULT_MEASURES", "KERNEL_MEASURES", "HELDOUT", "LEARNED_RULE", "PROPERTIES", "SECOND_SEED", "SECTION_MEASURE",
            "SPECIFICITY", "StudyTables", "aligned_rows", "analyze", "analyze_study", "check_measures", "check_tsne_layers",
            "cross_label", "cross_task_means", "depth_map", "evaluation_records", "example_intervals", "median_gain",
            "median_interval", "not_learned", "readability", "scan", "spectral_table", "swap_test", "tsne_embeddings"]

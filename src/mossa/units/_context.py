@@ -152,12 +152,17 @@ class StudyContext:
         with self.study.activation_writer(label, task, ids=[p.id for p in prompts], n_states=loaded.n_layers + 1,
                                           hidden=loaded.hidden_size, inputs=inputs, meta=meta,
                                           dtype=self.cfg.activation_dtype) as sink:
-            extract(host, adapter, prompts, token_budget=self.cfg.extract_token_budget,
-                    last_layer=self.cfg.last_layer, sink=sink, evaluate=evaluated, eval_rows=self.cfg.eval_examples,
-                    generate_rows=self.cfg.generate_examples, lens_rows=self.cfg.lens_examples,
-                    answer_end=builder.end_of_answer(), one_line=builder.mode == "plain",
-                    max_new_tokens=self.cfg.max_target_tokens)
+            extract(host, adapter, prompts, sink=sink, **self.extract_options(label, builder))
         self.seconds["extract"] += time.perf_counter() - t0
+
+    def extract_options(self, label: str, builder: PromptBuilder | None = None) -> dict:
+        """The options `mossa.extraction.extract` runs with for `label`'s states (and evaluation) in this study."""
+        cfg, builder = self.cfg, builder or self.builder
+        return {"token_budget": cfg.extract_token_budget, "last_layer": cfg.last_layer,
+                "evaluate": self.evaluated(label), "eval_rows": cfg.eval_examples,
+                "generate_rows": cfg.generate_examples, "lens_rows": cfg.lens_examples,
+                "answer_end": builder.end_of_answer(), "one_line": builder.mode == "plain",
+                "max_new_tokens": cfg.max_target_tokens}
 
     def extract_tasks(self, label: str, adapter: str | None, keys: dict[str, str], *,
                       host: AdapterHost | None = None, test: dict | None = None,
