@@ -266,3 +266,36 @@ def test_a_range_holds_only_when_every_e_seed_shows_it():
     assert _range_verdict([above, above]) == "holds"
     assert _range_verdict([above, within]) == "mixed" and _range_verdict([within, within]) == "within"
     assert _range_verdict([above, {}]) == "too few"
+
+
+@pytest.mark.parametrize("kind", ["planted_late", "random", "shared", "spectrum"])
+def test_where_verdicts_are_the_same_from_a_float16_store(kind, tmp_path, monkeypatch):
+    """Every model's states written to the study store in float16 (the default) and read back: the where-verdicts
+    of a planted signal and of the three nulls are those of the float32 states, their means within 1e-3."""
+    import tests.analysis.test_specificity as here
+    from mossa.store import Activations, StudyDir
+
+    exact = _where_verdicts(kind, 7)
+    study, made, tasks = StudyDir(tmp_path), _task_states, []
+
+    def stored(rng, kind):
+        tasks.append(f"t{len(tasks)}")
+        out = {}
+        for model, acts in made(rng, kind).items():
+            study.write_activations(model, tasks[-1], Activations(
+                ids=[str(i) for i in range(N)], acts=acts.astype(np.float32), target_nll=np.zeros(N),
+                target_tokens=np.zeros(N, np.int64), meta={}), "synthetic", dtype="float16")
+            file = study.activation_file(model, tasks[-1])
+            assert file.dtype == "float16"
+            out[model] = file.read()
+        return out
+
+    monkeypatch.setattr(here, "_task_states", stored)
+    half = _where_verdicts(kind, 7)
+    assert len(tasks) == TASKS  # every task's states came from the store
+    assert half[0] == exact[0]
+    assert ("holds" in exact[0].values()) == (kind == "planted_late")  # it fired on the signal alone
+    for m in exact[1]["seeds"]:
+        for r in exact[1]["where"]["ranges"]:
+            a, b = exact[1]["where"]["specificity"][m][r], half[1]["where"]["specificity"][m][r]
+            assert abs(a["mean"] - b["mean"]) < 1e-3, (m, r)
